@@ -1,0 +1,122 @@
+"""`tmebox` command line: every subcommand turns tmebox errors into one line and exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tmebox.errors import TmeboxError
+
+
+def _cmd_setup(args: argparse.Namespace) -> int:
+    from tmebox.toolchain import libc
+
+    for mode in libc.MODES:
+        path = libc.ensure_libc(mode, progress=True)
+        print(f"sandbox libc ({mode}): {path}")
+    return 0
+
+
+def _cmd_cc(args: argparse.Namespace) -> int:
+    from tmebox.toolchain import cc
+
+    out = cc.build(
+        sources=[Path(s) for s in args.sources],
+        output=Path(args.output) if args.output else None,
+        isolation=args.isolation,
+        opt=args.opt,
+        include_dirs=[Path(d) for d in args.include],
+        defines=args.define,
+        compile_only=args.compile_only,
+        compiler=args.cc,
+        libs=args.libs,
+    )
+    for path in out:
+        print(path)
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from tmebox.toolchain import verifier
+
+    status = 0
+    for image in args.images:
+        verdict = verifier.verify_file(Path(image))
+        print(verdict.summary())
+        if not verdict.ok:
+            status = 1
+    return status
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tmebox.runtime import api
+
+    return api.run_command(
+        target=Path(args.image),
+        argv=args.args,
+        backend=args.backend,
+        timeout=args.timeout,
+    )
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from tmebox import demo
+
+    return demo.run_demo(tenants=args.tenants, requests=args.requests, backend=args.backend)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tmebox", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("setup", help="fetch and build the sandbox libc (cached)")
+    s.set_defaults(func=_cmd_setup)
+
+    s = sub.add_parser("cc", help="compile C or assembly into a verified sandbox image")
+    s.add_argument("sources", nargs="+", metavar="FILE.c|FILE.s")
+    s.add_argument("-o", dest="output", metavar="OUT")
+    s.add_argument("-O", dest="opt", default="2", metavar="LEVEL", help="0, 1, 2, 3 or s")
+    s.add_argument("--isolation", choices=["data", "code+data"], default="code+data")
+    s.add_argument("-I", dest="include", action="append", default=[], metavar="DIR")
+    s.add_argument("-D", dest="define", action="append", default=[], metavar="NAME[=V]")
+    s.add_argument("-l", dest="libs", action="append", default=[], metavar="LIB",
+                   help="only -lm (part of the sandbox libc)")
+    s.add_argument("-c", dest="compile_only", action="store_true",
+                   help="produce instrumented objects, do not link")
+    s.add_argument("--cc", default="gcc", help="system C compiler (gcc or clang)")
+    s.set_defaults(func=_cmd_cc)
+
+    s = sub.add_parser("verify", help="check that an image obeys its isolation rules")
+    s.add_argument("images", nargs="+", metavar="IMAGE")
+    s.set_defaults(func=_cmd_verify)
+
+    s = sub.add_parser("run", help="run a sandbox image's main() (FILE.c is compiled first)")
+    s.add_argument("--backend", choices=["native", "tme"], default="native")
+    s.add_argument("--timeout", type=float, default=None, metavar="S")
+    s.add_argument("image", metavar="IMAGE|FILE.c")
+    s.add_argument("args", nargs=argparse.REMAINDER)
+    s.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("demo", help="many tenants, one Heartbleed-style bug, no leak")
+    s.add_argument("--tenants", type=int, default=1000)
+    s.add_argument("--requests", type=int, default=10000)
+    s.add_argument("--backend", choices=["native", "tme"], default="native")
+    s.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TmeboxError as e:
+        print(f"tmebox {args.command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"tmebox {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

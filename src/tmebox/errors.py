@@ -1,0 +1,65 @@
+"""Every error tmebox raises on purpose; the CLI prints them as one line."""
+
+from __future__ import annotations
+
+
+class TmeboxError(Exception):
+    """Base of all tmebox errors."""
+
+
+class ToolchainError(TmeboxError):
+    """Compiling, rewriting, assembling or linking a sandbox image failed."""
+
+
+class RewriteError(ToolchainError):
+    """The rewriter met an instruction it cannot make safe (file:line named)."""
+
+
+class LibcError(ToolchainError):
+    """Fetching or building the sandbox libc failed."""
+
+
+class ImageError(TmeboxError):
+    """A file is not a well-formed tmebox sandbox image."""
+
+
+class VerificationError(TmeboxError):
+    """An image's code breaks a rule of its isolation mode."""
+
+
+class SandboxError(TmeboxError):
+    """Base of errors raised by a running sandbox."""
+
+
+class SandboxFault(SandboxError):
+    """The sandbox faulted; the host and every other sandbox keep running.
+
+    kind is one of: segv, illegal-instruction, divide-error, stack-overflow,
+    machine-check, bus-error.
+    """
+
+    def __init__(self, kind: str, address: int | None = None, instruction: str | None = None,
+                 detail: str = "") -> None:
+        self.kind = kind
+        self.address = address
+        self.instruction = instruction
+        parts = [f"sandbox fault: {kind}"]
+        if address is not None:
+            parts.append(f"at {address:#x}")
+        if instruction:
+            parts.append(f"({instruction})")
+        if detail:
+            parts.append(f"- {detail}")
+        super().__init__(" ".join(parts))
+
+
+class SandboxTimeout(SandboxError):
+    """The sandbox ran past its time limit and was stopped."""
+
+
+class SandboxExited(SandboxError):
+    """The sandbox has exited and cannot run main() again."""
+
+
+class OutOfSandboxes(TmeboxError):
+    """No window or KeyID is free for another sandbox."""
