@@ -1,0 +1,886 @@
+"""The instrumenting assembly rewriter (untrusted; the verifier checks its output).
+
+Input is GNU as AT&T x86-64 assembly (``gcc -S``, ``clang -S``, hand-written
+``.s``/preprocessed ``.S``); output is assembly for GNU as 2.40 in which every
+instruction has one of the forms of docs/design.md. Anything the rewriter cannot
+make safe raises :class:`~tmebox.errors.RewriteError` naming the input file,
+line, instruction and reason.
+
+The libc build runs this once per file in a fresh interpreter, so the module
+imports nothing heavier than ``re``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+
+from tmebox.errors import RewriteError
+from tmebox.toolchain.abi import (
+    BASE_REG,
+    BUNDLE_MASK,
+    BUNDLE_SIZE,
+    ISOLATION_MODES,
+    RT_SYSCALL_SYMBOL,
+    SCRATCH_REG,
+    TP_SYMBOL,
+)
+
+__all__ = ["rewrite_assembly", "main"]
+
+_BASE = "%" + BASE_REG  # %r14
+_SCRATCH = "%" + SCRATCH_REG  # %r11
+_SCRATCH32 = _SCRATCH + "d"  # %r11d
+_BUNDLE_SHIFT = BUNDLE_SIZE.bit_length() - 1  # .bundle_align_mode takes log2
+
+_TO32 = {
+    "rax": "eax", "rbx": "ebx", "rcx": "ecx", "rdx": "edx",
+    "rsi": "esi", "rdi": "edi", "rbp": "ebp", "rsp": "esp",
+    "r8": "r8d", "r9": "r9d", "r10": "r10d", "r11": "r11d",
+    "r12": "r12d", "r13": "r13d", "r14": "r14d", "r15": "r15d",
+    "riz": "eiz",
+}  # fmt: skip
+_GPR32 = frozenset(_TO32.values())
+_TO64 = {v: k for k, v in _TO32.items()}
+
+_RSP_FAMILY = frozenset(("rsp", "esp", "sp", "spl"))
+_R14_FAMILY = frozenset(("r14", "r14d", "r14w", "r14b"))
+_R11_FAMILY = frozenset(("r11", "r11d", "r11w", "r11b"))
+
+# Multi-byte NOPs recommended by the Intel SDM, by length.
+_NOPS = {
+    3: "0x0f,0x1f,0x00",
+    4: "0x0f,0x1f,0x40,0x00",
+    5: "0x0f,0x1f,0x44,0x00,0x00",
+    6: "0x66,0x0f,0x1f,0x44,0x00,0x00",
+    7: "0x0f,0x1f,0x80,0x00,0x00,0x00,0x00",
+    8: "0x0f,0x1f,0x84,0x00,0x00,0x00,0x00,0x00",
+    9: "0x66,0x0f,0x1f,0x84,0x00,0x00,0x00,0x00,0x00",
+    10: "0x66,0x2e,0x0f,0x1f,0x84,0x00,0x00,0x00,0x00,0x00",
+}
+_CALL_DIRECT_LEN = 5  # e8 rel32
+_MASKED_BRANCH_LEN = 4 + 3 + 3  # andl $-32,%r11d; orq %r14,%r11; call/jmp *%r11
+
+_PREFIXES = frozenset((
+    "lock", "rep", "repe", "repz", "repne", "repnz", "data16", "addr32",
+    "notrack", "bnd", "xacquire", "xrelease",
+    "cs", "ds", "es", "fs", "gs", "ss", "data32", "addr16", "rex", "rex64",
+    "rex.w", "rex.r", "rex.x", "rex.b",
+))  # fmt: skip
+_REP_PREFIXES = frozenset(("rep", "repe", "repz", "repne", "repnz"))
+_SEGMENT_PREFIXES = frozenset(("cs", "ds", "es", "fs", "gs", "ss"))
+_BRANCH_DROP_PREFIXES = frozenset(("notrack", "bnd"))
+
+_FORBIDDEN = {
+    "changes a segment base": (
+        "wrgsbase", "wrfsbase", "rdgsbase", "rdfsbase", "swapgs",
+        "lss", "lfs", "lgs", "lssq", "lfsq", "lgsq", "lssl", "lfsl", "lgsl",
+    ),
+    "is a far transfer": (
+        "ljmp", "ljmpq", "ljmpl", "ljmpw", "lcall", "lcallq", "lcalll", "lcallw",
+        "lret", "lretq", "lretl", "lretw", "iret", "iretw", "iretl", "iretd", "iretq",
+        "sysenter", "sysexit", "sysexitl", "sysexitq", "sysret", "sysretl", "sysretq",
+    ),
+    "is a software interrupt": ("int", "int3", "into", "int1", "icebp"),
+    "is privileged or leaks host state": (
+        "cli", "sti", "in", "inb", "inw", "inl", "out", "outb", "outw", "outl",
+        "ins", "insb", "insw", "insl", "insd", "outs", "outsb", "outsw", "outsl", "outsd",
+        "lgdt", "lidt", "lldt", "ltr", "sgdt", "sidt", "sldt", "str", "smsw", "lmsw",
+        "clts", "invd", "wbinvd", "invlpg", "invpcid", "rdmsr", "wrmsr", "rdpmc", "rsm",
+        "xsetbv", "lar", "lsl", "verr", "verw", "arpl", "encls", "enclu", "uiret",
+        "senduipi", "monitor", "mwait", "umonitor", "umwait", "tpause",
+    ),
+    "changes protection keys or restores extended state": (
+        "wrpkru", "xrstor", "xrstor64", "xrstors", "xrstors64",
+    ),
+    "writes %rsp in a way the sandbox cannot confine": ("enter", "enterq", "enterw", "enterl"),
+    "accesses memory through an implicit unconfined address": (
+        "xlat", "xlatb", "maskmovdqu", "maskmovq", "clzero", "movdir64b", "enqcmd", "enqcmds",
+    ),
+    "is transactional memory (its abort path is an unchecked branch)": (
+        "xbegin", "xend", "xabort",
+    ),
+    "is an MPX instruction": (
+        "bndmk", "bndcl", "bndcu", "bndcn", "bndmov", "bndldx", "bndstx",
+    ),
+    "is VEX-encoded (the sandbox target is baseline x86-64 with SSE2)": (
+        "andn", "bextr", "blsi", "blsmsk", "blsr", "bzhi", "mulx", "pdep", "pext",
+        "rorx", "sarx", "shlx", "shrx",
+    ),
+}  # fmt: skip
+_FORBIDDEN_MNEMONICS = {m: why for why, ms in _FORBIDDEN.items() for m in ms}
+
+_BAD_REGISTER = re.compile(
+    r"^(?:[xy]?mm|zmm)(?:1[6-9]|2\d|3[01])$|^[yz]mm\d+$|^k[0-7]$|^(?:cs|ds|es|fs|gs|ss)$"
+    r"|^(?:cr|dr|tr)\d+$|^bnd[0-3]$|^tmm\d$"
+)
+_BAD_REGISTER_WHY = "uses a register outside baseline x86-64 user state (AVX, mask, segment, " \
+    "control or debug register)"
+
+# String instructions: which of %rdi/%rsi they use.
+_STRING_USES = {"movs": ("rdi", "rsi"), "cmps": ("rdi", "rsi"), "stos": ("rdi",),
+                "scas": ("rdi",), "lods": ("rsi",)}
+_STRING_OPS = {
+    stem + sfx: uses for stem, uses in _STRING_USES.items() for sfx in ("", "b", "w", "l", "q", "d")
+}
+_STRING_OPERAND = re.compile(
+    r"^(?:%es:\s*\(%rdi\)|\(%rdi\)|%ds:\s*\(%rsi\)|\(%rsi\)|%(?:al|ax|eax|rax))$"
+)
+
+# Mnemonics whose last (destination) register operand is only read.
+_NONWRITING_DEST = re.compile(r"^(?:cmp|test|bt|push|mul|div|idiv)[bwlq]?$")
+_EXCHANGES = re.compile(r"^(?:xchg|xadd)[bwlq]?$")
+# Writes to %rsp that have a 32-bit form: op[q|l] src, %rsp.
+_RSP_ARITH = re.compile(r"^(mov|add|sub|and|or|xor|lea)([lq]?)$")
+_AND_RSP = re.compile(r"^andq?$")
+# Full (64- or zero-extending 32-bit) writes of a register that read no other %r11.
+_R11_KILL = re.compile(r"^(?:mov[lq]?|lea[lq]?|popq?|movabsq?|movz[bw][lq]|movs[bw][lq]|movslq)$")
+
+_LABEL = re.compile(r'\s*((?:[A-Za-z_.$][\w.$@]*)|\d+|"[^"]*")\s*:(?!:)')
+_SEG_PREFIX = re.compile(r"^%([a-z]s)\s*:\s*", re.IGNORECASE)
+_INT = re.compile(r"^[-+]?(?:0x[0-9a-f]+|0b[01]+|\d+)$", re.IGNORECASE)
+_FS_ZERO = re.compile(r"^%fs:\s*(?:0x)?0+$", re.IGNORECASE)
+_SIGNED_RELOC = re.compile(r"@(?:tpoff|ntpoff|dtpoff)\b", re.IGNORECASE)
+_FUNC_TYPE = re.compile(
+    r"^\s*\.type\s+(\"[^\"]*\"|[^,\s]+)\s*,\s*[@%#]?\"?(?:function|gnu_indirect_function)",
+    re.MULTILINE,
+)
+_SECTION_FLAGS = re.compile(r'^\s*([^,\s]+)\s*(?:,\s*"([^"]*)")?')
+_JCC = re.compile(r"^(?:j(?!mp)[a-z]+|loop[a-z]*)$")
+
+
+@dataclass(frozen=True)
+class _Mem:
+    """A parsed memory operand `seg:disp(base,index,scale)`; registers without '%'."""
+
+    seg: str | None
+    disp: str
+    base: str | None
+    index: str | None
+    scale: str | None
+
+    def regs32(self, base: str | None, index: str | None) -> str:
+        if base is None and index is None:
+            return self.disp
+        inner = f"%{base}" if base else ""
+        if index:
+            inner += f",%{index}" + (f",{self.scale}" if self.scale else "")
+        return f"{self.disp}({inner})"
+
+
+@dataclass
+class _Insn:
+    prefixes: list[str]
+    mnemonic: str
+    operands: list[str]
+    lineno: int
+    text: str
+
+
+def _parse_mem(op: str) -> _Mem:
+    seg = None
+    m = _SEG_PREFIX.match(op)
+    if m:
+        seg = m.group(1).lower()
+        op = op[m.end():]
+    op = op.strip()
+    if op.endswith(")"):
+        depth = 0
+        i = len(op) - 1
+        while i >= 0:
+            c = op[i]
+            if c == ")":
+                depth += 1
+            elif c == "(":
+                depth -= 1
+                if depth == 0:
+                    break
+            i -= 1
+        inner = op[i + 1:-1].strip()
+        if i >= 0 and (inner.startswith("%") or inner.startswith(",")):
+            parts = [p.strip() for p in inner.split(",")]
+            if len(parts) > 3:
+                raise ValueError(f"malformed memory operand {op!r}")
+            regs: list[str | None] = []
+            for p in parts[:2]:
+                if not p:
+                    regs.append(None)
+                elif p.startswith("%"):
+                    regs.append(p[1:].strip().lower())
+                else:
+                    raise ValueError(f"malformed register {p!r} in memory operand")
+            while len(regs) < 2:
+                regs.append(None)
+            scale = parts[2] if len(parts) == 3 and parts[2] else None
+            return _Mem(seg, op[:i].strip(), regs[0], regs[1], scale)
+    return _Mem(seg, op, None, None, None)
+
+
+def _split_operands(s: str) -> list[str]:
+    if not s:
+        return []
+    if "(" not in s and '"' not in s:
+        return [p.strip() for p in s.split(",")]
+    out: list[str] = []
+    depth = 0
+    start = 0
+    for i, c in enumerate(s):
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "," and depth == 0:
+            out.append(s[start:i].strip())
+            start = i + 1
+    out.append(s[start:].strip())
+    return out
+
+
+def _is_register(op: str) -> bool:
+    return op.startswith("%") and ":" not in op
+
+
+def _reg_name(op: str) -> str:
+    """'%rax' -> 'rax'; '%st(1)' -> 'st'."""
+    name = op[1:].strip().lower()
+    p = name.find("(")
+    return name[:p].strip() if p >= 0 else name
+
+
+def _nop_fill(n: int) -> list[str]:
+    lines = []
+    while n:
+        k = min(10, n)
+        if 0 < n - k < 3:
+            k = n - 3
+        lines.append("\t.byte " + _NOPS[k])
+        n -= k
+    return lines
+
+
+def _int_value(text: str) -> int | None:
+    t = text.strip()
+    if not _INT.match(t):
+        return None
+    return int(t, 0)
+
+
+class _Rewriter:
+    def __init__(self, text: str, isolation: str, source: str) -> None:
+        if isolation not in ISOLATION_MODES:
+            raise RewriteError(
+                f"{source}: unknown isolation mode {isolation!r} "
+                f"(expected one of {', '.join(ISOLATION_MODES)})"
+            )
+        self.text = text
+        self.cfi = isolation == "code+data"  # control-flow integrity on
+        self.source = source
+        self.out: list[str] = []
+        self.exec_section = True  # gas starts in .text
+        self.section = ".text"
+        self.previous = ".text"
+        self.prev_exec = True
+        self.section_stack: list[tuple[str, bool, str, bool]] = []
+        self.pending_prefixes: list[str] = []
+        self.pending_line = 0
+        self.functions = {m.group(1).strip('"') for m in _FUNC_TYPE.finditer(text)}
+        # Set when a rewrite clobbered %r11: (line number, instruction text).
+        self.r11_clobber: tuple[int, str] | None = None
+
+    # -- errors -------------------------------------------------------------------
+
+    def error(self, lineno: int, text: str, why: str) -> RewriteError:
+        return RewriteError(f"{self.source}:{lineno}: `{text.strip()}`: {why}")
+
+    # -- top level ----------------------------------------------------------------
+
+    def run(self) -> str:
+        out = self.out
+        if self.cfi:
+            out.append(f"\t.bundle_align_mode {_BUNDLE_SHIFT}")
+        in_comment = False
+        lineno = 0
+        for line in self.text.split("\n"):
+            lineno += 1
+            if in_comment:
+                end = line.find("*/")
+                if end < 0:
+                    out.append("")
+                    continue
+                in_comment = False
+                line = line[end + 2:]
+            stripped = line.strip()
+            if not stripped or stripped[0] == "#":
+                out.append(line)
+                continue
+            if "/*" in line or ";" in line or "#" in line or '"' in line:
+                statements, in_comment = self.split_statements(line)
+            else:
+                statements = [line]
+            for stmt in statements:
+                self.statement(stmt, lineno)
+        if self.pending_prefixes:
+            raise self.error(self.pending_line, " ".join(self.pending_prefixes),
+                             "prefix without an instruction at the end of the file")
+        out.append("")
+        return "\n".join(out)
+
+    @staticmethod
+    def split_statements(line: str) -> tuple[list[str], bool]:
+        """Split at ';' outside strings; drop '#' and '/* */' comments."""
+        stmts: list[str] = []
+        cur: list[str] = []
+        i = 0
+        n = len(line)
+        quote = False
+        while i < n:
+            c = line[i]
+            if quote:
+                cur.append(c)
+                if c == "\\" and i + 1 < n:
+                    cur.append(line[i + 1])
+                    i += 1
+                elif c == '"':
+                    quote = False
+            elif c == '"':
+                quote = True
+                cur.append(c)
+            elif c == "#":
+                break
+            elif c == "/" and line.startswith("/*", i):
+                end = line.find("*/", i + 2)
+                if end < 0:
+                    stmts.append("".join(cur))
+                    return [s for s in stmts if s.strip()], True
+                cur.append(" ")
+                i = end + 1
+            elif c == ";":
+                stmts.append("".join(cur))
+                cur = []
+            else:
+                cur.append(c)
+            i += 1
+        stmts.append("".join(cur))
+        return [s for s in stmts if s.strip()], False
+
+    def statement(self, stmt: str, lineno: int) -> None:
+        out = self.out
+        # Labels, possibly several and possibly followed by an instruction.
+        while True:
+            m = _LABEL.match(stmt)
+            if not m:
+                break
+            if self.pending_prefixes:
+                raise self.error(lineno, stmt, "label between a prefix and its instruction")
+            name = m.group(1)
+            if self.cfi and self.exec_section and name.strip('"') in self.functions:
+                # Functions are the supported indirect-branch targets: bundle starts.
+                out.append("\t.p2align 5")
+            out.append(name + ":")
+            self.r11_clobber = None
+            stmt = stmt[m.end():]
+        s = stmt.strip()
+        if not s:
+            return
+        if s[0] == ".":
+            if self.pending_prefixes:
+                raise self.error(lineno, s, "directive between a prefix and its instruction")
+            self.directive(s, lineno)
+            out.append("\t" + s)
+            return
+        if not self.exec_section:
+            out.append("\t" + s)
+            return
+        self.instruction(s, lineno)
+
+    # -- directives ---------------------------------------------------------------
+
+    def directive(self, s: str, lineno: int) -> None:
+        parts = s.split(None, 1)
+        name = parts[0].lower()
+        arg = parts[1] if len(parts) > 1 else ""
+        if name == ".text":
+            self.switch(".text", True)
+        elif name in (".data", ".bss"):
+            self.switch(name, False)
+        elif name in (".section", ".pushsection"):
+            sec, execable = self.section_kind(arg)
+            if name == ".pushsection":
+                self.section_stack.append(
+                    (self.section, self.exec_section, self.previous, self.prev_exec))
+            self.switch(sec, execable)
+        elif name == ".popsection":
+            if not self.section_stack:
+                raise self.error(lineno, s, ".popsection without .pushsection")
+            self.section, self.exec_section, self.previous, self.prev_exec = \
+                self.section_stack.pop()
+        elif name == ".previous":
+            self.section, self.previous = self.previous, self.section
+            self.exec_section, self.prev_exec = self.prev_exec, self.exec_section
+        elif name in (".code16", ".code32", ".code16gcc", ".intel_syntax", ".arch"):
+            raise self.error(lineno, s, f"{name} is not supported (input must be 64-bit AT&T)")
+        elif name.startswith(".bundle_"):
+            raise self.error(lineno, s, "input must not control bundling itself")
+
+    def switch(self, section: str, execable: bool) -> None:
+        self.previous, self.prev_exec = self.section, self.exec_section
+        self.section, self.exec_section = section, execable
+        self.r11_clobber = None
+
+    @staticmethod
+    def section_kind(arg: str) -> tuple[str, bool]:
+        m = _SECTION_FLAGS.match(arg)
+        name = m.group(1).strip('"') if m else arg.strip()
+        flags = m.group(2) if m else None
+        if flags is not None:
+            return name, "x" in flags
+        return name, (name == ".text" or name.startswith(".text.")
+                      or name in (".init", ".fini"))
+
+    # -- instructions -------------------------------------------------------------
+
+    def instruction(self, s: str, lineno: int) -> None:
+        words = s.split(None, 1)
+        prefixes: list[str] = []
+        while words and words[0].lower() in _PREFIXES:
+            prefixes.append(words[0].lower())
+            words = words[1].split(None, 1) if len(words) > 1 else []
+        if not words:
+            if not self.pending_prefixes:
+                self.pending_line = lineno
+            self.pending_prefixes.extend(prefixes)
+            return
+        if self.pending_prefixes:
+            prefixes = self.pending_prefixes + prefixes
+            s = " ".join(self.pending_prefixes) + " " + s
+            self.pending_prefixes = []
+        mnemonic = words[0].lower()
+        operands = _split_operands(words[1].strip()) if len(words) > 1 else []
+        text = s
+        insn = _Insn(prefixes, mnemonic, operands, lineno, text)
+        if self.r11_clobber is not None:
+            self.check_r11(insn)
+        self.out.extend(self.rewrite(insn))
+
+    def check_r11(self, insn: _Insn) -> None:
+        """Hand-written code must not read %r11 after a rewrite that clobbered it."""
+        mentions = [i for i, op in enumerate(insn.operands) if _mentions(op, _R11_FAMILY)]
+        if mentions:
+            last = len(insn.operands) - 1
+            zeroing = (len(insn.operands) == 2 and insn.mnemonic.startswith(("xor", "sub"))
+                       and insn.operands[0] == insn.operands[1]
+                       and _reg_name(insn.operands[1]) in ("r11", "r11d"))
+            if zeroing or (mentions == [last] and _is_register(insn.operands[last])
+                    and _R11_KILL.match(insn.mnemonic)
+                    and _reg_name(insn.operands[last]) in ("r11", "r11d")):
+                self.r11_clobber = None
+                return
+            line, text = self.r11_clobber
+            raise self.error(insn.lineno, insn.text,
+                             f"uses %r11, the rewriter's scratch register, which the rewrite "
+                             f"of line {line} (`{text}`) clobbers")
+        if insn.mnemonic in ("call", "callq", "jmp", "jmpq", "ret", "retq", "syscall") \
+                or _JCC.match(insn.mnemonic):
+            self.r11_clobber = None
+
+    def group(self, lines: list[str]) -> list[str]:
+        if self.cfi:
+            return ["\t.bundle_lock", *lines, "\t.bundle_unlock"]
+        return lines
+
+    def rewrite(self, insn: _Insn) -> list[str]:
+        mn = insn.mnemonic
+        ops = insn.operands
+        why = _FORBIDDEN_MNEMONICS.get(mn)
+        if why:
+            raise self.error(insn.lineno, insn.text, f"`{mn}` {why}")
+        if mn[0] == "v" or mn[0] == "k" and mn.startswith(("kmov", "kand", "kor", "kxor",
+                                                              "knot", "kshift", "kadd",
+                                                              "kunpck", "ktest", "kxnor")):
+            raise self.error(insn.lineno, insn.text,
+                             "VEX/EVEX instructions are not supported (the sandbox target is "
+                             "baseline x86-64 with SSE2)")
+        for p in insn.prefixes:
+            if p.startswith("rex") or p in ("data32", "addr16"):
+                raise self.error(insn.lineno, insn.text,
+                                 f"prefix `{p}` is not supported (for TLS, compile with -fPIE "
+                                 "so that no general-dynamic sequences are emitted)")
+            if p in _SEGMENT_PREFIXES and not mn.startswith("nop"):
+                raise self.error(insn.lineno, insn.text,
+                                 f"segment prefix `{p}` is only allowed on nops")
+        for op in ops:
+            if op.startswith("{"):
+                raise self.error(insn.lineno, insn.text, "AVX-512 operand decorations")
+            r = op[1:] if op.startswith("*") else op
+            if _is_register(r) and _BAD_REGISTER.match(_reg_name(r)):
+                raise self.error(insn.lineno, insn.text, _BAD_REGISTER_WHY)
+        if mn == "hlt":
+            # musl's a_crash(); hlt faults in user mode anyway, ud2 is the canonical trap.
+            return ["\tud2"]
+        if mn.startswith("nop"):
+            return ["\t" + insn.text]
+
+        uses = _STRING_OPS.get(mn)
+        if uses is not None and not (mn in ("movsd", "cmpsd") and ops):
+            return self.string_op(insn, uses)
+        if mn == "syscall":
+            if ops or insn.prefixes:
+                raise self.error(insn.lineno, insn.text, "unexpected syscall form")
+            return self.call_direct(RT_SYSCALL_SYMBOL)
+
+        self.check_protected_writes(insn)
+
+        if mn in ("call", "callq", "jmp", "jmpq"):
+            return self.branch(insn)
+        if mn in ("ret", "retq"):
+            return self.ret(insn)
+        if _JCC.match(mn):
+            if len(ops) != 1 or ops[0].startswith("*") or "(" in ops[0] \
+                    or ops[0].startswith("%"):
+                raise self.error(insn.lineno, insn.text, "conditional branch needs a label")
+            return ["\t" + insn.text]
+        if mn in ("leave", "leaveq"):
+            if ops:
+                raise self.error(insn.lineno, insn.text, "unexpected operands")
+            return [*self.group(["\tmovl %ebp, %esp", f"\torq {_BASE}, %rsp"]), "\tpopq %rbp"]
+
+        pre, new_ops, addr32 = self.rewrite_operands(insn)
+        if new_ops and _is_register(new_ops[-1]) and _reg_name(new_ops[-1]) in _RSP_FAMILY \
+                and not _NONWRITING_DEST.match(mn) \
+                and not (mn.startswith("imul") and len(ops) == 1):
+            return pre + self.rsp_write(insn, new_ops, addr32)
+        if pre or new_ops != ops:
+            return pre + [self.format(insn.prefixes, mn, new_ops, addr32)]
+        return ["\t" + insn.text]
+
+    @staticmethod
+    def format(prefixes: list[str], mn: str, ops: list[str], addr32: bool) -> str:
+        pfx = [p for p in prefixes if p != "addr32"]
+        if addr32:
+            pfx.append("addr32")
+        head = " ".join([*pfx, mn])
+        return f"\t{head}\t{', '.join(ops)}" if ops else f"\t{head}"
+
+    # -- rule 1 and 5: memory operands ---------------------------------------------
+
+    def rewrite_operands(self, insn: _Insn) -> tuple[list[str], list[str], bool]:
+        """Rewrite every memory operand; returns (lines before, operands, needs addr32)."""
+        pre: list[str] = []
+        addr32 = False
+        out: list[str] = []
+        mn = insn.mnemonic
+        ops = insn.operands
+        for op in ops:
+            if op.startswith("$") or (_is_register(op)):
+                out.append(op)
+                continue
+            if op.startswith("*"):
+                raise self.error(insn.lineno, insn.text, "`*` operand on a non-branch")
+            if mn.startswith("lea"):
+                m = _parse_mem(op)
+                if m.seg is not None:
+                    raise self.error(insn.lineno, insn.text, "segment override on lea")
+                out.append(op)
+                continue
+            if mn.startswith("movabs"):
+                raise self.error(insn.lineno, insn.text,
+                                 "64-bit absolute memory operands cannot be confined")
+            if (mn in ("mov", "movq") and len(ops) == 2 and _FS_ZERO.match(op)
+                    and _is_register(ops[1]) and _reg_name(ops[1]) in _TO32):
+                # The thread pointer's self-pointer (musl's __pthread_self).
+                return [], [f"{TP_SYMBOL}(%rip)", ops[1]], False
+            p, new, a32 = self.rewrite_mem(insn, op)
+            pre += p
+            addr32 |= a32
+            out.append(new)
+        return pre, out, addr32
+
+    def rewrite_mem(self, insn: _Insn, op: str) -> tuple[list[str], str, bool]:
+        try:
+            m = _parse_mem(op)
+        except ValueError as e:
+            raise self.error(insn.lineno, insn.text, str(e)) from None
+        if m.seg == "fs":
+            return self.rewrite_fs(insn, m)
+        if m.seg not in (None, "gs"):
+            raise self.error(insn.lineno, insn.text,
+                             f"segment override %{m.seg}: cannot be confined")
+        if m.base in ("rip", "eip"):
+            if m.seg is not None or m.base == "eip":
+                raise self.error(insn.lineno, insn.text,
+                                 "only plain disp(%rip) operands are allowed")
+            return [], op, False
+        if m.base is None and m.index is None:
+            if _SIGNED_RELOC.search(m.disp):
+                raise self.error(insn.lineno, insn.text,
+                                 "absolute TLS offset without %fs cannot be confined")
+            return [], f"%gs:{m.disp}", True
+        base = self.reg32(insn, m.base)
+        index = self.reg32(insn, m.index)
+        if _SIGNED_RELOC.search(m.disp):
+            self.require64(insn, m)
+            # A TLS offset (negative) does not fit a 32-bit-address displacement field:
+            # form the full address in the scratch register first.
+            self.uses_scratch(insn)
+            lea = f"\tleaq {m.regs32(_to64(base), _to64(index))}, {_SCRATCH}"
+            return [lea], f"%gs:({_SCRATCH32})", False
+        return [], "%gs:" + m.regs32(base, index), False
+
+    def rewrite_fs(self, insn: _Insn, m: _Mem) -> tuple[list[str], str, bool]:
+        self.uses_scratch(insn)
+        if m.base in ("rip", "eip"):
+            raise self.error(insn.lineno, insn.text, "%fs: with a %rip base")
+        self.require64(insn, m)
+        base = self.reg32(insn, m.base)
+        index = self.reg32(insn, m.index)
+        pre = [f"\tmovq {TP_SYMBOL}(%rip), {_SCRATCH}"]
+        disp = m.disp
+        if base and index:
+            pre.append(f"\tleaq (%{_to64(base)},{_SCRATCH}), {_SCRATCH}")
+            base = None
+        if disp and _int_value(disp) is None:
+            # Symbolic (x@tpoff): a signed link-time constant; fold it with a 64-bit lea.
+            idx = f",%{_to64(index)}" + (f",{m.scale}" if m.scale else "") if index else ""
+            if base:
+                idx = f",%{_to64(base)}"
+            pre.append(f"\tleaq {disp}({_SCRATCH}{idx}), {_SCRATCH}")
+            return pre, f"%gs:({_SCRATCH32})", False
+        if base:
+            return pre, f"%gs:{disp}({_SCRATCH32},%{base},1)", False
+        if index:
+            scale = f",{m.scale}" if m.scale else ""
+            return pre, f"%gs:{disp}({_SCRATCH32},%{index}{scale})", False
+        return pre, f"%gs:{disp}({_SCRATCH32})", False
+
+    def uses_scratch(self, insn: _Insn) -> None:
+        for op in insn.operands:
+            if _mentions(op, _R11_FAMILY):
+                raise self.error(insn.lineno, insn.text,
+                                 "uses %r11, which the rewrite of this instruction needs as "
+                                 "scratch")
+        self.r11_clobber = (insn.lineno, insn.text)
+
+    def require64(self, insn: _Insn, m: _Mem) -> None:
+        # These operands are recomputed with a 64-bit lea; a 32-bit register would be
+        # zero-extended by the original instruction but not by the lea.
+        for r in (m.base, m.index):
+            if r is not None and r not in _TO32:
+                raise self.error(insn.lineno, insn.text,
+                                 f"address register %{r} must be a 64-bit register here")
+
+    def reg32(self, insn: _Insn, reg: str | None) -> str | None:
+        if reg is None:
+            return None
+        if reg in _TO32:
+            return _TO32[reg]
+        if reg in _GPR32:
+            return reg
+        raise self.error(insn.lineno, insn.text,
+                         f"address register %{reg} is not a 64- or 32-bit general register")
+
+    # -- rule 2: the stack pointer and the base register ---------------------------
+
+    def check_protected_writes(self, insn: _Insn) -> None:
+        mn = insn.mnemonic
+        ops = insn.operands
+        regs = [_reg_name(op) for op in ops if _is_register(op)]
+        if _EXCHANGES.match(mn):
+            for r in regs:
+                if r in _R14_FAMILY or r in _RSP_FAMILY:
+                    raise self.error(insn.lineno, insn.text,
+                                     f"`{mn}` writes %{r}, which sandbox code must not change "
+                                     "this way")
+        if not ops or not _is_register(ops[-1]):
+            return
+        dest = _reg_name(ops[-1])
+        if dest in _R14_FAMILY and not _NONWRITING_DEST.match(mn) \
+                and not (mn.startswith("imul") and len(ops) == 1) \
+                and mn not in ("call", "callq", "jmp", "jmpq"):
+            raise self.error(insn.lineno, insn.text,
+                             f"writes %{dest}: %{BASE_REG} holds the window base and is "
+                             "reserved (compile with -ffixed-r14)")
+        if dest in _RSP_FAMILY and mn in ("pop", "popq", "popw"):
+            raise self.error(insn.lineno, insn.text, "pop into %rsp cannot be confined")
+
+    def rsp_write(self, insn: _Insn, ops: list[str], addr32: bool) -> list[str]:
+        mn = insn.mnemonic
+        dest = _reg_name(ops[-1])
+        m = _RSP_ARITH.match(mn)
+        if m is None or len(ops) != 2 or dest not in ("rsp", "esp"):
+            raise self.error(insn.lineno, insn.text,
+                             "unsupported write to the stack pointer (only mov/add/sub/and/or/"
+                             "xor/lea of %rsp, push/pop/call/ret and leave are rewritten)")
+        stem, size = m.groups()
+        if dest == "rsp":
+            if size == "l":
+                raise self.error(insn.lineno, insn.text, "operand size mismatch")
+            src = ops[0]
+            if stem == "and" and size in ("q", ""):
+                imm = _int_value(src[1:]) if src.startswith("$") else None
+                if imm is not None and (-(1 << 31) <= imm < 0
+                                        or (1 << 64) - (1 << 31) <= imm < (1 << 64)):
+                    # Alignment keeps the upper half: stays in the window.
+                    return [self.format(insn.prefixes, mn, ops, addr32)]
+            if _is_register(src):
+                r = _reg_name(src)
+                if r in _TO32:
+                    src = "%" + _TO32[r]
+                elif r not in _GPR32:
+                    raise self.error(insn.lineno, insn.text,
+                                     f"cannot write %{r} to the stack pointer")
+            body = self.format(insn.prefixes, stem + "l", [src, "%esp"], addr32)
+        else:
+            body = self.format(insn.prefixes, mn, ops, addr32)
+        return self.group([body, f"\torq {_BASE}, %rsp"])
+
+    # -- rule 3: string instructions -----------------------------------------------
+
+    def string_op(self, insn: _Insn, uses: tuple[str, ...]) -> list[str]:
+        for op in insn.operands:
+            if not _STRING_OPERAND.match(op.replace(" ", "").lower()):
+                raise self.error(insn.lineno, insn.text,
+                                 f"string instruction operand {op} is not (%rsi)/(%rdi)")
+        for p in insn.prefixes:
+            if p not in _REP_PREFIXES and p != "lock":
+                raise self.error(insn.lineno, insn.text,
+                                 f"prefix `{p}` on a string instruction")
+        lines = []
+        for reg in uses:
+            r32 = _TO32[reg]
+            lines += [f"\tmovl %{r32}, %{r32}", f"\torq {_BASE}, %{reg}"]
+        lines.append(self.format(insn.prefixes, insn.mnemonic, insn.operands, False))
+        return self.group(lines)
+
+    # -- rules 4, 7, 8, 9: control flow --------------------------------------------
+
+    def call_direct(self, target: str) -> list[str]:
+        if not self.cfi:
+            return [f"\tcall\t{target}"]
+        return self.group([*_nop_fill(BUNDLE_SIZE - _CALL_DIRECT_LEN), f"\tcall\t{target}"])
+
+    def branch(self, insn: _Insn) -> list[str]:
+        mn = insn.mnemonic
+        is_call = mn.startswith("call")
+        ops = insn.operands
+        if len(ops) != 1:
+            raise self.error(insn.lineno, insn.text, "branch needs exactly one operand")
+        op = ops[0]
+        prefixes = insn.prefixes
+        for p in prefixes:
+            if p not in _BRANCH_DROP_PREFIXES:
+                raise self.error(insn.lineno, insn.text, f"prefix `{p}` on a branch")
+        indirect = op.startswith("*")
+        target = op[1:].strip() if indirect else op
+        if not indirect and ("(" in target or target.startswith("%")):
+            raise self.error(insn.lineno, insn.text,
+                             "indirect branch operands must be written with `*`")
+        if not indirect:
+            if is_call:
+                return self.call_direct(target)
+            return ["\t" + insn.text]
+        if _is_register(target):
+            r = _reg_name(target)
+            if r not in _TO32:
+                raise self.error(insn.lineno, insn.text,
+                                 f"indirect branch through %{r}: need a 64-bit register")
+            pre: list[str] = []
+            src, addr32 = target, False
+        else:
+            pre, src, addr32 = self.rewrite_mem(insn, target)
+        if not self.cfi:
+            return pre + [self.format(prefixes, mn, ["*" + src], addr32)]
+        if src != _SCRATCH:
+            pre.append(self.format([], "movq", [src, _SCRATCH], addr32))
+        return pre + self.masked_branch("call" if is_call else "jmp")
+
+    def masked_branch(self, kind: str) -> list[str]:
+        lines = [f"\tandl ${BUNDLE_MASK}, {_SCRATCH32}", f"\torq {_BASE}, {_SCRATCH}",
+                 f"\t{kind}\t*{_SCRATCH}"]
+        if kind == "call":
+            lines = _nop_fill(BUNDLE_SIZE - _MASKED_BRANCH_LEN) + lines
+        return self.group(lines)
+
+    def ret(self, insn: _Insn) -> list[str]:
+        for p in insn.prefixes:
+            # `rep ret` is an old AMD branch-predictor idiom; bnd/notrack are hints.
+            if p not in _BRANCH_DROP_PREFIXES and p not in ("rep", "repz"):
+                raise self.error(insn.lineno, insn.text, f"prefix `{p}` on ret")
+        if not self.cfi:
+            return ["\t" + insn.text]
+        if insn.operands:
+            raise self.error(insn.lineno, insn.text,
+                             "`ret $N` is not supported in code+data mode")
+        return [f"\tpopq {_SCRATCH}", *self.masked_branch("jmp")]
+
+
+def _to64(reg32: str | None) -> str | None:
+    return None if reg32 is None else _TO64[reg32]
+
+
+def _mentions(op: str, family: frozenset[str]) -> bool:
+    if "%" not in op:
+        return False
+    return any(tok.split(")")[0].split(",")[0].strip().lower() in family
+               for tok in op.split("%")[1:])
+
+
+def rewrite_assembly(text: str, *, isolation: str, source: str = "<asm>") -> str:
+    """Instrument AT&T x86-64 assembly `text` for the sandbox `isolation` mode.
+
+    Raises RewriteError (naming `source`:line) for input it cannot make safe.
+    """
+    return _Rewriter(text, isolation, source).run()
+
+
+_USAGE = "usage: python -m tmebox.toolchain.rewriter --isolation {data,code+data} IN.s -o OUT.s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; '-' means stdin/stdout."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    isolation = None
+    inp = None
+    outp = None
+    while args:
+        a = args.pop(0)
+        if a in ("-h", "--help"):
+            print(_USAGE)
+            return 0
+        if a == "--isolation" and args:
+            isolation = args.pop(0)
+        elif a.startswith("--isolation="):
+            isolation = a.split("=", 1)[1]
+        elif a == "-o" and args:
+            outp = args.pop(0)
+        elif inp is None and (a == "-" or not a.startswith("-")):
+            inp = a
+        else:
+            print(f"{_USAGE}\nerror: unexpected argument {a!r}", file=sys.stderr)
+            return 2
+    if isolation is None or inp is None or outp is None:
+        print(f"{_USAGE}\nerror: --isolation, IN.s and -o OUT.s are required", file=sys.stderr)
+        return 2
+    try:
+        if inp == "-":
+            text = sys.stdin.read()
+        else:
+            with open(inp, encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read()
+        result = rewrite_assembly(text, isolation=isolation, source=inp)
+        if outp == "-":
+            sys.stdout.write(result)
+        else:
+            with open(outp, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(result)
+    except RewriteError as e:
+        print(f"tmebox rewrite: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"tmebox rewrite: error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
