@@ -1,0 +1,108 @@
+"""Property tests: the platform behaves like plain memory for a tenant that uses one alias
+per line and relocates with rekey, whatever the cache does."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from tmebox.tme import PAGE_SIZE, Platform
+
+MEM = 4 * PAGE_SIZE
+PLATFORMS = {
+    (cache, integrity): Platform(memory_size=MEM, cache=cache, integrity=integrity,
+                                 cache_size=16 * 64)
+    for cache in (True, False) for integrity in (False, True)
+}
+
+
+def _offsets() -> st.SearchStrategy[int]:
+    # Half the offsets sit within 100 bytes of a page boundary, so accesses straddle pages.
+    near_page = st.builds(lambda page, d: max(0, page * PAGE_SIZE + d),
+                          st.integers(1, 3), st.integers(-100, 100))
+    return st.one_of(st.integers(0, MEM - 1), near_page)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cache=st.booleans(), integrity=st.booleans(), keyid=st.integers(0, 63),
+       writes=st.lists(st.tuples(_offsets(), st.binary(min_size=0, max_size=700)), min_size=1,
+                       max_size=8))
+def test_read_after_write(cache: bool, integrity: bool, keyid: int,
+                          writes: list[tuple[int, bytes]]) -> None:
+    p = PLATFORMS[(cache, integrity)]
+    if keyid:
+        assert p.pconfig(keyid, "set_key_random") == 0
+    p.write_lines(0, bytes(MEM), keyid)  # initialise (needed with integrity)
+    model = bytearray(MEM)
+    for offset, data in writes:
+        data = data[:MEM - offset]
+        p.write(offset, data, keyid)
+        model[offset:offset + len(data)] = data
+        assert p.read(offset, len(data), keyid) == data
+    for offset, _ in writes:
+        assert p.read(offset, min(300, MEM - offset), keyid) == model[offset:offset + 300]
+    p.wbinvd()
+    assert p.read_lines(0, MEM // 64, keyid) == model
+
+
+class AliasDiscipline(RuleBasedStateMachine):
+    """Lines owned by different KeyIDs, handed over with rekey, with evictions and flushes
+    at random: every owner always reads back exactly what it wrote."""
+
+    keyids = (0, 1, 2, 3)
+
+    @initialize(cache=st.booleans(), integrity=st.booleans())
+    def setup(self, cache: bool, integrity: bool) -> None:
+        self.p = Platform(memory_size=MEM, cache=cache, integrity=integrity, cache_size=8 * 64)
+        for k in self.keyids[1:]:
+            assert self.p.pconfig(k, "set_key_random") == 0
+        self.p.write_lines(0, bytes(MEM), 0)
+        self.model = bytearray(MEM)
+        self.owner = [0] * (MEM // 64)  # KeyID of each line
+
+    def _run(self, offset: int, n: int) -> tuple[int, int]:
+        """Clip [offset, offset+n) to the run of lines sharing the first line's owner."""
+        n = min(n, MEM - offset)
+        line = offset // 64
+        end = line
+        while end < len(self.owner) and self.owner[end] == self.owner[line] \
+                and end * 64 < offset + n:
+            end += 1
+        return self.owner[line], min(n, end * 64 - offset)
+
+    @rule(offset=st.integers(0, MEM - 1), data=st.binary(min_size=1, max_size=300))
+    def write(self, offset: int, data: bytes) -> None:
+        keyid, n = self._run(offset, len(data))
+        self.p.write(offset, data[:n], keyid)
+        self.model[offset:offset + n] = data[:n]
+
+    @rule(offset=st.integers(0, MEM - 1), n=st.integers(0, 300))
+    def read(self, offset: int, n: int) -> None:
+        keyid, n = self._run(offset, n)
+        assert self.p.read(offset, n, keyid) == self.model[offset:offset + n]
+
+    @rule(line=st.integers(0, MEM // 64 - 1), count=st.integers(1, 8), to=st.sampled_from(keyids))
+    def rekey(self, line: int, count: int, to: int) -> None:
+        keyid, n = self._run(line * 64, count * 64)
+        self.p.rekey(line * 64, n, keyid, to)
+        for i in range(line, line + n // 64):
+            self.owner[i] = to
+
+    @rule(offset=st.integers(0, MEM - 1), keyid=st.sampled_from(keyids))
+    def clflush(self, offset: int, keyid: int) -> None:
+        self.p.clflush(offset, keyid)
+
+    @rule()
+    def wbinvd(self) -> None:
+        self.p.wbinvd()
+
+    @invariant()
+    def no_machine_checks(self) -> None:
+        if hasattr(self, "p"):
+            assert self.p.stats.machine_checks == 0
+
+
+AliasDiscipline.TestCase.settings = settings(max_examples=40, stateful_step_count=40,
+                                             deadline=None)
+test_alias_discipline = AliasDiscipline.TestCase
