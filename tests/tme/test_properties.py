@@ -51,19 +51,21 @@ class AliasDiscipline(RuleBasedStateMachine):
     at random: every owner always reads back exactly what it wrote."""
 
     keyids = (0, 1, 2, 3)
+    span = 1024  # 16 lines against an 8-line cache: frequent evictions and alias collisions
 
     @initialize(cache=st.booleans(), integrity=st.booleans())
     def setup(self, cache: bool, integrity: bool) -> None:
-        self.p = Platform(memory_size=MEM, cache=cache, integrity=integrity, cache_size=8 * 64)
+        self.p = Platform(memory_size=PAGE_SIZE, cache=cache, integrity=integrity,
+                          cache_size=8 * 64)
         for k in self.keyids[1:]:
             assert self.p.pconfig(k, "set_key_random") == 0
-        self.p.write_lines(0, bytes(MEM), 0)
-        self.model = bytearray(MEM)
-        self.owner = [0] * (MEM // 64)  # KeyID of each line
+        self.p.write_lines(0, bytes(self.span), 0)
+        self.model = bytearray(self.span)
+        self.owner = [0] * (self.span // 64)  # KeyID of each line
 
     def _run(self, offset: int, n: int) -> tuple[int, int]:
         """Clip [offset, offset+n) to the run of lines sharing the first line's owner."""
-        n = min(n, MEM - offset)
+        n = min(n, self.span - offset)
         line = offset // 64
         end = line
         while end < len(self.owner) and self.owner[end] == self.owner[line] \
@@ -71,25 +73,25 @@ class AliasDiscipline(RuleBasedStateMachine):
             end += 1
         return self.owner[line], min(n, end * 64 - offset)
 
-    @rule(offset=st.integers(0, MEM - 1), data=st.binary(min_size=1, max_size=300))
+    @rule(offset=st.integers(0, span - 1), data=st.binary(min_size=1, max_size=300))
     def write(self, offset: int, data: bytes) -> None:
         keyid, n = self._run(offset, len(data))
         self.p.write(offset, data[:n], keyid)
         self.model[offset:offset + n] = data[:n]
 
-    @rule(offset=st.integers(0, MEM - 1), n=st.integers(0, 300))
+    @rule(offset=st.integers(0, span - 1), n=st.integers(0, 300))
     def read(self, offset: int, n: int) -> None:
         keyid, n = self._run(offset, n)
         assert self.p.read(offset, n, keyid) == self.model[offset:offset + n]
 
-    @rule(line=st.integers(0, MEM // 64 - 1), count=st.integers(1, 8), to=st.sampled_from(keyids))
+    @rule(line=st.integers(0, span // 64 - 1), count=st.integers(1, 8), to=st.sampled_from(keyids))
     def rekey(self, line: int, count: int, to: int) -> None:
         keyid, n = self._run(line * 64, count * 64)
         self.p.rekey(line * 64, n, keyid, to)
         for i in range(line, line + n // 64):
             self.owner[i] = to
 
-    @rule(offset=st.integers(0, MEM - 1), keyid=st.sampled_from(keyids))
+    @rule(offset=st.integers(0, span - 1), keyid=st.sampled_from(keyids))
     def clflush(self, offset: int, keyid: int) -> None:
         self.p.clflush(offset, keyid)
 
@@ -103,6 +105,6 @@ class AliasDiscipline(RuleBasedStateMachine):
             assert self.p.stats.machine_checks == 0
 
 
-AliasDiscipline.TestCase.settings = settings(max_examples=40, stateful_step_count=40,
+AliasDiscipline.TestCase.settings = settings(max_examples=60, stateful_step_count=50,
                                              deadline=None)
 test_alias_discipline = AliasDiscipline.TestCase
