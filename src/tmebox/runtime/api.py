@@ -1,0 +1,444 @@
+"""The Python API: Runtime (a backend and its images), Sandbox (one tenant).
+
+    with tmebox.Runtime(backend="native") as rt:
+        img = rt.load("prog.box")
+        sb = rt.spawn(img, argv=["prog"], stdout=bytearray())
+        status = sb.run()
+
+See docs/runtime.md for the whole interface.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tmebox.errors import (
+    ImageError,
+    OutOfSandboxes,
+    SandboxError,
+    SandboxExited,
+    SandboxFault,
+    SandboxTimeout,
+    TmeboxError,
+    VerificationError,
+)
+from tmebox.runtime import syscalls
+from tmebox.runtime.backend import (
+    STOP_BADSTACK,
+    STOP_FAULT,
+    STOP_RETURN,
+    STOP_SYSCALL,
+    STOP_TIMEOUT,
+    FaultInfo,
+    classify,
+)
+from tmebox.runtime.loader import ImagePlan, initial_stack, plan_from_image
+from tmebox.runtime.memory import SandboxMemory
+from tmebox.toolchain import abi
+
+BACKENDS = ("native", "tme")
+DEFAULT_MAX_SANDBOXES = 1024
+CALL_FRAME_GAP = 128  # bytes left between the parked stack pointer and a call()'s frame
+_MASK64 = (1 << 64) - 1
+_SIGN64 = 1 << 63
+
+# Verdicts of the verifier by image content hash: an image is verified once per process.
+_VERIFIED: dict[str, bool] = {}
+_VERIFIED_LOCK = threading.Lock()
+
+
+def as_int32(value: int) -> int:
+    """The C `int` a function returned (call() gives the whole of %rax, signed 64-bit)."""
+    value &= 0xFFFF_FFFF
+    return value - (1 << 32) if value >> 31 else value
+
+
+def _make_backend(name: str, max_sandboxes: int) -> Any:
+    if name == "native":
+        from tmebox.runtime.native_backend import NativeBackend
+
+        return NativeBackend(max_sandboxes)
+    if name == "tme":
+        try:
+            from tmebox.runtime import tme_backend  # type: ignore[attr-defined]
+        except ImportError:
+            raise TmeboxError("the tme backend is not available in this build") from None
+        return tme_backend.TmeBackend(max_sandboxes)
+    raise TmeboxError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+class LoadedImage:
+    """An image verified and prepared for one Runtime's backend."""
+
+    def __init__(self, runtime: Runtime, plan: ImagePlan, prepared: Any) -> None:
+        self.runtime = runtime
+        self.plan = plan
+        self.prepared = prepared
+        self.layout = plan.layout()
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    @property
+    def exports(self) -> dict[str, int]:
+        return dict(self.plan.exports)
+
+    def __repr__(self) -> str:
+        return f"<LoadedImage {self.plan.name} {self.plan.isolation}>"
+
+
+class Runtime:
+    """A backend plus the images and sandboxes created through it.
+
+    max_sandboxes bounds the sandboxes alive at once; the native backend
+    checks at creation that vm.max_map_count allows that many windows.
+    """
+
+    def __init__(self, backend: str = "native", max_sandboxes: int = DEFAULT_MAX_SANDBOXES) -> None:
+        if max_sandboxes < 1:
+            raise TmeboxError(f"max_sandboxes must be at least 1, not {max_sandboxes}")
+        self.backend_name = backend
+        self.max_sandboxes = max_sandboxes
+        self._backend = _make_backend(backend, max_sandboxes)
+        self._lock = threading.Lock()
+        self._sandboxes: set[Sandbox] = set()
+        self._images: list[LoadedImage] = []
+        self._closed = False
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def sandboxes(self) -> int:
+        """How many sandboxes of this Runtime are alive."""
+        return len(self._sandboxes)
+
+    def load(self, image: str | os.PathLike[str]) -> LoadedImage:
+        """Read and verify an image file; nothing of it is mapped before it passes."""
+        self._check_open()
+        from tmebox.toolchain.image import Image
+        from tmebox.toolchain.verifier import verify_image
+
+        parsed = Image.load(Path(image))
+        with _VERIFIED_LOCK:
+            known = _VERIFIED.get(parsed.sha256)
+        if not known:
+            verdict = verify_image(parsed)
+            if not verdict.ok:
+                raise VerificationError(verdict.summary())
+            with _VERIFIED_LOCK:
+                _VERIFIED[parsed.sha256] = True
+        return self._prepare(plan_from_image(parsed))
+
+    def load_unverified(self, plan: ImagePlan) -> LoadedImage:
+        """Take a hand-built plan WITHOUT verifying its code (runtime tests and benchmarks).
+
+        The code runs with the window's data confinement only as far as it was
+        written to follow docs/design.md; nothing checks that it does.
+        """
+        self._check_open()
+        return self._prepare(plan)
+
+    def _prepare(self, plan: ImagePlan) -> LoadedImage:
+        loaded = LoadedImage(self, plan, self._backend.prepare(plan))
+        with self._lock:
+            self._images.append(loaded)
+        return loaded
+
+    def spawn(self, image: LoadedImage, argv: Sequence[str | bytes] | None = None,
+              envp: Sequence[str | bytes] = (), stdin: Any = None, stdout: Any = None,
+              stderr: Any = None, timeout: float | None = None) -> Sandbox:
+        """A new sandbox of image with libc initialised (`_start` ran up to the park)."""
+        self._check_open()
+        if image.runtime is not self:
+            raise TmeboxError(f"{image.name} was loaded by another Runtime")
+        with self._lock:
+            if len(self._sandboxes) >= self.max_sandboxes:
+                raise OutOfSandboxes(
+                    f"this Runtime already has {len(self._sandboxes)} sandboxes "
+                    f"(max_sandboxes={self.max_sandboxes})")
+            engine = self._backend.new_engine(image.prepared)
+            sb = Sandbox(self, image, engine, timeout)
+            self._sandboxes.add(sb)
+        try:
+            sb._start(list(argv) if argv is not None else [Path(image.name).name], list(envp),
+                      stdin, stdout, stderr)
+        except BaseException:
+            sb.destroy()
+            raise
+        return sb
+
+    def _forget(self, sb: Sandbox) -> None:
+        with self._lock:
+            self._sandboxes.discard(sb)
+
+    def close(self) -> None:
+        """Destroy every sandbox and release the images."""
+        if self._closed:
+            return
+        for sb in list(self._sandboxes):
+            sb.destroy()
+        for img in self._images:
+            self._backend.release_image(img.prepared)
+        self._images.clear()
+        self._backend.close()
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TmeboxError("this Runtime is closed")
+
+
+class Sandbox:
+    """One tenant: a window, its memory and its registers.
+
+    States: parked (libc initialised; call() and run() allowed), exited
+    (main returned or exit was called), dead (faulted or timed out), destroyed.
+    """
+
+    def __init__(self, runtime: Runtime, image: LoadedImage, engine: Any,
+                 timeout: float | None) -> None:
+        self.runtime = runtime
+        self.image = image
+        self._engine = engine
+        self._layout = image.layout
+        self.base: int = engine.base
+        self.memory: SandboxMemory = engine.memory
+        self.timeout = timeout
+        self.state = "new"
+        self.exit_status: int | None = None
+        self._lock = threading.Lock()
+        self._rips: dict[str, int] = {}
+        self._parked: object = None
+        self._call_rsp = 0
+        self._ret = self.base + self._layout.code_lo + abi.RT_EXIT_OFFSET
+        self._proc: syscalls.ProcessState | None = None
+        self._ran = False
+
+    def __repr__(self) -> str:
+        return f"<Sandbox {self.image.name} at {self.base:#x} {self.state}>"
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def _start(self, argv: list[str | bytes], envp: list[str | bytes], stdin: Any, stdout: Any,
+               stderr: Any) -> None:
+        L, plan = self._layout, self.image.plan
+        self._proc = syscalls.ProcessState(
+            layout=L, base=self.base, tp_slot=L.code_lo + plan.tp_slot,
+            stdin=syscalls.Source(stdin), stdout=syscalls.Sink(stdout, 1),
+            stderr=syscalls.Sink(stderr, 2))
+        rsp, stack = initial_stack(plan, L, self.base, argv, envp, os.urandom(16))
+        self.memory.write(rsp, stack)
+        with self._lock:
+            self._engine.set_deadline(self.timeout)
+            stop = self._engine.enter(self.base + L.code_lo + plan.entry, self.base + rsp, (),
+                                      None)
+            try:
+                outcome = self._drive(stop)
+            except _Exited:
+                return  # the program ended during start-up; run() reports its status
+        if outcome is syscalls.Park:
+            self.state = "parked"
+            self._parked = self._engine.save()
+            self._call_rsp = (self._engine.stack_pointer() - CALL_FRAME_GAP) & ~15
+
+    def run(self) -> int:
+        """Run main(argc, argv, envp) to its end; returns the exit status."""
+        with self._lock:
+            if self.state == "exited" and not self._ran:
+                self._ran = True  # it exited during start-up: that is main's outcome
+                assert self.exit_status is not None
+                return self.exit_status
+            self._check_state("run")
+            self._ran = True
+            self._engine.restore(self._parked)
+            self._parked = None
+            self._engine.set_deadline(self.timeout)
+            try:
+                self._drive(self._engine.resume(0))
+            except _Exited as e:
+                return e.status
+        self.state = "dead"
+        raise SandboxError(f"{self.image.name}: main() returned to the runtime instead of "
+                           "calling exit")
+
+    def call(self, name: str, *args: int) -> int:
+        """Call an exported function with up to 6 integer (or sandbox pointer) arguments.
+
+        Returns %rax as a signed 64-bit int (as_int32() gives a C int result).
+        """
+        rip = self._rips.get(name)
+        if rip is None:
+            rip = self._lookup(name)
+        if len(args) > 6:
+            raise TypeError(f"call({name!r}) takes at most 6 arguments, got {len(args)}")
+        with self._lock:
+            if self.state != "parked":
+                self._check_state(f"call({name!r})")
+            if self.timeout is not None:
+                self._engine.set_deadline(self.timeout)
+            stop = self._engine.enter(rip, self._call_rsp, args, self._ret)
+            if stop != STOP_RETURN:
+                stop = self._drive(stop)
+            v = self._engine.result()
+        return v - (1 << 64) if v & _SIGN64 else v
+
+    def _lookup(self, name: str) -> int:
+        off = self.image.plan.exports.get(name)
+        if off is None:
+            raise SandboxError(f"{self.image.name} exports no function {name!r}")
+        rip = self._rips[name] = self.base + self._layout.code_lo + off
+        return rip
+
+    def alloc(self, n: int) -> int:
+        """n bytes (rounded up to pages) of fresh zeroed memory in the sandbox's mmap area.
+
+        Returns the sandbox pointer (full address); free it with free().
+        """
+        if n <= 0:
+            raise ValueError(f"alloc({n}): size must be positive")
+        with self._lock:
+            self._check_state("alloc")
+            assert self._proc is not None
+            off = self._proc.mmap_alloc((n + 4095) & ~4095)
+        if off is None:
+            raise SandboxError(f"{self.image.name}: no room for {n} bytes in the sandbox")
+        return self.base + off
+
+    def free(self, addr: int, n: int) -> None:
+        """Give back memory from alloc()."""
+        with self._lock:
+            assert self._proc is not None
+            r = syscalls.handle(syscalls.SYS_MUNMAP, (addr, n, 0, 0, 0, 0), self.memory,
+                                self._proc)
+        if r != 0:
+            raise SandboxError(f"free({addr:#x}, {n}): not memory from alloc()")
+
+    def destroy(self) -> None:
+        """Unmap the window; the sandbox cannot be used afterwards."""
+        with self._lock:
+            if self.state == "destroyed":
+                return
+            self.state = "destroyed"
+            self._engine.destroy()
+        self.runtime._forget(self)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+    # -- the run loop ------------------------------------------------------------------------
+
+    def _check_state(self, what: str) -> None:
+        if self.state == "parked":
+            return
+        if self.state == "exited":
+            raise SandboxExited(f"{self.image.name}: {what}: the sandbox exited with status "
+                                f"{self.exit_status}")
+        if self.state == "dead":
+            raise SandboxError(f"{self.image.name}: {what}: the sandbox faulted or timed out "
+                               "earlier and cannot run again")
+        raise SandboxError(f"{self.image.name}: {what}: the sandbox is {self.state}")
+
+    def _drive(self, stop: int) -> Any:
+        """Service runtime calls until the sandbox returns, parks, exits, faults or times out."""
+        engine, proc, mem = self._engine, self._proc, self.memory
+        assert proc is not None
+        while True:
+            if stop == STOP_SYSCALL:
+                nr, args = engine.syscall()
+                try:
+                    r = syscalls.handle(nr, args, mem, proc)
+                except OSError as e:  # the host's stdio failed: the sandbox sees EIO
+                    r = -(e.errno or 5)
+                if isinstance(r, int):
+                    stop = engine.resume(r)
+                    continue
+                if isinstance(r, syscalls.Park):
+                    return syscalls.Park
+                self.state = "exited"
+                self.exit_status = r.status
+                self._parked = None
+                raise _Exited(r.status)
+            if stop == STOP_RETURN:
+                return STOP_RETURN
+            self.state = "dead"
+            if stop == STOP_TIMEOUT:
+                raise SandboxTimeout(f"{self.image.name}: ran longer than {self.timeout} s "
+                                     f"(stopped at {engine.fault().rip:#x})")
+            if stop in (STOP_FAULT, STOP_BADSTACK):
+                raise self._fault_error(engine.fault(), stop)
+            raise SandboxError(f"{self.image.name}: the backend stopped with code {stop}")
+
+    def _fault_error(self, f: FaultInfo, stop: int) -> SandboxFault:
+        kind = classify(f, self._layout.stack_bottom)
+        detail = f"in {self.image.name}"
+        if stop == STOP_BADSTACK:
+            detail += ": runtime call with the stack pointer outside the stack"
+        return SandboxFault(kind, address=self.base + f.address,
+                            instruction=self._disassemble(f.rip), detail=detail)
+
+    def _disassemble(self, off: int) -> str | None:
+        if not self.memory.ok(off, 1, False) or off >= self._layout.code_hi:
+            return f"rip {self.base + off:#x}"
+        code = self.memory.read(off, min(15, self._layout.code_hi - off))
+        try:
+            import capstone
+
+            md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+            for ins in md.disasm(code, off - self._layout.code_lo):
+                return f"image+{ins.address:#x}: {ins.mnemonic} {ins.op_str}".rstrip()
+        except ImportError:
+            pass
+        return f"image+{off - self._layout.code_lo:#x}: {code[:8].hex(' ')}"
+
+
+class _Exited(SandboxExited):
+    """Internal: unwinds _drive when the sandbox exits; run() turns it into a status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the sandbox exited with status {status}")
+        self.status = status
+
+
+def run_command(target: Path, argv: Sequence[str], backend: str = "native",
+                timeout: float | None = None) -> int:
+    """`tmebox run`: run IMAGE (or compile FILE.c first) with the terminal's stdio."""
+    target = Path(target)
+    if target.suffix == ".c":
+        target = _compile_cached(target)
+    elif not target.exists():
+        raise ImageError(f"{target}: no such image")
+    with Runtime(backend=backend, max_sandboxes=1) as rt:
+        img = rt.load(target)
+        sb = rt.spawn(img, argv=[target.name, *argv], timeout=timeout)
+        return sb.run()
+
+
+def _compile_cached(source: Path) -> Path:
+    from tmebox.toolchain import cc
+
+    try:
+        text = source.read_bytes()
+    except OSError as e:
+        raise ImageError(f"{source}: cannot read: {e.strerror or e}") from None
+    key = hashlib.sha256(text + str(source.resolve()).encode()).hexdigest()[:24]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tmebox" / "run"
+    out = cache / f"{source.stem}-{key}.box"
+    if not out.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / f".{out.name}.{os.getpid()}"
+        cc.build(sources=[source], output=tmp)
+        tmp.replace(out)
+    return out

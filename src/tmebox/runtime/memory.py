@@ -1,0 +1,71 @@
+"""Host access to a sandbox's memory, bounds-checked against what is mapped.
+
+Sandbox pointers are full addresses inside the window (base + offset), but the
+host only ever uses their low 32 bits, which is what `%gs` + 32-bit
+addressing does in hardware: a pointer the sandbox forged to point elsewhere
+still lands in its own window. Accesses outside the mapped parts raise
+SandboxMemoryError instead of faulting the host.
+"""
+
+from __future__ import annotations
+
+from tmebox.errors import SandboxError
+
+OFFSET_MASK = 0xFFFF_FFFF
+
+
+class SandboxMemoryError(SandboxError):
+    """The host was asked to touch sandbox memory that is not mapped (or read-only)."""
+
+
+class SandboxMemory:
+    """Bounds checks shared by every backend; subclasses move the bytes.
+
+    readable: window offsets [read_lo, hi); writable: [write_lo, hi).
+    """
+
+    def __init__(self, read_lo: int, write_lo: int, hi: int) -> None:
+        self.read_lo = read_lo
+        self.write_lo = write_lo
+        self.hi = hi
+
+    def check(self, addr: int, n: int, write: bool) -> int:
+        """The window offset of [addr, addr+n) if the host may access it, else raise."""
+        off = addr & OFFSET_MASK
+        lo = self.write_lo if write else self.read_lo
+        if n < 0 or off < lo or off + n > self.hi:
+            what = "write" if write else "read"
+            raise SandboxMemoryError(
+                f"host {what} of {n} bytes at window offset {off:#x} is outside the sandbox's "
+                f"{'writable' if write else 'mapped'} memory [{lo:#x}, {self.hi:#x})"
+            )
+        return off
+
+    def ok(self, addr: int, n: int, write: bool) -> bool:
+        off = addr & OFFSET_MASK
+        return n >= 0 and off >= (self.write_lo if write else self.read_lo) and off + n <= self.hi
+
+    def read(self, addr: int, n: int) -> bytes:
+        return self._read(self.check(addr, n, False), n)
+
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        self._write(self.check(addr, len(data), True), data)
+
+    def read_u64(self, addr: int) -> int:
+        return int.from_bytes(self.read(addr, 8), "little")
+
+    def write_u64(self, addr: int, value: int) -> None:
+        self.write(addr, (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little"))
+
+    def release(self, addr: int, n: int) -> None:
+        """Give the pages of [addr, addr+n) back; they read as zero afterwards."""
+        self._release(self.check(addr, n, True), n)
+
+    def _read(self, off: int, n: int) -> bytes:
+        raise NotImplementedError
+
+    def _write(self, off: int, data: bytes | bytearray | memoryview) -> None:
+        raise NotImplementedError
+
+    def _release(self, off: int, n: int) -> None:
+        raise NotImplementedError

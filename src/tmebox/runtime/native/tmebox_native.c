@@ -1,0 +1,518 @@
+/* Native sandbox helper (docs/design.md "Calls into a sandbox", docs/runtime.md).
+ *
+ * tmebox_run() saves the host's callee-saved registers, %gs base, MXCSR and x87
+ * control word, loads the sandbox's registers (%r14 and %gs base forced to the
+ * window base) and jumps into the window. Sandbox code leaves only through
+ *   - the runtime page stubs, which jump to tmebox_rt_syscall_entry or
+ *     tmebox_rt_exit_entry below, or
+ *   - a signal (fault or timer) whose handler finds the thread inside its
+ *     sandbox's window and rewrites the interrupted context to resume at
+ *     tmebox_fault_exit.
+ * None of these trusts sandbox memory or registers: the context is found
+ * through a host thread-local, and the host stack pointer comes from it.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/auxv.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <ucontext.h>
+#include <unistd.h>
+#include <cpuid.h>
+
+#include "tmebox_native.h"
+
+_Static_assert(offsetof(struct tmebox_ctx, rip) == 0x80, "ctx layout");
+_Static_assert(offsetof(struct tmebox_ctx, base) == 0x88, "ctx layout");
+_Static_assert(offsetof(struct tmebox_ctx, host_rsp) == 0x90, "ctx layout");
+_Static_assert(offsetof(struct tmebox_ctx, host_gsbase) == 0x98, "ctx layout");
+_Static_assert(offsetof(struct tmebox_ctx, host_mxcsr) == 0xa0, "ctx layout");
+_Static_assert(offsetof(struct tmebox_ctx, host_fcw) == 0xa4, "ctx layout");
+_Static_assert(offsetof(struct tmebox_ctx, mode) == 0xa8, "ctx layout");
+_Static_assert(offsetof(struct tmebox_ctx, reason) == 0xac, "ctx layout");
+_Static_assert(offsetof(struct tmebox_ctx, xsave) == 0x100, "ctx layout");
+
+#ifndef HWCAP2_FSGSBASE
+#define HWCAP2_FSGSBASE (1 << 1)
+#endif
+
+/* The context of the sandbox this thread is running, NULL outside tmebox_run. */
+__thread struct tmebox_ctx *tmebox_tls_cur
+    __attribute__((visibility("hidden"), tls_model("initial-exec")));
+
+/* xsave components cleared on fresh entry and kept across runtime calls:
+ * x87, SSE, AVX, and the AVX-512 opmask/ZMM states where the OS enabled them. */
+uint64_t tmebox_xmask __attribute__((visibility("hidden")));
+uint32_t tmebox_has_avx __attribute__((visibility("hidden")));
+static size_t xsave_size;
+/* XSAVE image whose header says "every component in its initial state":
+ * XRSTOR from it zeroes the vector registers; MXCSR comes from byte 24. */
+uint8_t tmebox_xinit[4096] __attribute__((visibility("hidden"), aligned(64)));
+
+extern int tmebox_enter_asm(struct tmebox_ctx *c) __attribute__((visibility("hidden")));
+extern char tmebox_rt_syscall_entry[] __attribute__((visibility("hidden")));
+extern char tmebox_rt_exit_entry[] __attribute__((visibility("hidden")));
+extern char tmebox_fault_exit[] __attribute__((visibility("hidden")));
+
+__asm__(
+    ".text\n"
+    ".p2align 5\n"
+    ".globl tmebox_enter_asm\n"
+    ".hidden tmebox_enter_asm\n"
+    ".type tmebox_enter_asm,@function\n"
+    "tmebox_enter_asm:\n"
+    "    pushq %rbp\n"
+    "    pushq %rbx\n"
+    "    pushq %r12\n"
+    "    pushq %r13\n"
+    "    pushq %r14\n"
+    "    pushq %r15\n"
+    "    movq %rsp, 0x90(%rdi)\n"
+    "    stmxcsr 0xa0(%rdi)\n"
+    "    fnstcw 0xa4(%rdi)\n"
+    "    rdgsbase %rax\n"
+    "    movq %rax, 0x98(%rdi)\n"
+    "    movq %rdi, %r11\n"
+    /* fresh entry: every vector register to its initial state; resume: the
+       sandbox's own state saved by tmebox_rt_syscall_entry */
+    "    movl tmebox_xmask(%rip), %eax\n"
+    "    movl tmebox_xmask+4(%rip), %edx\n"
+    "    leaq 0x100(%r11), %rcx\n"
+    "    cmpl $0, 0xa8(%r11)\n"
+    "    jne 1f\n"
+    "    leaq tmebox_xinit(%rip), %rcx\n"
+    "1:  xrstor64 (%rcx)\n"
+    "    movq 0x88(%r11), %rax\n"
+    "    wrgsbase %rax\n"
+    "    movq %rax, %r14\n"
+    /* deterministic flags (ZF PF set, the rest clear) and DF=0 */
+    "    xorl %eax, %eax\n"
+    "    cld\n"
+    "    movq 0x00(%r11), %rax\n"
+    "    movq 0x08(%r11), %rcx\n"
+    "    movq 0x10(%r11), %rdx\n"
+    "    movq 0x18(%r11), %rbx\n"
+    "    movq 0x20(%r11), %rsp\n"
+    "    movq 0x28(%r11), %rbp\n"
+    "    movq 0x30(%r11), %rsi\n"
+    "    movq 0x38(%r11), %rdi\n"
+    "    movq 0x40(%r11), %r8\n"
+    "    movq 0x48(%r11), %r9\n"
+    "    movq 0x50(%r11), %r10\n"
+    "    movq 0x60(%r11), %r12\n"
+    "    movq 0x68(%r11), %r13\n"
+    "    movq 0x78(%r11), %r15\n"
+    "    movq 0x80(%r11), %r11\n"
+    "    jmp *%r11\n"
+    ".size tmebox_enter_asm, .-tmebox_enter_asm\n"
+
+    /* Reached from the runtime page stub at image offset 0 by `jmp`, on the
+       sandbox stack with the sandbox's return address at (%rsp). %rcx and
+       %r11 are free (the syscall convention clobbers them). */
+    ".p2align 5\n"
+    ".globl tmebox_rt_syscall_entry\n"
+    ".hidden tmebox_rt_syscall_entry\n"
+    "tmebox_rt_syscall_entry:\n"
+    "    movq tmebox_tls_cur@gottpoff(%rip), %r11\n"
+    "    movq %fs:(%r11), %r11\n"
+    "    movq %rax, 0x00(%r11)\n"
+    "    movq %rdx, 0x10(%r11)\n"
+    "    movq %rbx, 0x18(%r11)\n"
+    "    movq %rsp, 0x20(%r11)\n"
+    "    movq %rbp, 0x28(%r11)\n"
+    "    movq %rsi, 0x30(%r11)\n"
+    "    movq %rdi, 0x38(%r11)\n"
+    "    movq %r8, 0x40(%r11)\n"
+    "    movq %r9, 0x48(%r11)\n"
+    "    movq %r10, 0x50(%r11)\n"
+    "    movq %r12, 0x60(%r11)\n"
+    "    movq %r13, 0x68(%r11)\n"
+    "    movq %r15, 0x78(%r11)\n"
+    "    movl tmebox_xmask(%rip), %eax\n"
+    "    movl tmebox_xmask+4(%rip), %edx\n"
+    "    xsave64 0x100(%r11)\n"
+    "    movl $2, 0xac(%r11)\n"
+    "    jmp tmebox_common_exit\n"
+
+    /* Reached from the stub at image offset 0x20: a host-initiated call returned. */
+    ".p2align 5\n"
+    ".globl tmebox_rt_exit_entry\n"
+    ".hidden tmebox_rt_exit_entry\n"
+    "tmebox_rt_exit_entry:\n"
+    "    movq tmebox_tls_cur@gottpoff(%rip), %r11\n"
+    "    movq %fs:(%r11), %r11\n"
+    "    movq %rax, 0x00(%r11)\n"
+    "    movq %rsp, 0x20(%r11)\n"
+    "    movl $1, 0xac(%r11)\n"
+    "    jmp tmebox_common_exit\n"
+
+    /* The signal handler resumes here; it has filled in reason and fault_*. */
+    ".p2align 5\n"
+    ".globl tmebox_fault_exit\n"
+    ".hidden tmebox_fault_exit\n"
+    "tmebox_fault_exit:\n"
+    "    movq tmebox_tls_cur@gottpoff(%rip), %r11\n"
+    "    movq %fs:(%r11), %r11\n"
+    "tmebox_common_exit:\n"
+    "    movq 0x90(%r11), %rsp\n"
+    "    movq 0x98(%r11), %rax\n"
+    "    wrgsbase %rax\n"
+    "    cld\n"
+    "    ldmxcsr 0xa0(%r11)\n"
+    "    fldcw 0xa4(%r11)\n"
+    "    cmpl $0, tmebox_has_avx(%rip)\n"
+    "    je 2f\n"
+    "    vzeroupper\n"
+    "2:  movl 0xac(%r11), %eax\n"
+    "    popq %r15\n"
+    "    popq %r14\n"
+    "    popq %r13\n"
+    "    popq %r12\n"
+    "    popq %rbx\n"
+    "    popq %rbp\n"
+    "    ret\n");
+
+static const int fault_signals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP};
+#define N_FAULT_SIGNALS (sizeof fault_signals / sizeof fault_signals[0])
+static struct sigaction old_actions[N_FAULT_SIGNALS];
+static int timer_signal;
+
+/* Per-thread resources, released by the pthread key destructor. */
+struct thread_state {
+    void *altstack;
+    size_t altstack_size;
+    int timer_ok;
+    timer_t timer;
+};
+static __thread struct thread_state *tls_state
+    __attribute__((tls_model("initial-exec")));
+static pthread_key_t state_key;
+
+#define ALTSTACK_SIZE (64 * 1024)
+#define TIMER_RETRY_NS 100000
+
+static int in_window(const struct tmebox_ctx *c, uint64_t rip)
+{
+    return (rip >> 32) == (c->base >> 32);
+}
+
+static void arm_timer_abs(struct thread_state *t, uint64_t when_ns)
+{
+    struct itimerspec its = {0};
+    its.it_value.tv_sec = (time_t)(when_ns / 1000000000ull);
+    its.it_value.tv_nsec = (long)(when_ns % 1000000000ull);
+    timer_settime(t->timer, TIMER_ABSTIME, &its, NULL);
+}
+
+static void chain(int idx, int sig, siginfo_t *si, void *uc)
+{
+    struct sigaction *old = &old_actions[idx];
+    if (old->sa_flags & SA_SIGINFO) {
+        if (old->sa_sigaction) {
+            old->sa_sigaction(sig, si, uc);
+            return;
+        }
+    } else if (old->sa_handler == SIG_IGN) {
+        return;
+    } else if (old->sa_handler != SIG_DFL) {
+        old->sa_handler(sig);
+        return;
+    }
+    /* Default action: reinstall it and let the faulting instruction run again. */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigaction(sig, &dfl, NULL);
+    if (si->si_code <= 0)
+        raise(sig);
+}
+
+static void on_signal(int sig, siginfo_t *si, void *uc_)
+{
+    ucontext_t *uc = uc_;
+    greg_t *g = uc->uc_mcontext.gregs;
+    struct tmebox_ctx *c = tmebox_tls_cur;
+    uint64_t rip = (uint64_t)g[REG_RIP];
+
+    if (c && in_window(c, rip)) {
+        c->fault_signo = (uint64_t)sig;
+        c->fault_code = (uint64_t)(int64_t)si->si_code;
+        c->fault_addr = (uint64_t)si->si_addr;
+        c->fault_rip = rip;
+        c->fault_rsp = (uint64_t)g[REG_RSP];
+        c->reason = sig == timer_signal ? TMEBOX_REASON_TIMEOUT : TMEBOX_REASON_FAULT;
+        g[REG_RIP] = (greg_t)tmebox_fault_exit;
+        return;
+    }
+    if (sig == timer_signal) {
+        /* Between tmebox_run's deadline check and the jump into the window
+           (or on the way out): try again shortly. Outside tmebox_run the
+           timer is disarmed, so a late tick is simply dropped. */
+        if (c && tls_state && tls_state->timer_ok)
+            arm_timer_abs(tls_state, tmebox_monotonic_ns() + TIMER_RETRY_NS);
+        return;
+    }
+    for (size_t i = 0; i < N_FAULT_SIGNALS; i++)
+        if (fault_signals[i] == sig) {
+            chain((int)i, sig, si, uc_);
+            return;
+        }
+}
+
+static void free_thread_state(void *p)
+{
+    struct thread_state *t = p;
+    stack_t ss;
+    if (t->altstack) {
+        if (sigaltstack(NULL, &ss) == 0 && ss.ss_sp == t->altstack) {
+            memset(&ss, 0, sizeof ss);
+            ss.ss_flags = SS_DISABLE;
+            sigaltstack(&ss, NULL);
+        }
+        munmap(t->altstack, t->altstack_size);
+    }
+    if (t->timer_ok)
+        timer_delete(t->timer);
+    free(t);
+}
+
+static struct thread_state *thread_state(void)
+{
+    struct thread_state *t = tls_state;
+    if (t)
+        return t;
+    t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    /* A fault on the sandbox stack must not be delivered on it. */
+    stack_t old;
+    if (sigaltstack(NULL, &old) == 0 && (old.ss_flags & SS_DISABLE)) {
+        void *mem = mmap(NULL, ALTSTACK_SIZE, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (mem == MAP_FAILED) {
+            free(t);
+            return NULL;
+        }
+        stack_t ss = {.ss_sp = mem, .ss_size = ALTSTACK_SIZE, .ss_flags = 0};
+        if (sigaltstack(&ss, NULL) != 0) {
+            munmap(mem, ALTSTACK_SIZE);
+            free(t);
+            return NULL;
+        }
+        t->altstack = mem;
+        t->altstack_size = ALTSTACK_SIZE;
+    }
+    pthread_setspecific(state_key, t);
+    tls_state = t;
+    return t;
+}
+
+static int ensure_timer(struct thread_state *t)
+{
+    if (t->timer_ok)
+        return 0;
+    struct sigevent sev;
+    memset(&sev, 0, sizeof sev);
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = timer_signal;
+    sev._sigev_un._tid = gettid();
+    if (timer_create(CLOCK_MONOTONIC, &sev, &t->timer) != 0)
+        return -1;
+    t->timer_ok = 1;
+    return 0;
+}
+
+static int init_error;
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+
+static void do_init(void)
+{
+    unsigned a, b, cx, d;
+    if (!(getauxval(AT_HWCAP2) & HWCAP2_FSGSBASE)) {
+        init_error = -ENOSYS;
+        return;
+    }
+    if (!__get_cpuid(1, &a, &b, &cx, &d) || !(cx & bit_OSXSAVE)) {
+        init_error = -EOPNOTSUPP;
+        return;
+    }
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    uint64_t xcr0 = ((uint64_t)hi << 32) | lo;
+    tmebox_xmask = xcr0 & 0xe7; /* x87 SSE AVX opmask ZMM_Hi256 Hi16_ZMM */
+    tmebox_has_avx = (tmebox_xmask & 4) != 0;
+    xsave_size = 576;
+    for (unsigned i = 2; i < 8; i++)
+        if (tmebox_xmask & (1ull << i)) {
+            __cpuid_count(0xd, i, a, b, cx, d);
+            if ((size_t)a + b > xsave_size)
+                xsave_size = (size_t)a + b;
+        }
+    xsave_size = (xsave_size + 63) & ~(size_t)63;
+    memset(tmebox_xinit, 0, sizeof tmebox_xinit);
+    tmebox_xinit[0] = 0x7f; /* FCW 0x037f */
+    tmebox_xinit[1] = 0x03;
+    uint32_t mxcsr = 0x1f80;
+    memcpy(tmebox_xinit + 24, &mxcsr, 4);
+
+    timer_signal = SIGRTMIN + 4;
+    if (pthread_key_create(&state_key, free_thread_state) != 0) {
+        init_error = -EAGAIN;
+        return;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_signal;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigfillset(&sa.sa_mask);
+    for (size_t i = 0; i < N_FAULT_SIGNALS; i++)
+        if (sigaction(fault_signals[i], &sa, &old_actions[i]) != 0) {
+            init_error = -errno;
+            return;
+        }
+    if (sigaction(timer_signal, &sa, NULL) != 0)
+        init_error = -errno;
+}
+
+int tmebox_init(void)
+{
+    pthread_once(&init_once, do_init);
+    return init_error;
+}
+
+struct tmebox_ctx *tmebox_ctx_new(uint64_t base)
+{
+    size_t size = sizeof(struct tmebox_ctx) + xsave_size;
+    struct tmebox_ctx *c = aligned_alloc(64, (size + 63) & ~(size_t)63);
+    if (!c)
+        return NULL;
+    memset(c, 0, size);
+    c->base = base;
+    return c;
+}
+
+void tmebox_ctx_free(struct tmebox_ctx *c)
+{
+    free(c);
+}
+
+size_t tmebox_ctx_size(void)
+{
+    return sizeof(struct tmebox_ctx) + xsave_size;
+}
+
+uint64_t tmebox_monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int tmebox_run(struct tmebox_ctx *c)
+{
+    struct thread_state *t = tls_state;
+    if (!t && !(t = thread_state()))
+        return -ENOMEM;
+    uint64_t deadline = c->deadline_ns;
+    if (deadline) {
+        if (tmebox_monotonic_ns() >= deadline) {
+            c->reason = TMEBOX_REASON_TIMEOUT;
+            c->fault_rip = c->rip;
+            return TMEBOX_REASON_TIMEOUT;
+        }
+        if (ensure_timer(t) != 0)
+            return -errno;
+        arm_timer_abs(t, deadline);
+    }
+    tmebox_tls_cur = c;
+    int reason = tmebox_enter_asm(c);
+    tmebox_tls_cur = NULL;
+    if (deadline) {
+        struct itimerspec off = {0};
+        timer_settime(t->timer, 0, &off, NULL);
+    }
+    return reason;
+}
+
+int tmebox_call(struct tmebox_ctx *c, uint64_t rip, uint64_t rsp, uint64_t ret_addr,
+                uint64_t a0, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5)
+{
+    /* rsp is a 16-aligned address the caller checked to lie in the sandbox's stack. */
+    rsp -= 8;
+    *(uint64_t *)(c->base + (uint32_t)rsp) = ret_addr;
+    memset(c->gpr, 0, sizeof c->gpr);
+    c->gpr[TMEBOX_RDI] = a0;
+    c->gpr[TMEBOX_RSI] = a1;
+    c->gpr[TMEBOX_RDX] = a2;
+    c->gpr[TMEBOX_RCX] = a3;
+    c->gpr[TMEBOX_R8] = a4;
+    c->gpr[TMEBOX_R9] = a5;
+    c->gpr[TMEBOX_RSP] = c->base + (uint32_t)rsp;
+    c->rip = rip;
+    c->mode = 0;
+    return tmebox_run(c);
+}
+
+int tmebox_resume(struct tmebox_ctx *c, int64_t result, int bundle_align,
+                  uint64_t stack_lo, uint64_t stack_hi)
+{
+    /* The return address lies in sandbox memory: only read it where the
+       sandbox's RW mapping is, and only ever resume inside the window. */
+    uint32_t sp = (uint32_t)c->gpr[TMEBOX_RSP];
+    if (sp < stack_lo || (uint64_t)sp + 8 > stack_hi) {
+        c->fault_signo = SIGSEGV;
+        c->fault_addr = c->base + sp;
+        c->fault_rip = c->rip;
+        c->fault_rsp = c->gpr[TMEBOX_RSP];
+        c->reason = TMEBOX_REASON_BADSTACK;
+        return TMEBOX_REASON_BADSTACK;
+    }
+    uint64_t ret = *(volatile uint64_t *)(c->base + sp);
+    uint32_t off = (uint32_t)ret;
+    if (bundle_align)
+        off &= ~31u;
+    c->gpr[TMEBOX_RSP] = c->base + (uint32_t)(sp + 8);
+    c->gpr[TMEBOX_RAX] = (uint64_t)result;
+    c->gpr[TMEBOX_RCX] = 0;
+    c->gpr[TMEBOX_R11] = 0;
+    c->rip = c->base + off;
+    c->mode = 1;
+    return tmebox_run(c);
+}
+
+void tmebox_write_rt_page(uint8_t *page)
+{
+    /* int3 everywhere; at 0x000 and 0x020 `jmp *2(%rip)` through the 8-byte
+       slot that follows it (the slot is not a bundle start). */
+    static const uint8_t jmp[6] = {0xff, 0x25, 0x02, 0x00, 0x00, 0x00};
+    uint64_t targets[2] = {(uint64_t)tmebox_rt_syscall_entry, (uint64_t)tmebox_rt_exit_entry};
+    memset(page, 0xcc, 4096);
+    for (int i = 0; i < 2; i++) {
+        memcpy(page + 0x20 * i, jmp, sizeof jmp);
+        memcpy(page + 0x20 * i + 8, &targets[i], 8);
+    }
+}
+
+void tmebox_relocate(uint8_t *data, const uint32_t *offsets, size_t n, uint64_t delta)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint64_t v;
+        memcpy(&v, data + offsets[i], 8);
+        v += delta;
+        memcpy(data + offsets[i], &v, 8);
+    }
+}
+
+uint64_t tmebox_bench_roundtrip(struct tmebox_ctx *c, uint64_t rip, uint64_t rsp,
+                                uint64_t ret_addr, uint64_t iterations)
+{
+    uint64_t t0 = tmebox_monotonic_ns();
+    for (uint64_t i = 0; i < iterations; i++)
+        if (tmebox_call(c, rip, rsp, ret_addr, i, 0, 0, 0, 0, 0) != TMEBOX_REASON_RETURN)
+            return 0;
+    return tmebox_monotonic_ns() - t0;
+}

@@ -1,0 +1,63 @@
+/* Native sandbox helper: enter/leave sandbox code, catch its faults and timeouts.
+ *
+ * The context layout is fixed because the entry/exit assembly addresses it by
+ * offset; tmebox_native.c checks every offset with _Static_assert.
+ */
+#ifndef TMEBOX_NATIVE_H
+#define TMEBOX_NATIVE_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+enum {
+    TMEBOX_REASON_RETURN = 1,   /* the called function returned to __tmebox_rt_exit */
+    TMEBOX_REASON_SYSCALL = 2,  /* runtime call: number and arguments in gpr[] */
+    TMEBOX_REASON_FAULT = 3,    /* signal inside sandbox code: fault_* filled in */
+    TMEBOX_REASON_TIMEOUT = 4,  /* the deadline passed */
+    TMEBOX_REASON_BADSTACK = 5, /* resume: the return address is not readable sandbox memory */
+};
+
+/* gpr[] index = x86 register number */
+enum {
+    TMEBOX_RAX, TMEBOX_RCX, TMEBOX_RDX, TMEBOX_RBX, TMEBOX_RSP, TMEBOX_RBP, TMEBOX_RSI,
+    TMEBOX_RDI, TMEBOX_R8, TMEBOX_R9, TMEBOX_R10, TMEBOX_R11, TMEBOX_R12, TMEBOX_R13,
+    TMEBOX_R14, TMEBOX_R15,
+};
+
+struct tmebox_ctx {
+    uint64_t gpr[16];       /* 0x00 sandbox registers */
+    uint64_t rip;           /* 0x80 where the next entry starts */
+    uint64_t base;          /* 0x88 window base: %gs base and %r14 */
+    uint64_t host_rsp;      /* 0x90 */
+    uint64_t host_gsbase;   /* 0x98 */
+    uint32_t host_mxcsr;    /* 0xa0 */
+    uint16_t host_fcw;      /* 0xa4 */
+    uint16_t pad0;
+    uint32_t mode;          /* 0xa8 0: fresh entry (clear vector state), 1: resume (restore it) */
+    uint32_t reason;        /* 0xac */
+    uint64_t fault_signo;   /* 0xb0 */
+    uint64_t fault_code;    /* 0xb8 si_code */
+    uint64_t fault_addr;    /* 0xc0 si_addr */
+    uint64_t fault_rip;     /* 0xc8 */
+    uint64_t fault_rsp;     /* 0xd0 */
+    uint64_t deadline_ns;   /* 0xd8 CLOCK_MONOTONIC; 0 = no deadline */
+    uint64_t pad1[4];       /* 0xe0 */
+    uint8_t xsave[];        /* 0x100 sandbox vector state across a runtime call (64-aligned) */
+};
+
+int tmebox_init(void);
+struct tmebox_ctx *tmebox_ctx_new(uint64_t base);
+void tmebox_ctx_free(struct tmebox_ctx *c);
+size_t tmebox_ctx_size(void);
+int tmebox_run(struct tmebox_ctx *c);
+int tmebox_call(struct tmebox_ctx *c, uint64_t rip, uint64_t rsp, uint64_t ret_addr,
+                uint64_t a0, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5);
+int tmebox_resume(struct tmebox_ctx *c, int64_t result, int bundle_align,
+                  uint64_t stack_lo, uint64_t stack_hi);
+void tmebox_write_rt_page(uint8_t *page);
+void tmebox_relocate(uint8_t *data, const uint32_t *offsets, size_t n, uint64_t delta);
+uint64_t tmebox_monotonic_ns(void);
+uint64_t tmebox_bench_roundtrip(struct tmebox_ctx *c, uint64_t rip, uint64_t rsp,
+                                uint64_t ret_addr, uint64_t iterations);
+
+#endif
