@@ -316,7 +316,7 @@ def _group_role(ins: ix.Instruction) -> int:
             return role
     if ins.mnemonic == ix.Mnemonic.AND and _reg_ops(ins) == [r.R11D] \
             and ins.op1_kind == ix.OpKind.IMMEDIATE8TO32 \
-            and ins.immediate(1) == abi.BUNDLE_MASK & 0xFFFFFFFF:
+            and ins.immediate(1) & 0xFFFFFFFF == abi.BUNDLE_MASK & 0xFFFFFFFF:
         return AND_R11
     return PLAIN
 
@@ -324,8 +324,8 @@ def _group_role(ins: ix.Instruction) -> int:
 def classify(ins: ix.Instruction, raw: bytes, mode: str) -> Kind:
     """Apply every per-instruction rule; the result depends only on `raw` and `mode`."""
     try:
-        for rule in (rule_decodes, rule_runtime_call, rule_allowed_instruction,
-                     rule_segment_register, rule_fs_segment, rule_base_register, rule_no_ret):
+        for rule in (rule_decodes, rule_runtime_call, rule_segment_register,
+                     rule_allowed_instruction, rule_fs_segment, rule_base_register, rule_no_ret):
             rule(ins, raw, mode)
         rip = rule_memory_operand(ins, raw, mode)
         role = (rule_string_instruction(ins, raw, mode) or rule_stack_pointer(ins, raw, mode)

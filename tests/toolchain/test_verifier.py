@@ -1,0 +1,263 @@
+"""The verifier against the corpus (verifier_corpus/): every rule has escapes it must reject."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "verifier_corpus"))
+import asmkit  # noqa: E402
+
+from tmebox import cli  # noqa: E402
+from tmebox.toolchain import abi, decode, verifier  # noqa: E402
+from tmebox.toolchain.image import Image  # noqa: E402
+
+CORPUS = Path(__file__).parent / "verifier_corpus"
+MODES = {"both": abi.ISOLATION_MODES, "data": ("data",), "code+data": ("code+data",)}
+
+
+@dataclass(frozen=True)
+class Case:
+    file: str
+    title: str
+    modes: tuple[str, ...]
+    rule: str  # "" for pass cases
+    asm: str
+
+
+def load_cases(kind: str) -> list[Case]:
+    cases = []
+    for path in sorted((CORPUS / kind).glob("*.s")):
+        header: list[str] = []
+        file_mode = "both"
+        found: list[dict] = []
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key == "# case":
+                found.append({"title": value.strip(), "mode": file_mode,
+                              "rule": path.stem if kind == "reject" else "", "lines": []})
+            elif key == "# mode" and not found:
+                file_mode = value.strip()
+            elif key in ("# mode", "# rule"):
+                found[-1][key[2:]] = value.strip()
+            else:
+                (found[-1]["lines"] if found else header).append(line)
+        cases += [Case(path.name, c["title"], MODES[c["mode"]], c["rule"],
+                       "\n".join(header + c["lines"])) for c in found]
+    return cases
+
+
+PASS = load_cases("pass")
+REJECT = load_cases("reject")
+
+
+def verify_snippet(asm: str, mode: str, workdir: Path, **kwargs) -> verifier.Verdict:
+    code = asmkit.assemble(asm, workdir)
+    return verifier.verify_code(code, code_offset=asmkit.CODE_OFFSET,
+                                image_size=asmkit.SNIPPET_IMAGE_SIZE, isolation=mode, **kwargs)
+
+
+@pytest.mark.parametrize(("case", "mode"), [(c, m) for c in PASS for m in c.modes],
+                         ids=lambda x: x.title if isinstance(x, Case) else x)
+def test_pass_corpus(case: Case, mode: str, tmp_path: Path) -> None:
+    verdict = verify_snippet(case.asm, mode, tmp_path)
+    assert verdict.ok, f"{case.file}: {case.title}: {verdict.summary()}"
+    assert verdict.instructions > 0
+
+
+@pytest.mark.parametrize(("case", "mode"), [(c, m) for c in REJECT for m in c.modes],
+                         ids=lambda x: x.title if isinstance(x, Case) else x)
+def test_reject_corpus(case: Case, mode: str, tmp_path: Path) -> None:
+    verdict = verify_snippet(case.asm, mode, tmp_path)
+    assert not verdict.ok, f"{case.file}: {case.title}: accepted"
+    assert verdict.rule == case.rule, f"{case.file}: {case.title}: {verdict.summary()}"
+    assert verdict.reason and verdict.address is not None
+
+
+def test_every_rule_has_a_rejected_example() -> None:
+    covered = {c.rule for c in REJECT} | {"entry-point"}  # entry-point: tests below
+    assert covered == set(verifier.RULES)
+
+
+def test_rejection_summary_names_instruction_and_rule(tmp_path: Path) -> None:
+    verdict = verify_snippet("nop\nmov qword ptr [rdi], rax", "code+data", tmp_path)
+    assert verdict.address == asmkit.CODE_OFFSET + 1
+    assert verdict.bytes == bytes.fromhex("488907")
+    assert verdict.summary() == (
+        "<code>: REJECTED at 0x1001: 48 89 07  mov qword ptr [rdi], rax — rule memory-operand: "
+        "memory access without %gs + 32-bit addressing")
+
+
+def test_ok_summary(tmp_path: Path) -> None:
+    verdict = verify_snippet("nop\nnop", "data", tmp_path)
+    assert verdict.summary() == "<code>: ok (data, 2 instructions, 2 bytes)"
+
+
+def test_entry_point_inside_an_instruction_is_rejected(tmp_path: Path) -> None:
+    asm = "mov rax, 0x050f\nnop"
+    base = asmkit.CODE_OFFSET
+    assert verify_snippet(asm, "data", tmp_path, entries={"entry": base}).ok
+    verdict = verify_snippet(asm, "data", tmp_path, entries={"export 'f'": base + 3})
+    assert (verdict.ok, verdict.rule) == (False, "entry-point")
+
+
+def test_entry_point_inside_a_group_is_rejected(tmp_path: Path) -> None:
+    asm = (".bundle_align_mode 5\n.bundle_lock\nand r11d, -32\nor r11, r14\njmp r11\n"
+           ".bundle_unlock\n")
+    for off in (4, 7):  # the or and the jmp of the masking group
+        verdict = verify_snippet(asm, "code+data", tmp_path,
+                                 entries={"entry": asmkit.CODE_OFFSET + off})
+        assert (verdict.ok, verdict.rule) == (False, "entry-point"), verdict.summary()
+    assert verify_snippet(asm, "code+data", tmp_path, entries={"entry": asmkit.CODE_OFFSET}).ok
+
+
+def test_decoder_disagreement_is_rejected(tmp_path: Path, monkeypatch) -> None:
+    code = asmkit.assemble("nop\nmov rax, rcx\nnop", tmp_path)
+    real = decode.capstone_starts(code, asmkit.CODE_OFFSET)
+    assert list(real) == [0x1000, 0x1001, 0x1004]
+    # Pretend capstone saw a 2-byte instruction at 0x1001: the culprit is named.
+    monkeypatch.setattr(decode, "capstone_starts",
+                        lambda c, a: np.array([0x1000, 0x1001, 0x1003, 0x1004], np.uint64))
+    verdict = verifier.verify_code(code, code_offset=asmkit.CODE_OFFSET, image_size=0x10000)
+    assert (verdict.ok, verdict.rule, verdict.address) == (False, "decodes", 0x1001)
+    # Or that capstone stopped early (an instruction it cannot decode).
+    monkeypatch.setattr(decode, "capstone_starts",
+                        lambda c, a: np.array([0x1000], np.uint64))
+    verdict = verifier.verify_code(code, code_offset=asmkit.CODE_OFFSET, image_size=0x10000)
+    assert (verdict.ok, verdict.rule, verdict.address) == (False, "decodes", 0x1001)
+
+
+def test_capstone_starts_stops_at_undecodable_bytes() -> None:
+    starts = decode.capstone_starts(b"\x90\x90\x06\x90", 0x40)
+    assert list(starts) == [0x40, 0x41]
+
+
+def test_capstone_starts_spans_many_chunks() -> None:
+    code = b"\x48\x89\xc8" * 40000  # mov rax, rcx: more than one cs_disasm chunk
+    starts = decode.capstone_starts(code, 0x1000)
+    assert len(starts) == 40000 and int(starts[-1]) == 0x1000 + 3 * 39999
+
+
+def test_misaligned_code_start_is_rejected_in_code_data() -> None:
+    verdict = verifier.verify_code(b"\x90", code_offset=0x1001, image_size=0x2000)
+    assert (verdict.ok, verdict.rule) == (False, "bundle")
+    assert verifier.verify_code(b"\x90", code_offset=0x1001, image_size=0x2000,
+                                isolation="data").ok
+
+
+PROGRAM = """
+    .text
+    .bundle_align_mode 5
+    .globl _start
+    .p2align 5
+_start:
+    mov rax, qword ptr [rip + self_pointer]
+    mov qword ptr gs:[esp + 8], rax
+    .bundle_lock
+    .fill 27, 1, 0x90
+    call __tmebox_rt_syscall
+    .bundle_unlock
+    jmp _start
+"""
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch) -> Path:
+    path = tmp_path / "verdicts"
+    monkeypatch.setattr(verifier, "CACHE_DIR", path)
+    monkeypatch.setattr(verifier, "_VERDICTS", {})
+    return path
+
+
+def test_verify_image_accepts_a_linked_program(tmp_path: Path) -> None:
+    image = Image.load(asmkit.link_image(PROGRAM, tmp_path))
+    verdict = verifier.verify_image(image)
+    assert verdict.ok, verdict.summary()
+    # The code after the runtime page, padded with int3 to the page end, is what is verified.
+    assert verdict.code_bytes == abi.PAGE_SIZE
+    assert verdict.summary().startswith(f"{image.name}: ok (code+data, ")
+
+
+def test_runtime_page_is_not_decoded(tmp_path: Path) -> None:
+    path = asmkit.link_image(PROGRAM, tmp_path)
+    data = bytearray(path.read_bytes())
+    image = Image.load(path)
+    rt_file_offset = data.find(b"\xcc" * abi.RT_PAGE_SIZE)
+    data[rt_file_offset:rt_file_offset + 2] = b"\x0f\x05"  # syscall in the runtime page
+    assert verifier.verify_image(Image.from_bytes(bytes(data), "patched")).ok
+    assert image.rt_range == (0, abi.RT_PAGE_SIZE)
+
+
+def test_verify_image_rejects_an_escape(tmp_path: Path) -> None:
+    path = asmkit.link_image(PROGRAM.replace("gs:[esp + 8]", "[rsp + 8]"), tmp_path)
+    verdict = verifier.verify_image(Image.load(path))
+    assert (verdict.ok, verdict.rule) == (False, "memory-operand")
+
+
+def test_verify_image_checks_exports(tmp_path: Path) -> None:
+    path = asmkit.link_image(PROGRAM, tmp_path, info={"exports": {"f": 0x1001}})
+    verdict = verifier.verify_image(Image.load(path))
+    assert (verdict.ok, verdict.rule, verdict.address) == (False, "entry-point", 0x1001)
+
+
+def test_data_mode_image(tmp_path: Path) -> None:
+    path = asmkit.link_image(PROGRAM.replace("jmp _start", "ret"), tmp_path, isolation="data")
+    assert verifier.verify_image(Image.load(path)).ok
+    path = asmkit.link_image(PROGRAM.replace("jmp _start", "ret"), tmp_path / "cd")
+    assert verifier.verify_image(Image.load(path)).rule == "no-ret"
+
+
+def test_verify_file_caches_by_content_and_verifier(tmp_path: Path, cache_dir: Path,
+                                                    monkeypatch) -> None:
+    path = asmkit.link_image(PROGRAM, tmp_path)
+    calls = []
+    real = verifier.verify_image
+    monkeypatch.setattr(verifier, "verify_image", lambda im: calls.append(im) or real(im))
+    first = verifier.verify_file(path)
+    assert first.ok and len(calls) == 1
+    assert len(list(cache_dir.iterdir())) == 1
+    assert verifier.verify_file(path) == first and len(calls) == 1  # memory
+    monkeypatch.setattr(verifier, "_VERDICTS", {})
+    assert verifier.verify_file(path) == first and len(calls) == 1  # disk
+    copy = tmp_path / "copy.box"
+    copy.write_bytes(path.read_bytes())
+    assert verifier.verify_file(copy).name == str(copy) and len(calls) == 1
+    monkeypatch.setattr(verifier, "_SOURCE_HASH", "a different verifier")
+    assert verifier.verify_file(path).ok and len(calls) == 2
+    assert len(list(cache_dir.iterdir())) == 2
+
+
+def test_verify_file_caches_rejections(tmp_path: Path, cache_dir: Path) -> None:
+    path = asmkit.link_image(PROGRAM.replace("jmp _start", "ret"), tmp_path)
+    first = verifier.verify_file(path)
+    verifier._VERDICTS.clear()
+    again = verifier.verify_file(path)
+    assert not again.ok and again == first and again.bytes == b"\xc3"
+
+
+def test_corrupt_cache_entry_is_ignored(tmp_path: Path, cache_dir: Path) -> None:
+    path = asmkit.link_image(PROGRAM, tmp_path)
+    verifier.verify_file(path)
+    (entry,) = cache_dir.iterdir()
+    entry.write_text("{not json")
+    verifier._VERDICTS.clear()
+    assert verifier.verify_file(path).ok
+
+
+def test_cli_verify(tmp_path: Path, cache_dir: Path, capsys) -> None:
+    good = asmkit.link_image(PROGRAM, tmp_path / "good")
+    bad = asmkit.link_image(PROGRAM.replace("jmp _start", "syscall"), tmp_path / "bad")
+    assert cli.main(["verify", str(good)]) == 0
+    assert capsys.readouterr().out.startswith(f"{good}: ok (code+data, ")
+    assert cli.main(["verify", str(good), str(bad)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith(f"{bad}: REJECTED at 0x") and "rule runtime-call" in out[1]
+    junk = tmp_path / "junk.box"
+    junk.write_bytes(b"\x7fELF not really")
+    assert cli.main(["verify", str(junk)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(junk) in err[0]

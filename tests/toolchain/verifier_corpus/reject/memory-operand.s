@@ -1,0 +1,24 @@
+# mode: both
+# case: store through a 64-bit register without %gs
+    mov qword ptr [rdi], rax
+# case: %gs with 64-bit addressing (base + 4 GiB reach)
+    mov qword ptr gs:[rdi], rax
+# case: %gs absolute 64-bit moffs
+    .byte 0x65, 0x48, 0xa1, 0, 0, 0, 0, 0, 0, 0, 0
+# case: 32-bit addressing without %gs (absolute low 4 GiB)
+    mov eax, dword ptr [edi]
+# case: %gs on a %rip-relative operand (base + full address)
+    mov rax, qword ptr gs:[rip + inside_data]
+# case: %eip-relative without %gs (truncated absolute address)
+    .byte 0x67, 0x48, 0x8b, 0x05, 0, 0, 0, 0
+# case: %ds prefix on a %rip-relative operand
+    .byte 0x3e, 0x48, 0x8b, 0x05, 0, 0, 0, 0
+# case: two segment prefixes (which one wins is decoder folklore)
+    .byte 0x2e, 0x65, 0x67, 0x8b, 0x00
+# case: stack-relative access without %gs
+    mov rax, qword ptr [rsp + 8]
+# case: push from an unconfined address
+    push qword ptr [rax]
+# case: indirect call through unconfined memory (data mode)
+# mode: data
+    call qword ptr [rax]

@@ -1,0 +1,3 @@
+# mode: code+data
+# case: plain ret
+    ret
