@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
 
 from tmebox.errors import RewriteError
 from tmebox.toolchain.abi import (
@@ -150,15 +149,20 @@ _SECTION_FLAGS = re.compile(r'^\s*([^,\s]+)\s*(?:,\s*"([^"]*)")?')
 _JCC = re.compile(r"^(?:j(?!mp)[a-z]+|loop[a-z]*)$")
 
 
-@dataclass(frozen=True)
 class _Mem:
     """A parsed memory operand `seg:disp(base,index,scale)`; registers without '%'."""
 
-    seg: str | None
-    disp: str
-    base: str | None
-    index: str | None
-    scale: str | None
+    # A plain class, not a dataclass: importing dataclasses costs more than a whole
+    # typical rewrite, and the libc build starts one interpreter per file.
+    __slots__ = ("seg", "disp", "base", "index", "scale")
+
+    def __init__(self, seg: str | None, disp: str, base: str | None, index: str | None,
+                 scale: str | None) -> None:
+        self.seg = seg
+        self.disp = disp
+        self.base = base
+        self.index = index
+        self.scale = scale
 
     def regs32(self, base: str | None, index: str | None) -> str:
         if base is None and index is None:
@@ -169,13 +173,18 @@ class _Mem:
         return f"{self.disp}({inner})"
 
 
-@dataclass
 class _Insn:
-    prefixes: list[str]
-    mnemonic: str
-    operands: list[str]
-    lineno: int
-    text: str
+    """One instruction statement: prefixes, lower-case mnemonic, operand texts."""
+
+    __slots__ = ("prefixes", "mnemonic", "operands", "lineno", "text")
+
+    def __init__(self, prefixes: list[str], mnemonic: str, operands: list[str], lineno: int,
+                 text: str) -> None:
+        self.prefixes = prefixes
+        self.mnemonic = mnemonic
+        self.operands = operands
+        self.lineno = lineno
+        self.text = text
 
 
 def _parse_mem(op: str) -> _Mem:
@@ -543,7 +552,7 @@ class _Rewriter:
         if mn in ("leave", "leaveq"):
             if ops:
                 raise self.error(insn.lineno, insn.text, "unexpected operands")
-            return [*self.group(["\tmovl %ebp, %esp", f"\torq {_BASE}, %rsp"]), "\tpopq %rbp"]
+            return [*self.group(["\tmovl\t%ebp, %esp", f"\torq\t{_BASE}, %rsp"]), "\tpopq\t%rbp"]
 
         pre, new_ops, addr32 = self.rewrite_operands(insn)
         if new_ops and _is_register(new_ops[-1]) and _reg_name(new_ops[-1]) in _RSP_FAMILY \
@@ -623,7 +632,7 @@ class _Rewriter:
             # A TLS offset (negative) does not fit a 32-bit-address displacement field:
             # form the full address in the scratch register first.
             self.uses_scratch(insn)
-            lea = f"\tleaq {m.regs32(_to64(base), _to64(index))}, {_SCRATCH}"
+            lea = f"\tleaq\t{m.regs32(_to64(base), _to64(index))}, {_SCRATCH}"
             return [lea], f"%gs:({_SCRATCH32})", False
         return [], "%gs:" + m.regs32(base, index), False
 
@@ -634,17 +643,17 @@ class _Rewriter:
         self.require64(insn, m)
         base = self.reg32(insn, m.base)
         index = self.reg32(insn, m.index)
-        pre = [f"\tmovq {TP_SYMBOL}(%rip), {_SCRATCH}"]
+        pre = [f"\tmovq\t{TP_SYMBOL}(%rip), {_SCRATCH}"]
         disp = m.disp
         if base and index:
-            pre.append(f"\tleaq (%{_to64(base)},{_SCRATCH}), {_SCRATCH}")
+            pre.append(f"\tleaq\t(%{_to64(base)},{_SCRATCH}), {_SCRATCH}")
             base = None
         if disp and _int_value(disp) is None:
             # Symbolic (x@tpoff): a signed link-time constant; fold it with a 64-bit lea.
             idx = f",%{_to64(index)}" + (f",{m.scale}" if m.scale else "") if index else ""
             if base:
                 idx = f",%{_to64(base)}"
-            pre.append(f"\tleaq {disp}({_SCRATCH}{idx}), {_SCRATCH}")
+            pre.append(f"\tleaq\t{disp}({_SCRATCH}{idx}), {_SCRATCH}")
             return pre, f"%gs:({_SCRATCH32})", False
         if base:
             return pre, f"%gs:{disp}({_SCRATCH32},%{base},1)", False
@@ -732,7 +741,7 @@ class _Rewriter:
             body = self.format(insn.prefixes, stem + "l", [src, "%esp"], addr32)
         else:
             body = self.format(insn.prefixes, mn, ops, addr32)
-        return self.group([body, f"\torq {_BASE}, %rsp"])
+        return self.group([body, f"\torq\t{_BASE}, %rsp"])
 
     # -- rule 3: string instructions -----------------------------------------------
 
@@ -748,8 +757,11 @@ class _Rewriter:
         lines = []
         for reg in uses:
             r32 = _TO32[reg]
-            lines += [f"\tmovl %{r32}, %{r32}", f"\torq {_BASE}, %{reg}"]
-        lines.append(self.format(insn.prefixes, insn.mnemonic, insn.operands, False))
+            lines += [f"\tmovl\t%{r32}, %{r32}", f"\torq\t{_BASE}, %{reg}"]
+        mn = insn.mnemonic
+        if mn in ("movsd", "cmpsd") and not insn.operands:
+            mn = mn[:-1] + "l"  # the dword string forms; gas warns about the 'd' spelling
+        lines.append(self.format(insn.prefixes, mn, insn.operands, False))
         return self.group(lines)
 
     # -- rules 4, 7, 8, 9: control flow --------------------------------------------
@@ -795,7 +807,7 @@ class _Rewriter:
         return pre + self.masked_branch("call" if is_call else "jmp")
 
     def masked_branch(self, kind: str) -> list[str]:
-        lines = [f"\tandl ${BUNDLE_MASK}, {_SCRATCH32}", f"\torq {_BASE}, {_SCRATCH}",
+        lines = [f"\tandl\t${BUNDLE_MASK}, {_SCRATCH32}", f"\torq\t{_BASE}, {_SCRATCH}",
                  f"\t{kind}\t*{_SCRATCH}"]
         if kind == "call":
             lines = _nop_fill(BUNDLE_SIZE - _MASKED_BRANCH_LEN) + lines
@@ -811,7 +823,7 @@ class _Rewriter:
         if insn.operands:
             raise self.error(insn.lineno, insn.text,
                              "`ret $N` is not supported in code+data mode")
-        return [f"\tpopq {_SCRATCH}", *self.masked_branch("jmp")]
+        return [f"\tpopq\t{_SCRATCH}", *self.masked_branch("jmp")]
 
 
 def _to64(reg32: str | None) -> str | None:

@@ -1,0 +1,110 @@
+"""How fast is the assembly rewriter, per file and per process?
+
+The sandbox libc build runs the rewriter once per source file in a fresh interpreter,
+so two numbers matter:
+
+1. in-process time per file (rewrite_assembly on the text), over a corpus of .s files;
+2. wall time of `python -m tmebox.toolchain.rewriter` on a typical file, against the
+   baseline `python -c pass` measured interleaved in the same run (the difference is
+   the rewriter's own cost: imports plus work).
+
+Usage: python bench/rewriter_speed.py [--rounds N] DIR_OR_FILES...
+(a directory means every *.s below it; `gcc -S` output of musl's sources is the
+intended corpus).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from tmebox.toolchain.rewriter import rewrite_assembly  # noqa: E402
+
+
+def corpus(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files += sorted(p.rglob("*.s")) if p.is_dir() else [p]
+    return files
+
+
+def in_process(files: list[Path], mode: str) -> list[tuple[float, int]]:
+    out = []
+    for f in files:
+        text = f.read_text(errors="surrogateescape")
+        t0 = time.perf_counter()
+        try:
+            rewrite_assembly(text, isolation=mode, source=str(f))
+        except Exception:  # noqa: BLE001 - files the rewriter refuses are not timed
+            continue
+        out.append((time.perf_counter() - t0, text.count("\n")))
+    return out
+
+
+def per_process(typical: Path, mode: str, rounds: int) -> dict[str, list[float]]:
+    """Wall times of: the bare interpreter; the rewriter with its bytecode cached (the
+    normal case after installation); the rewriter compiled from source every time
+    (PYTHONDONTWRITEBYTECODE=1 with nothing cached)."""
+    with tempfile.TemporaryDirectory() as cached, tempfile.TemporaryDirectory() as empty:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["PYTHONPATH"] = str(REPO / "src")
+        envs = {
+            "python -c pass": env,
+            "rewriter, bytecode cached": dict(env, PYTHONPYCACHEPREFIX=cached),
+            "rewriter, no bytecode": dict(env, PYTHONPYCACHEPREFIX=empty,
+                                          PYTHONDONTWRITEBYTECODE="1"),
+        }
+        rw_cmd = [sys.executable, "-m", "tmebox.toolchain.rewriter", "--isolation", mode,
+                  str(typical), "-o", os.devnull]
+        cmds = {"python -c pass": [sys.executable, "-c", "pass"]}
+        cmds |= {k: rw_cmd for k in envs if k != "python -c pass"}
+        subprocess.run(rw_cmd, env=envs["rewriter, bytecode cached"], check=True)  # warm-up
+        times: dict[str, list[float]] = {k: [] for k in envs}
+        for _ in range(rounds):  # interleaved, so drift hits every variant equally
+            for k in envs:
+                t0 = time.perf_counter()
+                subprocess.run(cmds[k], env=envs[k], check=True)
+                times[k].append(time.perf_counter() - t0)
+        return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("paths", nargs="+")
+    ap.add_argument("--rounds", type=int, default=41)
+    args = ap.parse_args()
+    files = corpus(args.paths)
+    if not files:
+        sys.exit("no .s files found")
+    for mode in ("data", "code+data"):
+        timed = in_process(files, mode)
+        secs = sorted(t for t, _ in timed)
+        lines = sum(n for _, n in timed)
+        print(f"[{mode}] in-process: {len(timed)} files, {lines} lines; per file median "
+              f"{statistics.median(secs) * 1e3:.2f} ms, p90 {secs[int(0.9 * len(secs))] * 1e3:.2f}"
+              f" ms, max {secs[-1] * 1e3:.1f} ms; {lines / sum(secs) / 1e3:.0f} k lines/s")
+    sizes = sorted(files, key=lambda f: f.stat().st_size)
+    typical = sizes[len(sizes) // 2]
+    for mode in ("data", "code+data"):
+        times = per_process(typical, mode, args.rounds)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        base = med["python -c pass"]
+        print(f"[{mode}] per process on {typical.name} ({typical.stat().st_size} bytes), "
+              f"medians of {args.rounds} interleaved runs:")
+        for k, m in med.items():
+            extra = "" if k == "python -c pass" else \
+                f"  (ratio {m / base:.2f}, own cost {(m - base) * 1e3:.1f} ms)"
+            print(f"    {k:28s} {m * 1e3:6.1f} ms{extra}")
+
+
+if __name__ == "__main__":
+    main()

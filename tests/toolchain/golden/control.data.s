@@ -1,0 +1,45 @@
+# Rules 4 and 7-9: calls, jumps, returns and the runtime call.
+	.text
+	.globl	ctl
+	.type	ctl, @function
+ctl:
+	endbr64
+	call	foo
+	call	foo
+	call	foo@PLT
+	call	*%rax
+	call	*%r11
+	call	*%gs:8(%eax)
+	call	*foo@GOTPCREL(%rip)
+	callq	*%gs:(%ebx,%ecx,8)
+	notrack call	*%rdx
+	jmp	*%rax
+	notrack jmp	*%rax
+	jmpq	*%gs:8(%edi)
+	jmp	*%gs:.L4(,%eax,8)
+	call	__tmebox_rt_syscall
+	testl	%eax, %eax
+	jne	.L2
+	je	1f
+	jrcxz	.L2
+	loop	.L2
+1:
+	jmp	.L2
+.L2:
+	jmp	foo
+	jmp	foo@PLT
+	rep ret
+	bnd ret
+	retq
+	ret
+	.size	ctl, .-ctl
+
+# A function whose .type comes after the label, and one that is not typed.
+	.globl	late
+late:
+	ret
+	.type	late, @function
+	.size	late, .-late
+untyped:
+	ret
+

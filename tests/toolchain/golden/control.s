@@ -1,0 +1,43 @@
+# Rules 4 and 7-9: calls, jumps, returns and the runtime call.
+	.text
+	.globl	ctl
+	.type	ctl, @function
+ctl:
+	endbr64
+	call	foo
+	callq	foo
+	call	foo@PLT
+	call	*%rax
+	call	*%r11
+	call	*8(%rax)
+	call	*foo@GOTPCREL(%rip)
+	callq	*(%rbx,%rcx,8)
+	notrack call	*%rdx
+	jmp	*%rax
+	notrack jmp	*%rax
+	jmpq	*8(%rdi)
+	jmp	*.L4(,%rax,8)
+	syscall
+	testl	%eax, %eax
+	jne	.L2
+	je	1f
+	jrcxz	.L2
+	loop	.L2
+1:	jmp	.L2
+.L2:
+	jmp	foo
+	jmp	foo@PLT
+	rep ret
+	bnd ret
+	retq
+	ret
+	.size	ctl, .-ctl
+
+# A function whose .type comes after the label, and one that is not typed.
+	.globl	late
+late:
+	ret
+	.type	late, @function
+	.size	late, .-late
+untyped:
+	ret
