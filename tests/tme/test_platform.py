@@ -412,6 +412,21 @@ def test_bad_input_raises_and_changes_nothing(cache: bool) -> None:
         assert _state(p) == before, words
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_empty_accesses_touch_nothing(cache: bool) -> None:
+    p = platform(cache=cache)
+    before = _state(p)
+    for offset in (0, 100, MIB):
+        assert p.read(offset, 0, 1) == b""
+        p.write(offset, b"", 1)
+        p.clflush_range(offset, 0, 1)
+        p.rekey(offset - offset % 64, 0, 1, 2)
+    assert p.read_lines(MIB, 0, 1) == b""
+    p.write_lines(MIB, b"", 1)
+    assert _state(p) == before
+    assert len(p.dram(0, MIB)) == MIB
+
+
 def test_numpy_integers_are_accepted() -> None:
     import numpy as np
     p = platform()

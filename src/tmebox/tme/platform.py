@@ -428,7 +428,7 @@ class Platform:
     def read(self, offset: int, n: int, keyid: int = 0) -> bytes:
         """Load n bytes at DRAM `offset` through alias `keyid` (any length and alignment)."""
         if (type(offset) is int and type(n) is int and type(keyid) is int and self.cache_enabled
-                and offset >= 0 and n >= 0 and offset + n <= self.memory_size
+                and offset >= 0 and n > 0 and offset + n <= self.memory_size
                 and 0 <= keyid <= self.max_keyid and (offset & 63) + n <= LINE_SIZE):
             tag = keyid << self._tag_shift | offset >> LINE_SHIFT
             line = self._cache.get(tag)
@@ -469,7 +469,7 @@ class Platform:
         line belongs to another key), the store is dropped and the line poisoned, as a store
         merged into a poisoned line on hardware: no #MC until someone reads it.
         """
-        if (type(data) is bytes and type(offset) is int and type(keyid) is int
+        if (type(data) is bytes and data and type(offset) is int and type(keyid) is int
                 and self.cache_enabled and offset >= 0 and offset + len(data) <= self.memory_size
                 and 0 <= keyid <= self.max_keyid and (offset & 63) + len(data) <= LINE_SIZE):
             tag = keyid << self._tag_shift | offset >> LINE_SHIFT
