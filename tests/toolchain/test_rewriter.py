@@ -359,6 +359,7 @@ ERROR_CASES = [
     ("in $0x60, %al", "privileged"),
     ("hlt; in %dx, %al", "privileged"),
     ("monitor", "privileged"),
+    ("{disp32} movl (%rax), %eax", "not an instruction the rewriter understands"),
 ]
 
 
@@ -402,6 +403,9 @@ def test_r11_live_across_scratch_use_is_detected() -> None:
     (".intel_syntax noprefix\n", ".intel_syntax"),
     (".bundle_lock\n", "bundling"),
     (".popsection\n", ".popsection without"),
+    (".macro m r\n", ".macro in code"),
+    (".irp r, rax\n", ".irp in code"),
+    (".include \"x.s\"\n", ".include in code"),
 ])
 def test_structural_errors(text: str, why: str) -> None:
     with pytest.raises(RewriteError, match=re.escape(why)):
@@ -722,8 +726,8 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
 
 def test_import_is_light() -> None:
     code = ("import sys, tmebox.toolchain.rewriter; "
-            "print(sorted(m for m in ('capstone','unicorn','numpy','elftools','cffi',"
-            "'argparse','cryptography') if m in sys.modules))")
+            "print(sorted(m for m in ('capstone','unicorn','numpy','elftools','cffi','re','enum',"
+            "'dataclasses','argparse','cryptography') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True,
                        check=True)
     assert r.stdout.strip() == "[]"

@@ -12,7 +12,6 @@ imports nothing heavier than ``re``.
 
 from __future__ import annotations
 
-import re
 import sys
 
 from tmebox.errors import RewriteError
@@ -110,10 +109,9 @@ _FORBIDDEN = {
 }  # fmt: skip
 _FORBIDDEN_MNEMONICS = {m: why for why, ms in _FORBIDDEN.items() for m in ms}
 
-_BAD_REGISTER = re.compile(
-    r"^(?:[xy]?mm|zmm)(?:1[6-9]|2\d|3[01])$|^[yz]mm\d+$|^k[0-7]$|^(?:cs|ds|es|fs|gs|ss)$"
-    r"|^(?:cr|dr|tr)\d+$|^bnd[0-3]$|^tmm\d$"
-)
+# No regular expressions in this module: importing `re` and compiling the patterns would
+# cost more than rewriting a typical file, and the libc build starts one process per file.
+_SEGMENT_REGS = frozenset(("cs", "ds", "es", "fs", "gs", "ss"))
 _BAD_REGISTER_WHY = "uses a register outside baseline x86-64 user state (AVX, mask, segment, " \
     "control or debug register)"
 
@@ -123,30 +121,33 @@ _STRING_USES = {"movs": ("rdi", "rsi"), "cmps": ("rdi", "rsi"), "stos": ("rdi",)
 _STRING_OPS = {
     stem + sfx: uses for stem, uses in _STRING_USES.items() for sfx in ("", "b", "w", "l", "q", "d")
 }
-_STRING_OPERAND = re.compile(
-    r"^(?:%es:\s*\(%rdi\)|\(%rdi\)|%ds:\s*\(%rsi\)|\(%rsi\)|%(?:al|ax|eax|rax))$"
-)
+_STRING_OPERANDS = frozenset(("%es:(%rdi)", "(%rdi)", "%ds:(%rsi)", "(%rsi)",
+                              "%al", "%ax", "%eax", "%rax"))
+
+
+def _suffixed(*stems: str) -> frozenset[str]:
+    return frozenset(s + x for s in stems for x in ("", "b", "w", "l", "q"))
+
 
 # Mnemonics whose last (destination) register operand is only read.
-_NONWRITING_DEST = re.compile(r"^(?:cmp|test|bt|push|mul|div|idiv)[bwlq]?$")
-_EXCHANGES = re.compile(r"^(?:xchg|xadd)[bwlq]?$")
+_NONWRITING_DEST = _suffixed("cmp", "test", "bt", "push", "mul", "div", "idiv")
+_EXCHANGES = _suffixed("xchg", "xadd")
 # Writes to %rsp that have a 32-bit form: op[q|l] src, %rsp.
-_RSP_ARITH = re.compile(r"^(mov|add|sub|and|or|xor|lea)([lq]?)$")
-_AND_RSP = re.compile(r"^andq?$")
+_RSP_ARITH = {stem + size: (stem, size) for stem in ("mov", "add", "sub", "and", "or", "xor", "lea")
+              for size in ("", "l", "q")}
 # Full (64- or zero-extending 32-bit) writes of a register that read no other %r11.
-_R11_KILL = re.compile(r"^(?:mov[lq]?|lea[lq]?|popq?|movabsq?|movz[bw][lq]|movs[bw][lq]|movslq)$")
-
-_LABEL = re.compile(r'\s*((?:[A-Za-z_.$][\w.$@]*)|\d+|"[^"]*")\s*:(?!:)')
-_SEG_PREFIX = re.compile(r"^%([a-z]s)\s*:\s*", re.IGNORECASE)
-_INT = re.compile(r"^[-+]?(?:0x[0-9a-f]+|0b[01]+|\d+)$", re.IGNORECASE)
-_FS_ZERO = re.compile(r"^%fs:\s*(?:0x)?0+$", re.IGNORECASE)
-_SIGNED_RELOC = re.compile(r"@(?:tpoff|ntpoff|dtpoff)\b", re.IGNORECASE)
-_FUNC_TYPE = re.compile(
-    r"^\s*\.type\s+(\"[^\"]*\"|[^,\s]+)\s*,\s*[@%#]?\"?(?:function|gnu_indirect_function)",
-    re.MULTILINE,
-)
-_SECTION_FLAGS = re.compile(r'^\s*([^,\s]+)\s*(?:,\s*"([^"]*)")?')
-_JCC = re.compile(r"^(?:j(?!mp)[a-z]+|loop[a-z]*)$")
+_R11_KILL = frozenset((
+    "mov", "movl", "movq", "lea", "leal", "leaq", "pop", "popq", "movabs", "movabsq",
+    "movzbl", "movzbq", "movzwl", "movzwq", "movsbl", "movsbq", "movswl", "movswq", "movslq",
+))  # fmt: skip
+_SIGNED_RELOCS = ("@tpoff", "@ntpoff", "@dtpoff")
+_CONDITIONS = (
+    "o", "no", "b", "c", "nae", "ae", "nb", "nc", "e", "z", "ne", "nz", "be", "na", "a", "nbe",
+    "s", "ns", "p", "pe", "np", "po", "l", "nge", "ge", "nl", "le", "ng", "g", "nle",
+)  # fmt: skip
+_JCC = frozenset(["j" + c for c in _CONDITIONS]
+                 + ["jcxz", "jecxz", "jrcxz", "loop", "loope", "loopz", "loopne", "loopnz"])
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.$@")
 
 
 class _Mem:
@@ -187,12 +188,84 @@ class _Insn:
         self.text = text
 
 
+def _bad_register(name: str) -> bool:
+    if name in _SEGMENT_REGS:
+        return True
+    if name.startswith(("ymm", "zmm", "cr", "dr", "tr", "bnd", "tmm")):
+        return True
+    if len(name) == 2 and name[0] == "k" and name[1] in "01234567":
+        return True
+    # xmm16-31 exist only with EVEX encodings.
+    return name.startswith("xmm") and name[3:].isdigit() and int(name[3:]) >= 16
+
+
+def _split_segment(op: str) -> tuple[str | None, str]:
+    """'%fs:8(%rax)' -> ('fs', '8(%rax)'); operands without a segment -> (None, op)."""
+    if op.startswith("%"):
+        colon = op.find(":")
+        if colon > 0:
+            seg = op[1:colon].strip().lower()
+            if seg in _SEGMENT_REGS:
+                return seg, op[colon + 1:].strip()
+    return None, op
+
+
+def _split_label(stmt: str) -> tuple[str, str] | None:
+    """'  foo: movl ...' -> ('foo', ' movl ...'); None if the statement has no label."""
+    s = stmt.lstrip()
+    if not s:
+        return None
+    if s[0] == '"':
+        i = s.find('"', 1) + 1
+        if i == 0:
+            return None
+    else:
+        i = 0
+        n = len(s)
+        while i < n and s[i] in _LABEL_CHARS:
+            i += 1
+        if i == 0 or (s[0].isdigit() and not s[:i].isdigit()):
+            return None
+    name = s[:i]
+    j = i
+    n = len(s)
+    while j < n and s[j] in " \t":
+        j += 1
+    if j < n and s[j] == ":" and not s.startswith("::", j):
+        return name, s[j + 1:]
+    return None
+
+
+def _function_symbols(text: str) -> set[str]:
+    """Names declared with `.type NAME, @function` (or %function, STT_FUNC, ifunc)."""
+    out = set()
+    pos = 0
+    while True:
+        i = text.find(".type", pos)
+        if i < 0:
+            return out
+        eol = text.find("\n", i)
+        eol = len(text) if eol < 0 else eol
+        rest = text[i + 5:eol]
+        pos = eol
+        if rest[:1] in (" ", "\t"):
+            name, _, kind = rest.partition(",")
+            if "function" in kind or "STT_FUNC" in kind:
+                out.add(name.strip().strip('"'))
+
+
+def _is_fs_zero(op: str) -> bool:
+    seg, rest = _split_segment(op)
+    return seg == "fs" and _int_value(rest) == 0
+
+
+def _has_signed_reloc(disp: str) -> bool:
+    low = disp.lower()
+    return any(r in low for r in _SIGNED_RELOCS)
+
+
 def _parse_mem(op: str) -> _Mem:
-    seg = None
-    m = _SEG_PREFIX.match(op)
-    if m:
-        seg = m.group(1).lower()
-        op = op[m.end():]
+    seg, op = _split_segment(op)
     op = op.strip()
     if op.endswith(")"):
         depth = 0
@@ -269,10 +342,10 @@ def _nop_fill(n: int) -> list[str]:
 
 
 def _int_value(text: str) -> int | None:
-    t = text.strip()
-    if not _INT.match(t):
+    try:
+        return int(text.strip(), 0)
+    except ValueError:
         return None
-    return int(t, 0)
 
 
 class _Rewriter:
@@ -293,7 +366,7 @@ class _Rewriter:
         self.section_stack: list[tuple[str, bool, str, bool]] = []
         self.pending_prefixes: list[str] = []
         self.pending_line = 0
-        self.functions = {m.group(1).strip('"') for m in _FUNC_TYPE.finditer(text)}
+        self.functions = _function_symbols(text)
         # Set when a rewrite clobbered %r11: (line number, instruction text).
         self.r11_clobber: tuple[int, str] | None = None
 
@@ -377,18 +450,18 @@ class _Rewriter:
         out = self.out
         # Labels, possibly several and possibly followed by an instruction.
         while True:
-            m = _LABEL.match(stmt)
-            if not m:
+            label = _split_label(stmt)
+            if label is None:
                 break
             if self.pending_prefixes:
                 raise self.error(lineno, stmt, "label between a prefix and its instruction")
-            name = m.group(1)
+            name, rest = label
             if self.cfi and self.exec_section and name.strip('"') in self.functions:
                 # Functions are the supported indirect-branch targets: bundle starts.
                 out.append("\t.p2align 5")
             out.append(name + ":")
             self.r11_clobber = None
-            stmt = stmt[m.end():]
+            stmt = rest
         s = stmt.strip()
         if not s:
             return
@@ -431,6 +504,9 @@ class _Rewriter:
             raise self.error(lineno, s, f"{name} is not supported (input must be 64-bit AT&T)")
         elif name.startswith(".bundle_"):
             raise self.error(lineno, s, "input must not control bundling itself")
+        elif name in (".macro", ".irp", ".irpc", ".include") and self.exec_section:
+            # Their bodies are expanded by the assembler after the rewriter has run.
+            raise self.error(lineno, s, f"{name} in code is not supported (expand it first)")
 
     def switch(self, section: str, execable: bool) -> None:
         self.previous, self.prev_exec = self.section, self.exec_section
@@ -439,11 +515,22 @@ class _Rewriter:
 
     @staticmethod
     def section_kind(arg: str) -> tuple[str, bool]:
-        m = _SECTION_FLAGS.match(arg)
-        name = m.group(1).strip('"') if m else arg.strip()
-        flags = m.group(2) if m else None
-        if flags is not None:
-            return name, "x" in flags
+        a = arg.strip()
+        if a.startswith('"'):
+            end = a.find('"', 1)
+            name, rest = (a[1:end], a[end + 1:]) if end > 0 else (a[1:], "")
+        else:
+            k = len(a)
+            for sep in (",", " ", "\t"):
+                p = a.find(sep)
+                if 0 <= p < k:
+                    k = p
+            name, rest = a[:k], a[k:]
+        rest = rest.lstrip()
+        if rest.startswith(","):
+            flags = rest[1:].lstrip()
+            if flags.startswith('"'):
+                return name, "x" in flags[1:].split('"', 1)[0]
         return name, (name == ".text" or name.startswith(".text.")
                       or name in (".init", ".fini"))
 
@@ -481,7 +568,7 @@ class _Rewriter:
                        and insn.operands[0] == insn.operands[1]
                        and _reg_name(insn.operands[1]) in ("r11", "r11d"))
             if zeroing or (mentions == [last] and _is_register(insn.operands[last])
-                    and _R11_KILL.match(insn.mnemonic)
+                    and insn.mnemonic in _R11_KILL
                     and _reg_name(insn.operands[last]) in ("r11", "r11d")):
                 self.r11_clobber = None
                 return
@@ -490,7 +577,7 @@ class _Rewriter:
                              f"uses %r11, the rewriter's scratch register, which the rewrite "
                              f"of line {line} (`{text}`) clobbers")
         if insn.mnemonic in ("call", "callq", "jmp", "jmpq", "ret", "retq", "syscall") \
-                or _JCC.match(insn.mnemonic):
+                or insn.mnemonic in _JCC:
             self.r11_clobber = None
 
     def group(self, lines: list[str]) -> list[str]:
@@ -501,6 +588,9 @@ class _Rewriter:
     def rewrite(self, insn: _Insn) -> list[str]:
         mn = insn.mnemonic
         ops = insn.operands
+        if not mn[0].isalpha():
+            raise self.error(insn.lineno, insn.text,
+                             f"`{mn}` is not an instruction the rewriter understands")
         why = _FORBIDDEN_MNEMONICS.get(mn)
         if why:
             raise self.error(insn.lineno, insn.text, f"`{mn}` {why}")
@@ -522,7 +612,7 @@ class _Rewriter:
             if op.startswith("{"):
                 raise self.error(insn.lineno, insn.text, "AVX-512 operand decorations")
             r = op[1:] if op.startswith("*") else op
-            if _is_register(r) and _BAD_REGISTER.match(_reg_name(r)):
+            if _is_register(r) and _bad_register(_reg_name(r)):
                 raise self.error(insn.lineno, insn.text, _BAD_REGISTER_WHY)
         if mn == "hlt":
             # musl's a_crash(); hlt faults in user mode anyway, ud2 is the canonical trap.
@@ -544,7 +634,7 @@ class _Rewriter:
             return self.branch(insn)
         if mn in ("ret", "retq"):
             return self.ret(insn)
-        if _JCC.match(mn):
+        if mn in _JCC:
             if len(ops) != 1 or ops[0].startswith("*") or "(" in ops[0] \
                     or ops[0].startswith("%"):
                 raise self.error(insn.lineno, insn.text, "conditional branch needs a label")
@@ -556,7 +646,7 @@ class _Rewriter:
 
         pre, new_ops, addr32 = self.rewrite_operands(insn)
         if new_ops and _is_register(new_ops[-1]) and _reg_name(new_ops[-1]) in _RSP_FAMILY \
-                and not _NONWRITING_DEST.match(mn) \
+                and mn not in _NONWRITING_DEST \
                 and not (mn.startswith("imul") and len(ops) == 1):
             return pre + self.rsp_write(insn, new_ops, addr32)
         if pre or new_ops != ops:
@@ -595,7 +685,7 @@ class _Rewriter:
             if mn.startswith("movabs"):
                 raise self.error(insn.lineno, insn.text,
                                  "64-bit absolute memory operands cannot be confined")
-            if (mn in ("mov", "movq") and len(ops) == 2 and _FS_ZERO.match(op)
+            if (mn in ("mov", "movq") and len(ops) == 2 and _is_fs_zero(op)
                     and _is_register(ops[1]) and _reg_name(ops[1]) in _TO32):
                 # The thread pointer's self-pointer (musl's __pthread_self).
                 return [], [f"{TP_SYMBOL}(%rip)", ops[1]], False
@@ -621,13 +711,13 @@ class _Rewriter:
                                  "only plain disp(%rip) operands are allowed")
             return [], op, False
         if m.base is None and m.index is None:
-            if _SIGNED_RELOC.search(m.disp):
+            if _has_signed_reloc(m.disp):
                 raise self.error(insn.lineno, insn.text,
                                  "absolute TLS offset without %fs cannot be confined")
             return [], f"%gs:{m.disp}", True
         base = self.reg32(insn, m.base)
         index = self.reg32(insn, m.index)
-        if _SIGNED_RELOC.search(m.disp):
+        if _has_signed_reloc(m.disp):
             self.require64(insn, m)
             # A TLS offset (negative) does not fit a 32-bit-address displacement field:
             # form the full address in the scratch register first.
@@ -694,7 +784,7 @@ class _Rewriter:
         mn = insn.mnemonic
         ops = insn.operands
         regs = [_reg_name(op) for op in ops if _is_register(op)]
-        if _EXCHANGES.match(mn):
+        if mn in _EXCHANGES:
             for r in regs:
                 if r in _R14_FAMILY or r in _RSP_FAMILY:
                     raise self.error(insn.lineno, insn.text,
@@ -703,7 +793,7 @@ class _Rewriter:
         if not ops or not _is_register(ops[-1]):
             return
         dest = _reg_name(ops[-1])
-        if dest in _R14_FAMILY and not _NONWRITING_DEST.match(mn) \
+        if dest in _R14_FAMILY and mn not in _NONWRITING_DEST \
                 and not (mn.startswith("imul") and len(ops) == 1) \
                 and mn not in ("call", "callq", "jmp", "jmpq"):
             raise self.error(insn.lineno, insn.text,
@@ -715,12 +805,12 @@ class _Rewriter:
     def rsp_write(self, insn: _Insn, ops: list[str], addr32: bool) -> list[str]:
         mn = insn.mnemonic
         dest = _reg_name(ops[-1])
-        m = _RSP_ARITH.match(mn)
+        m = _RSP_ARITH.get(mn)
         if m is None or len(ops) != 2 or dest not in ("rsp", "esp"):
             raise self.error(insn.lineno, insn.text,
                              "unsupported write to the stack pointer (only mov/add/sub/and/or/"
                              "xor/lea of %rsp, push/pop/call/ret and leave are rewritten)")
-        stem, size = m.groups()
+        stem, size = m
         if dest == "rsp":
             if size == "l":
                 raise self.error(insn.lineno, insn.text, "operand size mismatch")
@@ -747,7 +837,7 @@ class _Rewriter:
 
     def string_op(self, insn: _Insn, uses: tuple[str, ...]) -> list[str]:
         for op in insn.operands:
-            if not _STRING_OPERAND.match(op.replace(" ", "").lower()):
+            if op.replace(" ", "").replace("\t", "").lower() not in _STRING_OPERANDS:
                 raise self.error(insn.lineno, insn.text,
                                  f"string instruction operand {op} is not (%rsi)/(%rdi)")
         for p in insn.prefixes:
