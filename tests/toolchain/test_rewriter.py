@@ -588,10 +588,23 @@ def test_property_operands(op: tuple[str, str | None, str | None], template: str
 
 SEM_C = r"""
 struct s { long a, b, c[6]; };
+typedef long (*fn_t)(long);
+__attribute__((noinline)) static long helper(long x) { return x * 7 + 1; }
+__attribute__((noinline)) static long with_vla(long n, const char *src) {
+    char v[n];
+    for (long i = 0; i < n; i++) v[i] = src[i % 64];
+    long t = 0;
+    for (long i = 0; i < n; i += 3) t += v[i];
+    return t;
+}
 long work(long *p, long n, char *dst, const char *src) {
-    long s = 0;
+    volatile fn_t fp = helper;
+    long s = helper(n) + fp(n + 1) + with_vla(n * 13, src);
     for (long i = 0; i < n; i++) s += p[i] * (i + 1);
-    __builtin_memcpy(dst, src, 64);
+    char *d = dst;
+    const char *from = src;
+    unsigned long count = 64;
+    __asm__ __volatile__("rep movsb" : "+D"(d), "+S"(from), "+c"(count) : : "memory");
     struct s *q = (struct s *)dst;
     q->b = s;
     char tmp[300];
@@ -602,7 +615,8 @@ long work(long *p, long n, char *dst, const char *src) {
 """
 
 
-def build_flat(tmp_path: Path, mode: str, rewrite: bool) -> bytes:
+def build_flat(tmp_path: Path, mode: str, rewrite: bool) -> tuple[bytes, int]:
+    """The code of SEM_C (no relocations) and the offset of `work` in it."""
     src = tmp_path / "sem.c"
     src.write_text(SEM_C)
     asm = tmp_path / "sem.s"
@@ -617,7 +631,8 @@ def build_flat(tmp_path: Path, mode: str, rewrite: bool) -> bytes:
         elf = ELFFile(f)
         rela = elf.get_section_by_name(".rela.text")
         assert rela is None or rela.num_relocations() == 0
-        return elf.get_section_by_name(".text").data()
+        code = elf.get_section_by_name(".text").data()
+    return code, function_symbols(obj)["work"][1]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -629,7 +644,8 @@ def test_semantics_under_unicorn(mode: str, tmp_path: Path) -> None:
     code_at, stack_top, data_at, exit_at = win + 0x10000, win + 0x100000, win + 0x200000, \
         win + 0x30000
 
-    def run(code: bytes, sandboxed: bool) -> tuple[int, bytes]:
+    def run(built: tuple[bytes, int], sandboxed: bool) -> tuple[int, bytes]:
+        code, entry = built
         mu = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
         mu.mem_map(code_at, 0x20000 + 0x10000)
         mu.mem_map(stack_top - 0x10000, 0x10000)
@@ -648,7 +664,7 @@ def test_semantics_under_unicorn(mode: str, tmp_path: Path) -> None:
             mu.reg_write(u.UC_X86_REG_GS_BASE, win)
         for r, v in regs.items():
             mu.reg_write(r, v)
-        mu.emu_start(code_at, exit_at, count=200_000)
+        mu.emu_start(code_at + entry, exit_at, count=400_000)
         assert mu.reg_read(u.UC_X86_REG_RIP) == exit_at
         return mu.reg_read(u.UC_X86_REG_RAX), bytes(mu.mem_read(data_at + 0x2000, 64))
 

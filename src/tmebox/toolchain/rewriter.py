@@ -383,7 +383,10 @@ class _Rewriter:
             out.append(f"\t.bundle_align_mode {_BUNDLE_SHIFT}")
         in_comment = False
         lineno = 0
-        for line in self.text.split("\n"):
+        lines = self.text.split("\n")
+        if lines[-1] == "":
+            lines.pop()  # the text's final newline
+        for line in lines:
             lineno += 1
             if in_comment:
                 end = line.find("*/")

@@ -162,4 +162,3 @@ untyped:
 	orq	%r14, %r11
 	jmp	*%r11
 	.bundle_unlock
-

@@ -42,4 +42,3 @@ late:
 	.size	late, .-late
 untyped:
 	ret
-

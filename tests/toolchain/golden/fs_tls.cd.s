@@ -41,4 +41,3 @@ tls:
 	jmp	*%r11
 	.bundle_unlock
 	.size	tls, .-tls
-

@@ -34,4 +34,3 @@ tls:
 	movl	%gs:(%eax,%edx), %eax
 	ret
 	.size	tls, .-tls
-

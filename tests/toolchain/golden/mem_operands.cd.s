@@ -87,4 +87,3 @@ mem:
 	.section	.rodata
 .LC0:
 	.quad	42
-

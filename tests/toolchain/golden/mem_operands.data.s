@@ -80,4 +80,3 @@ mem:
 	.section	.rodata
 .LC0:
 	.quad	42
-

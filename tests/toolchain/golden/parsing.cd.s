@@ -43,4 +43,3 @@ cold:
 	.section	.init
 	movq	%gs:(%ebx), %rax
 	.section	.note.GNU-stack,"",@progbits
-

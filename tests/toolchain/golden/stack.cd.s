@@ -123,4 +123,3 @@ probe:
 	jmp	*%r11
 	.bundle_unlock
 	.size	probe, .-probe
-

@@ -74,4 +74,3 @@ probe:
 	orq	%r14, %rsp
 	ret
 	.size	probe, .-probe
-

@@ -165,4 +165,3 @@ str:
 	jmp	*%r11
 	.bundle_unlock
 	.size	str, .-str
-

@@ -110,4 +110,3 @@ str:
 	movslq	%edi, %rdi
 	ret
 	.size	str, .-str
-
