@@ -34,6 +34,7 @@ from tmebox.runtime.backend import (
     STOP_RETURN,
     STOP_SYSCALL,
     STOP_TIMEOUT,
+    STOPPED,
     FaultInfo,
     classify,
 )
@@ -46,6 +47,7 @@ DEFAULT_MAX_SANDBOXES = 1024
 CALL_FRAME_GAP = 128  # bytes left between the parked stack pointer and a call()'s frame
 _MASK64 = (1 << 64) - 1
 _SIGN64 = 1 << 63
+_PAD = tuple((0,) * (6 - n) for n in range(7))
 
 # Verdicts of the verifier by image content hash: an image is verified once per process.
 _VERIFIED: dict[str, bool] = {}
@@ -56,6 +58,16 @@ def as_int32(value: int) -> int:
     """The C `int` a function returned (call() gives the whole of %rax, signed 64-bit)."""
     value &= 0xFFFF_FFFF
     return value - (1 << 32) if value >> 31 else value
+
+
+def _signed_args(name: str, args: tuple[int, ...]) -> list[int]:
+    out = []
+    for i, a in enumerate(args):
+        if not isinstance(a, int):
+            raise TypeError(f"call({name!r}): argument {i} is {type(a).__name__}, not int")
+        a &= _MASK64
+        out.append(a - (1 << 64) if a & _SIGN64 else a)
+    return out
 
 
 def _make_backend(name: str, max_sandboxes: int) -> Any:
@@ -223,6 +235,7 @@ class Sandbox:
         self._ret = self.base + self._layout.code_lo + abi.RT_EXIT_OFFSET
         self._proc: syscalls.ProcessState | None = None
         self._ran = False
+        self._invoke = engine.invoker()
 
     def __repr__(self) -> str:
         return f"<Sandbox {self.image.name} at {self.base:#x} {self.state}>"
@@ -276,9 +289,7 @@ class Sandbox:
 
         Returns %rax as a signed 64-bit int (as_int32() gives a C int result).
         """
-        rip = self._rips.get(name)
-        if rip is None:
-            rip = self._lookup(name)
+        rip = self._rips.get(name) or self._lookup(name)
         if len(args) > 6:
             raise TypeError(f"call({name!r}) takes at most 6 arguments, got {len(args)}")
         with self._lock:
@@ -286,11 +297,19 @@ class Sandbox:
                 self._check_state(f"call({name!r})")
             if self.timeout is not None:
                 self._engine.set_deadline(self.timeout)
-            stop = self._engine.enter(rip, self._call_rsp, args, self._ret)
-            if stop != STOP_RETURN:
-                stop = self._drive(stop)
-            v = self._engine.result()
-        return v - (1 << 64) if v & _SIGN64 else v
+            try:
+                v = self._invoke(rip, self._call_rsp, self._ret, *args, *_PAD[len(args)])
+            except (OverflowError, TypeError):
+                v = self._invoke(rip, self._call_rsp, self._ret, *_signed_args(name, args),
+                                 *_PAD[len(args)])
+            if v == STOPPED:
+                stop = self._engine.last_stop()
+                if stop != STOP_RETURN:
+                    self._drive(stop)
+                v = self._engine.result()
+                if v & _SIGN64:
+                    v -= 1 << 64
+        return v
 
     def _lookup(self, name: str) -> int:
         off = self.image.plan.exports.get(name)
@@ -382,10 +401,12 @@ class Sandbox:
             raise SandboxError(f"{self.image.name}: the backend stopped with code {stop}")
 
     def _fault_error(self, f: FaultInfo, stop: int) -> SandboxFault:
-        kind = classify(f, self._layout.stack_bottom)
         detail = f"in {self.image.name}"
         if stop == STOP_BADSTACK:
+            kind = "segv"
             detail += ": runtime call with the stack pointer outside the stack"
+        else:
+            kind = classify(f, self._layout.stack_bottom)
         return SandboxFault(kind, address=self.base + f.address,
                             instruction=self._disassemble(f.rip), detail=detail)
 

@@ -9,6 +9,7 @@ reads the outcome as one of the STOP_* codes; runtime calls are serviced by
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +21,7 @@ STOP_SYSCALL = 2  # runtime call; syscall() holds number and arguments
 STOP_FAULT = 3  # fault() describes it
 STOP_TIMEOUT = 4  # the deadline passed
 STOP_BADSTACK = 5  # resume: the return address on the sandbox stack is not readable
+STOPPED = -(1 << 63)  # an invoker's result when the call did not simply return
 
 
 @dataclass(frozen=True)
@@ -36,10 +38,11 @@ def classify(fault: FaultInfo, stack_bottom: int) -> str:
     """The SandboxFault kind of a fault; stack_bottom is the window offset of the stack's end.
 
     The main stack grows down into the read-only code (docs/design.md), so a
-    write fault below the stack's end while %rsp is below it too is an overflow.
+    fault below the stack's end while %rsp has reached it (a faulting push
+    leaves %rsp at the end itself) is an overflow.
     """
     if fault.signo == signal.SIGSEGV:
-        if fault.rsp < stack_bottom and fault.address < stack_bottom + 4096:
+        if fault.address < stack_bottom and fault.rsp <= stack_bottom + 4096:
             return "stack-overflow"
         return "segv"
     if fault.signo == signal.SIGBUS:
@@ -61,6 +64,16 @@ class Engine(Protocol):
 
         If return_to is given it is pushed (below rsp) as the return address.
         """
+
+    def invoker(self) -> Callable[..., int]:
+        """The fast path of Sandbox.call: f(rip, rsp, return_to, a0, ..., a5) -> rax.
+
+        Arguments are signed 64-bit ints. It returns STOPPED when the call did not
+        simply return (then, or if rax happened to equal STOPPED, last_stop() says why).
+        """
+
+    def last_stop(self) -> int:
+        """The STOP_* code of the last invoker call."""
 
     def resume(self, result: int) -> int:
         """Finish the pending runtime call with result and continue."""

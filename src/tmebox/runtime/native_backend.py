@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from tmebox.errors import OutOfSandboxes, TmeboxError
@@ -252,6 +254,12 @@ class NativeEngine:
         c.rip = rip
         c.mode = 0
         return lib.tmebox_run(c)
+
+    def invoker(self) -> Callable[..., int]:
+        return functools.partial(lib.tmebox_invoke, self.ctx)
+
+    def last_stop(self) -> int:
+        return self.ctx.reason
 
     def resume(self, result: int) -> int:
         return lib.tmebox_resume(self.ctx, result, self.bundle, self.layout.rw_lo,

@@ -19,6 +19,7 @@ enum {
     TMEBOX_REASON_RETURN = 1, TMEBOX_REASON_SYSCALL = 2, TMEBOX_REASON_FAULT = 3,
     TMEBOX_REASON_TIMEOUT = 4, TMEBOX_REASON_BADSTACK = 5,
 };
+#define TMEBOX_INVOKE_STOPPED ...
 struct tmebox_ctx {
     uint64_t gpr[16];
     uint64_t rip;
@@ -40,6 +41,8 @@ size_t tmebox_ctx_size(void);
 int tmebox_run(struct tmebox_ctx *c);
 int tmebox_call(struct tmebox_ctx *c, uint64_t rip, uint64_t rsp, uint64_t ret_addr,
                 uint64_t a0, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5);
+int64_t tmebox_invoke(struct tmebox_ctx *c, uint64_t rip, uint64_t rsp, uint64_t ret_addr,
+                      int64_t a0, int64_t a1, int64_t a2, int64_t a3, int64_t a4, int64_t a5);
 int tmebox_resume(struct tmebox_ctx *c, int64_t result, int bundle_align,
                   uint64_t stack_lo, uint64_t stack_hi);
 void tmebox_write_rt_page(uint8_t *page);
@@ -61,7 +64,7 @@ ffibuilder.set_source(
     '#include <sys/mman.h>\n#include <errno.h>\n#include "tmebox_native.h"\n',
     sources=[str(_REL / "tmebox_native.c")],
     include_dirs=[str(_REL)],
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-mfsgsbase", "-mxsave"],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
 )
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ _Static_assert(offsetof(struct tmebox_ctx, host_mxcsr) == 0xa0, "ctx layout");
 _Static_assert(offsetof(struct tmebox_ctx, host_fcw) == 0xa4, "ctx layout");
 _Static_assert(offsetof(struct tmebox_ctx, mode) == 0xa8, "ctx layout");
 _Static_assert(offsetof(struct tmebox_ctx, reason) == 0xac, "ctx layout");
-_Static_assert(offsetof(struct tmebox_ctx, xsave) == 0x100, "ctx layout");
+_Static_assert(offsetof(struct tmebox_ctx, fxsave) == 0x100, "ctx layout");
 
 #ifndef HWCAP2_FSGSBASE
 #define HWCAP2_FSGSBASE (1 << 1)
@@ -44,14 +44,11 @@ _Static_assert(offsetof(struct tmebox_ctx, xsave) == 0x100, "ctx layout");
 __thread struct tmebox_ctx *tmebox_tls_cur
     __attribute__((visibility("hidden"), tls_model("initial-exec")));
 
-/* xsave components cleared on fresh entry and kept across runtime calls:
- * x87, SSE, AVX, and the AVX-512 opmask/ZMM states where the OS enabled them. */
-uint64_t tmebox_xmask __attribute__((visibility("hidden")));
-uint32_t tmebox_has_avx __attribute__((visibility("hidden")));
-static size_t xsave_size;
-/* XSAVE image whose header says "every component in its initial state":
- * XRSTOR from it zeroes the vector registers; MXCSR comes from byte 24. */
-uint8_t tmebox_xinit[4096] __attribute__((visibility("hidden"), aligned(64)));
+/* 0: SSE only, 1: AVX (YMM), 2: AVX-512 (ZMM0-31, opmasks), as enabled by the OS. */
+uint32_t tmebox_vec_level __attribute__((visibility("hidden")));
+const uint16_t tmebox_default_fcw __attribute__((visibility("hidden"))) = 0x037f;
+const uint32_t tmebox_default_mxcsr __attribute__((visibility("hidden"))) = 0x1f80;
+#define FXSAVE_SIZE 512
 
 extern int tmebox_enter_asm(struct tmebox_ctx *c) __attribute__((visibility("hidden")));
 extern char tmebox_rt_syscall_entry[] __attribute__((visibility("hidden")));
@@ -77,15 +74,76 @@ __asm__(
     "    rdgsbase %rax\n"
     "    movq %rax, 0x98(%rdi)\n"
     "    movq %rdi, %r11\n"
-    /* fresh entry: every vector register to its initial state; resume: the
-       sandbox's own state saved by tmebox_rt_syscall_entry */
-    "    movl tmebox_xmask(%rip), %eax\n"
-    "    movl tmebox_xmask+4(%rip), %edx\n"
-    "    leaq 0x100(%r11), %rcx\n"
-    "    cmpl $0, 0xa8(%r11)\n"
-    "    jne 1f\n"
-    "    leaq tmebox_xinit(%rip), %rcx\n"
-    "1:  xrstor64 (%rcx)\n"
+    /* Vector state. Fresh entry: everything zero, default MXCSR and x87
+       control word. Resume after a runtime call: zero the parts the sandbox
+       does not own (upper YMM/ZMM halves, ZMM16-31, opmasks), then restore
+       its saved x87/SSE state (FXSAVE area). XRSTOR would do both in one
+       instruction but costs ~150 ns here; this path costs a few. */
+    "    movl tmebox_vec_level(%rip), %eax\n"
+    "    testl %eax, %eax\n"
+    "    je 3f\n"
+    "    vzeroall\n"
+    "    cmpl $2, %eax\n"
+    "    jne 4f\n"
+    "    vpxord %zmm16, %zmm16, %zmm16\n"
+    "    vpxord %zmm17, %zmm17, %zmm17\n"
+    "    vpxord %zmm18, %zmm18, %zmm18\n"
+    "    vpxord %zmm19, %zmm19, %zmm19\n"
+    "    vpxord %zmm20, %zmm20, %zmm20\n"
+    "    vpxord %zmm21, %zmm21, %zmm21\n"
+    "    vpxord %zmm22, %zmm22, %zmm22\n"
+    "    vpxord %zmm23, %zmm23, %zmm23\n"
+    "    vpxord %zmm24, %zmm24, %zmm24\n"
+    "    vpxord %zmm25, %zmm25, %zmm25\n"
+    "    vpxord %zmm26, %zmm26, %zmm26\n"
+    "    vpxord %zmm27, %zmm27, %zmm27\n"
+    "    vpxord %zmm28, %zmm28, %zmm28\n"
+    "    vpxord %zmm29, %zmm29, %zmm29\n"
+    "    vpxord %zmm30, %zmm30, %zmm30\n"
+    "    vpxord %zmm31, %zmm31, %zmm31\n"
+    "    kxorw %k0, %k0, %k0\n"
+    "    kxorw %k1, %k1, %k1\n"
+    "    kxorw %k2, %k2, %k2\n"
+    "    kxorw %k3, %k3, %k3\n"
+    "    kxorw %k4, %k4, %k4\n"
+    "    kxorw %k5, %k5, %k5\n"
+    "    kxorw %k6, %k6, %k6\n"
+    "    kxorw %k7, %k7, %k7\n"
+    "    jmp 4f\n"
+    "3:  pxor %xmm0, %xmm0\n"
+    "    pxor %xmm1, %xmm1\n"
+    "    pxor %xmm2, %xmm2\n"
+    "    pxor %xmm3, %xmm3\n"
+    "    pxor %xmm4, %xmm4\n"
+    "    pxor %xmm5, %xmm5\n"
+    "    pxor %xmm6, %xmm6\n"
+    "    pxor %xmm7, %xmm7\n"
+    "    pxor %xmm8, %xmm8\n"
+    "    pxor %xmm9, %xmm9\n"
+    "    pxor %xmm10, %xmm10\n"
+    "    pxor %xmm11, %xmm11\n"
+    "    pxor %xmm12, %xmm12\n"
+    "    pxor %xmm13, %xmm13\n"
+    "    pxor %xmm14, %xmm14\n"
+    "    pxor %xmm15, %xmm15\n"
+    "4:  cmpl $0, 0xa8(%r11)\n"
+    "    je 5f\n"
+    "    fxrstor64 0x100(%r11)\n"
+    "    jmp 6f\n"
+    /* x87: overwrite the data registers through their MMX aliases, empty the
+       tags, default control word */
+    "5:  pxor %mm0, %mm0\n"
+    "    pxor %mm1, %mm1\n"
+    "    pxor %mm2, %mm2\n"
+    "    pxor %mm3, %mm3\n"
+    "    pxor %mm4, %mm4\n"
+    "    pxor %mm5, %mm5\n"
+    "    pxor %mm6, %mm6\n"
+    "    pxor %mm7, %mm7\n"
+    "    emms\n"
+    "    fldcw tmebox_default_fcw(%rip)\n"
+    "    ldmxcsr tmebox_default_mxcsr(%rip)\n"
+    "6:\n"
     "    movq 0x88(%r11), %rax\n"
     "    wrgsbase %rax\n"
     "    movq %rax, %r14\n"
@@ -132,9 +190,7 @@ __asm__(
     "    movq %r12, 0x60(%r11)\n"
     "    movq %r13, 0x68(%r11)\n"
     "    movq %r15, 0x78(%r11)\n"
-    "    movl tmebox_xmask(%rip), %eax\n"
-    "    movl tmebox_xmask+4(%rip), %edx\n"
-    "    xsave64 0x100(%r11)\n"
+    "    fxsave64 0x100(%r11)\n"
     "    movl $2, 0xac(%r11)\n"
     "    jmp tmebox_common_exit\n"
 
@@ -164,7 +220,7 @@ __asm__(
     "    cld\n"
     "    ldmxcsr 0xa0(%r11)\n"
     "    fldcw 0xa4(%r11)\n"
-    "    cmpl $0, tmebox_has_avx(%rip)\n"
+    "    cmpl $0, tmebox_vec_level(%rip)\n"
     "    je 2f\n"
     "    vzeroupper\n"
     "2:  movl 0xac(%r11), %eax\n"
@@ -336,28 +392,17 @@ static void do_init(void)
         init_error = -ENOSYS;
         return;
     }
-    if (!__get_cpuid(1, &a, &b, &cx, &d) || !(cx & bit_OSXSAVE)) {
-        init_error = -EOPNOTSUPP;
-        return;
+    tmebox_vec_level = 0;
+    if (__get_cpuid(1, &a, &b, &cx, &d) && (cx & bit_OSXSAVE)) {
+        uint32_t lo, hi;
+        __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+        uint64_t xcr0 = ((uint64_t)hi << 32) | lo;
+        __cpuid_count(7, 0, a, b, cx, d);
+        if ((xcr0 & 0xe6) == 0xe6 && (b & bit_AVX512F))
+            tmebox_vec_level = 2;
+        else if ((xcr0 & 6) == 6)
+            tmebox_vec_level = 1;
     }
-    uint32_t lo, hi;
-    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    uint64_t xcr0 = ((uint64_t)hi << 32) | lo;
-    tmebox_xmask = xcr0 & 0xe7; /* x87 SSE AVX opmask ZMM_Hi256 Hi16_ZMM */
-    tmebox_has_avx = (tmebox_xmask & 4) != 0;
-    xsave_size = 576;
-    for (unsigned i = 2; i < 8; i++)
-        if (tmebox_xmask & (1ull << i)) {
-            __cpuid_count(0xd, i, a, b, cx, d);
-            if ((size_t)a + b > xsave_size)
-                xsave_size = (size_t)a + b;
-        }
-    xsave_size = (xsave_size + 63) & ~(size_t)63;
-    memset(tmebox_xinit, 0, sizeof tmebox_xinit);
-    tmebox_xinit[0] = 0x7f; /* FCW 0x037f */
-    tmebox_xinit[1] = 0x03;
-    uint32_t mxcsr = 0x1f80;
-    memcpy(tmebox_xinit + 24, &mxcsr, 4);
 
     timer_signal = SIGRTMIN + 4;
     if (pthread_key_create(&state_key, free_thread_state) != 0) {
@@ -386,7 +431,7 @@ int tmebox_init(void)
 
 struct tmebox_ctx *tmebox_ctx_new(uint64_t base)
 {
-    size_t size = sizeof(struct tmebox_ctx) + xsave_size;
+    size_t size = sizeof(struct tmebox_ctx) + FXSAVE_SIZE;
     struct tmebox_ctx *c = aligned_alloc(64, (size + 63) & ~(size_t)63);
     if (!c)
         return NULL;
@@ -402,7 +447,7 @@ void tmebox_ctx_free(struct tmebox_ctx *c)
 
 size_t tmebox_ctx_size(void)
 {
-    return sizeof(struct tmebox_ctx) + xsave_size;
+    return sizeof(struct tmebox_ctx) + FXSAVE_SIZE;
 }
 
 uint64_t tmebox_monotonic_ns(void)
@@ -455,6 +500,21 @@ int tmebox_call(struct tmebox_ctx *c, uint64_t rip, uint64_t rsp, uint64_t ret_a
     c->rip = rip;
     c->mode = 0;
     return tmebox_run(c);
+}
+
+int64_t tmebox_invoke(struct tmebox_ctx *c, uint64_t rip, uint64_t rsp, uint64_t ret_addr,
+                      int64_t a0, int64_t a1, int64_t a2, int64_t a3, int64_t a4, int64_t a5)
+{
+    /* One foreign call per sb.call() on the fast path: %rax comes back as the
+       result, and only the sentinel value makes the caller look at c->reason. */
+    int reason = tmebox_call(c, rip, rsp, ret_addr, (uint64_t)a0, (uint64_t)a1, (uint64_t)a2,
+                             (uint64_t)a3, (uint64_t)a4, (uint64_t)a5);
+    if (reason != TMEBOX_REASON_RETURN) {
+        c->reason = (uint32_t)reason;
+        return TMEBOX_INVOKE_STOPPED;
+    }
+    c->reason = TMEBOX_REASON_RETURN;
+    return (int64_t)c->gpr[TMEBOX_RAX];
 }
 
 int tmebox_resume(struct tmebox_ctx *c, int64_t result, int bundle_align,

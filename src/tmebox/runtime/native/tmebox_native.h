@@ -17,6 +17,9 @@ enum {
     TMEBOX_REASON_BADSTACK = 5, /* resume: the return address is not readable sandbox memory */
 };
 
+/* tmebox_invoke's result when the sandbox did not simply return (see c->reason) */
+#define TMEBOX_INVOKE_STOPPED INT64_MIN
+
 /* gpr[] index = x86 register number */
 enum {
     TMEBOX_RAX, TMEBOX_RCX, TMEBOX_RDX, TMEBOX_RBX, TMEBOX_RSP, TMEBOX_RBP, TMEBOX_RSI,
@@ -42,7 +45,7 @@ struct tmebox_ctx {
     uint64_t fault_rsp;     /* 0xd0 */
     uint64_t deadline_ns;   /* 0xd8 CLOCK_MONOTONIC; 0 = no deadline */
     uint64_t pad1[4];       /* 0xe0 */
-    uint8_t xsave[];        /* 0x100 sandbox vector state across a runtime call (64-aligned) */
+    uint8_t fxsave[];       /* 0x100 sandbox x87/SSE state across a runtime call (FXSAVE) */
 };
 
 int tmebox_init(void);
@@ -52,6 +55,8 @@ size_t tmebox_ctx_size(void);
 int tmebox_run(struct tmebox_ctx *c);
 int tmebox_call(struct tmebox_ctx *c, uint64_t rip, uint64_t rsp, uint64_t ret_addr,
                 uint64_t a0, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5);
+int64_t tmebox_invoke(struct tmebox_ctx *c, uint64_t rip, uint64_t rsp, uint64_t ret_addr,
+                      int64_t a0, int64_t a1, int64_t a2, int64_t a3, int64_t a4, int64_t a5);
 int tmebox_resume(struct tmebox_ctx *c, int64_t result, int bundle_align,
                   uint64_t stack_lo, uint64_t stack_hi);
 void tmebox_write_rt_page(uint8_t *page);
