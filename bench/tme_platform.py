@@ -1,8 +1,10 @@
 """Speed of the emulated TME-MK platform (docs/tme.md quotes its output).
 
 Cases run interleaved (round-robin, `--rounds` times); each figure is the median over the
-rounds. Baselines measured in the same run: one `cryptography` XTS context per 64-byte
-line (the naive engine) for throughput, and a bare bytearray slice for single-line ops.
+rounds, of wall-clock time and of this process's CPU time (the machine may be shared: the
+load average is recorded). Baselines measured in the same run: one `cryptography` XTS
+context per 64-byte line (the naive engine) for throughput, and a bare bytearray slice for
+single-line ops.
 
     .venv/bin/python bench/tme_platform.py [--rounds 7] [--quick]
 """
@@ -20,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from rich.console import Console
 from rich.table import Table
@@ -30,17 +33,20 @@ ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
 
 
-def _timed(fn: Callable[[], int]) -> tuple[float, int]:
-    t0 = time.perf_counter()
+def _timed(fn: Callable[[], int]) -> tuple[float, float, int]:
+    w0, c0 = time.perf_counter(), time.process_time()
     units = fn()
-    return time.perf_counter() - t0, units
+    return time.perf_counter() - w0, time.process_time() - c0, units
 
 
-def throughput_cases(size: int) -> dict[str, Callable[[], int]]:
-    """Bytes per second of line encryption/decryption; each callable returns bytes done."""
+def throughput_cases(total: int) -> dict[str, Callable[[], int]]:
+    """Bytes per second of line encryption/decryption; each callable returns bytes done.
+
+    Every case moves `total` bytes, in calls of the batch size its name gives.
+    """
     key, tweak = os.urandom(16), os.urandom(16)
-    data = os.urandom(size)
-    seqs = [64 * i for i in range(size // 64)]
+    data = os.urandom(total)
+    seqs = np.arange(total // 64, dtype=np.uint64) * np.uint64(64)
     xts = XtsCipher(key, tweak)
     xts256 = XtsCipher(os.urandom(32), os.urandom(32))
     ct = xts.encrypt_units(data, seqs)
@@ -53,51 +59,61 @@ def throughput_cases(size: int) -> dict[str, Callable[[], int]]:
             enc.update(naive_lines[i:i + 64])
         return len(naive_lines)
 
-    def batch_line_loop() -> int:  # single-line path of the engine, for comparison
+    def line_loop() -> int:
         for i in range(0, len(naive_lines), 64):
             xts.encrypt_line(naive_lines[i:i + 64], i)
         return len(naive_lines)
 
-    plat = Platform(memory_size=max(size, 4 * MIB), cache=True)
-    plat_i = Platform(memory_size=max(size, 4 * MIB), cache=True, integrity=True)
-    assert plat.pconfig(1, "set_key_random") == 0
-    assert plat_i.pconfig(1, "set_key_random") == 0
-    plat.write_lines(0, data, 1)
-    plat_i.write_lines(0, data, 1)
-    pages = size // 4096
+    def engine(cipher: XtsCipher, src: bytes, batch: int, encrypt: bool) -> Callable[[], int]:
+        fn = cipher.encrypt_units if encrypt else cipher.decrypt_units
+        lines = batch // 64
 
-    def page_writes(p: Platform) -> Callable[[], int]:
         def run() -> int:
-            for i in range(pages):
-                p.write_lines(i * 4096, data[i * 4096:(i + 1) * 4096], 1)
-            return size
+            for a in range(0, total, batch):
+                fn(src[a:a + batch], seqs[a // 64:a // 64 + lines])
+            return total
         return run
 
-    def page_reads(p: Platform) -> Callable[[], int]:
+    plats = {}
+    for integrity in (False, True):
+        p = Platform(memory_size=max(total, 4 * MIB), integrity=integrity)
+        assert p.pconfig(1, "set_key_random") == 0
+        p.write_lines(0, data, 1)
+        plats[integrity] = p
+
+    def writes(p: Platform, batch: int) -> Callable[[], int]:
         def run() -> int:
-            for i in range(pages):
-                p.read_lines(i * 4096, 64, 1)
-            return size
+            for a in range(0, total, batch):
+                p.write_lines(a, data[a:a + batch], 1)
+            return total
         return run
 
-    return {
-        "baseline: cryptography XTS, one context per line (encrypt)": naive,
-        "engine single-line path (encrypt_line)": batch_line_loop,
-        f"engine batch encrypt, {size // MIB} MiB per call (AES-XTS-128)":
-            lambda: len(xts.encrypt_units(data, seqs)),
-        f"engine batch decrypt, {size // MIB} MiB per call (AES-XTS-128)":
-            lambda: len(xts.decrypt_units(ct, seqs)),
-        f"engine batch encrypt, {size // MIB} MiB per call (AES-XTS-256)":
-            lambda: len(xts256.encrypt_units(data, seqs)),
-        f"platform write_lines, {size // MIB} MiB per call": lambda: (
-            plat.write_lines(0, data, 1), size)[1],
-        f"platform read_lines, {size // MIB} MiB per call": lambda: len(
-            plat.read_lines(0, size // 64, 1)),
-        "platform write_lines, one 4 KiB page per call": page_writes(plat),
-        "platform read_lines, one 4 KiB page per call": page_reads(plat),
-        "platform write_lines, 4 KiB pages, integrity on": page_writes(plat_i),
-        "platform read_lines, 4 KiB pages, integrity on": page_reads(plat_i),
+    def reads(p: Platform, batch: int) -> Callable[[], int]:
+        def run() -> int:
+            for a in range(0, total, batch):
+                p.read_lines(a, batch // 64, 1)
+            return total
+        return run
+
+    def size(batch: int) -> str:
+        return f"{batch // MIB} MiB" if batch >= MIB else f"{batch // 1024} KiB"
+
+    batches = [b for b in (4096, 64 << 10, MIB, 16 * MIB) if b <= total]
+    cases: dict[str, Callable[[], int]] = {
+        "baseline: cryptography XTS, one context per line": naive,
+        "engine, one line per call (encrypt_line)": line_loop,
     }
+    for b in batches:
+        cases[f"engine encrypt, {size(b)} per call"] = engine(xts, data, b, True)
+        cases[f"engine decrypt, {size(b)} per call"] = engine(xts, ct, b, False)
+    cases[f"engine encrypt AES-XTS-256, {size(batches[-1])} per call"] = engine(
+        xts256, data, batches[-1], True)
+    for b in (4096, MIB):
+        for integrity in (False, True):
+            tag = ", integrity" if integrity else ""
+            cases[f"platform write_lines, {size(b)} per call{tag}"] = writes(plats[integrity], b)
+            cases[f"platform read_lines, {size(b)} per call{tag}"] = reads(plats[integrity], b)
+    return cases
 
 
 def ops_cases(nops: int, rounds: int) -> dict[str, Callable[[], int]]:
@@ -159,13 +175,18 @@ def ops_cases(nops: int, rounds: int) -> dict[str, Callable[[], int]]:
     }
 
 
-def run_interleaved(cases: dict[str, Callable[[], int]], rounds: int) -> dict[str, float]:
-    samples: dict[str, list[float]] = {name: [] for name in cases}
+def run_interleaved(cases: dict[str, Callable[[], int]],
+                    rounds: int) -> dict[str, dict[str, float]]:
+    """Median units per second of wall-clock time and of this process's CPU time."""
+    wall: dict[str, list[float]] = {name: [] for name in cases}
+    cpu: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(rounds):
         for name, fn in cases.items():
-            seconds, units = _timed(fn)
-            samples[name].append(units / seconds)
-    return {name: statistics.median(v) for name, v in samples.items()}
+            w, c, units = _timed(fn)
+            wall[name].append(units / w)
+            cpu[name].append(units / max(c, 1e-9))
+    return {name: {"wall": statistics.median(wall[name]), "cpu": statistics.median(cpu[name])}
+            for name in cases}
 
 
 def main() -> int:
@@ -174,28 +195,34 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "tme_platform.json")
     args = ap.parse_args()
-    size = MIB if args.quick else 16 * MIB
+    total = 2 * MIB if args.quick else 16 * MIB
     nops = 20_000 if args.quick else 200_000
+    load_before = os.getloadavg()
 
-    tput = run_interleaved(throughput_cases(size), args.rounds)
+    tput = run_interleaved(throughput_cases(total), args.rounds)
     ops = run_interleaved(ops_cases(nops, args.rounds), args.rounds)
 
     console = Console()
-    base = next(v for k, v in tput.items() if k.startswith("baseline"))
-    t = Table(title=f"Line encryption throughput (median of {args.rounds} interleaved rounds)")
+    title = f"(median of {args.rounds} interleaved rounds; load average {load_before[0]:.1f})"
+    base = next(v for k, v in tput.items() if k.startswith("baseline"))["wall"]
+    t = Table(title=f"Line encryption throughput {title}")
     t.add_column("case")
-    t.add_column("MB/s", justify="right")
+    t.add_column("MB/s wall", justify="right")
+    t.add_column("MB/s CPU", justify="right")
     t.add_column("x naive", justify="right")
-    for name, bps in tput.items():
-        t.add_row(name, f"{bps / 1e6:,.0f}", f"{bps / base:.1f}")
+    for name, r in tput.items():
+        t.add_row(name, f"{r['wall'] / 1e6:,.0f}", f"{r['cpu'] / 1e6:,.0f}",
+                  f"{r['wall'] / base:.1f}")
     console.print(t)
-    base_ops = next(v for k, v in ops.items() if k.startswith("baseline"))
-    t = Table(title=f"Random single-line accesses (median of {args.rounds} interleaved rounds)")
+    base_ops = next(v for k, v in ops.items() if k.startswith("baseline"))["wall"]
+    t = Table(title=f"Random single-line accesses {title}")
     t.add_column("case")
-    t.add_column("K ops/s", justify="right")
+    t.add_column("K ops/s wall", justify="right")
+    t.add_column("K ops/s CPU", justify="right")
     t.add_column("x bytearray", justify="right")
-    for name, rate in ops.items():
-        t.add_row(name, f"{rate / 1e3:,.0f}", f"{rate / base_ops:.2f}")
+    for name, r in ops.items():
+        t.add_row(name, f"{r['wall'] / 1e3:,.0f}", f"{r['cpu'] / 1e3:,.0f}",
+                  f"{r['wall'] / base_ops:.2f}")
     console.print(t)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -203,9 +230,10 @@ def main() -> int:
         "benchmark": "tme_platform",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": {"python": sys.version.split()[0], "machine": host.machine(),
-                 "cpus": os.cpu_count()},
+                 "cpus": os.cpu_count(), "load_average_before": load_before,
+                 "load_average_after": os.getloadavg()},
         "rounds": args.rounds,
-        "bulk_bytes": size,
+        "bytes_per_throughput_case": total,
         "ops_per_round": nops,
         "throughput_bytes_per_second": tput,
         "ops_per_second": ops,

@@ -24,6 +24,13 @@ BLOCK = 16
 _GF_REDUCE = 0x87
 _MASK128 = (1 << 128) - 1
 _U64 = np.dtype("<u8")
+_CHUNK_BYTES = 256 << 10  # measured: 256 KiB-1 MiB per step runs ~3x faster than 16 MiB
+# Measured crossover of the two ways to compute tweak masks (see _masks).
+_BROADCAST_UNITS = 256
+_BROADCAST_BLOCKS = 8
+_J = np.arange(_BROADCAST_BLOCKS, dtype=_U64)
+_ONE, _TWO, _SEVEN, _SIXTY_THREE, _SIXTY_FOUR = (np.uint64(v) for v in (1, 2, 7, 63, 64))
+_REDUCE = np.uint64(_GF_REDUCE)
 
 
 def _check_key(name: str, key: object) -> bytes:
@@ -60,21 +67,30 @@ class XtsCipher:
 
     def _masks(self, seqnos: np.ndarray, blocks: int) -> np.ndarray:
         """Tweak masks T_{i,j} = E(Key2, seqno_i) * alpha^j as uint64 (lo, hi) pairs,
-        shape (units, blocks, 2). The loop runs over the blocks of a unit (4 for a line),
-        each step vectorised over all units."""
+        shape (units, blocks, 2)."""
         n = seqnos.shape[0]
-        plain = np.zeros((n, 2), dtype=_U64)
-        plain[:, 0] = seqnos
+        buf = np.zeros(2 * n + 2, dtype=_U64)  # update_into wants a block of slack
+        buf[0:2 * n:2] = seqnos
+        self._tweak.update_into(buf[:2 * n].view(np.uint8), buf.view(np.uint8))
+        t = buf[:2 * n].reshape(n, 2)
         masks = np.empty((n, blocks, 2), dtype=_U64)
-        t0 = np.empty(2 * n + 2, dtype=_U64)  # update_into wants a block of slack
-        self._tweak.update_into(plain.view(np.uint8).reshape(-1), t0.view(np.uint8))
-        t = t0[:2 * n].reshape(n, 2)
+        if n <= _BROADCAST_UNITS and blocks <= _BROADCAST_BLOCKS:
+            # All j in one broadcast step (fewer numpy calls, which dominate for a page):
+            # T*alpha^j = (T << j) xor clmul(c, 0x87), c = the j bits shifted out of bit 127;
+            # as c < 2^7, clmul(c, x^7+x^2+x+1) = c ^ c<<1 ^ c<<2 ^ c<<7. numpy defines a
+            # shift by 64 as 0, which makes j = 0 the identity.
+            j, down = _J[:blocks], _SIXTY_FOUR - _J[:blocks]
+            lo, hi = t[:, 0:1], t[:, 1:2]
+            c = hi >> down
+            masks[:, :, 1] = (hi << j) | (lo >> down)
+            masks[:, :, 0] = (lo << j) ^ c ^ (c << _ONE) ^ (c << _TWO) ^ (c << _SEVEN)
+            return masks
+        # Block by block, each step over all units: smaller temporaries for big batches.
         masks[:, 0, :] = t
-        one, sixty_three, reduce = np.uint64(1), np.uint64(63), np.uint64(_GF_REDUCE)
         for j in range(1, blocks):
             lo, hi = masks[:, j - 1, 0], masks[:, j - 1, 1]
-            np.bitwise_or(hi << one, lo >> sixty_three, out=masks[:, j, 1])
-            np.bitwise_xor(lo << one, (hi >> sixty_three) * reduce, out=masks[:, j, 0])
+            np.bitwise_or(hi << _ONE, lo >> _SIXTY_THREE, out=masks[:, j, 1])
+            np.bitwise_xor(lo << _ONE, (hi >> _SIXTY_THREE) * _REDUCE, out=masks[:, j, 0])
         return masks
 
     def _crypt(self, data: bytes | bytearray | memoryview, seqnos: Iterable[int] | np.ndarray,
@@ -89,16 +105,25 @@ class XtsCipher:
             )
         if n == 0:
             return b""
-        masks = self._masks(seq, unit_size // BLOCK).reshape(-1)
-        words = masks.shape[0]
-        # update_into a preallocated buffer: update() returning fresh bytes is ~10x slower.
-        buf = np.empty(words + 2, dtype=_U64)
-        x = buf[:words]
-        np.bitwise_xor(np.frombuffer(data, dtype=_U64), masks, out=x)
+        blocks = unit_size // BLOCK
+        words_per_unit = 2 * blocks
+        src = np.frombuffer(data, dtype=_U64)
+        # update_into a preallocated buffer (update() returning fresh bytes is ~10x slower),
+        # chunk by chunk so that the temporaries stay in the CPU's caches.
+        buf = np.empty(n * words_per_unit + 2, dtype=_U64)
         ecb = self._enc if encrypt else self._dec
-        ecb.update_into(x.view(np.uint8), buf.view(np.uint8))
-        np.bitwise_xor(x, masks, out=x)
-        return x.tobytes()
+        step = max(1, _CHUNK_BYTES // unit_size)
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            masks = self._masks(seq[a:b], blocks).reshape(-1)
+            lo, hi = a * words_per_unit, b * words_per_unit
+            x = buf[lo:hi]
+            np.bitwise_xor(src[lo:hi], masks, out=x)
+            # ECB writes exactly len(x) bytes; the 16 bytes of slack it asks for are the
+            # next chunk's (not yet written) or the buffer's spare tail.
+            ecb.update_into(x.view(np.uint8), buf[lo:hi + 2].view(np.uint8))
+            np.bitwise_xor(x, masks, out=x)
+        return buf[:n * words_per_unit].tobytes()
 
     def encrypt_units(self, data: bytes | bytearray | memoryview,
                       seqnos: Iterable[int] | np.ndarray, unit_size: int = 64) -> bytes:
