@@ -117,29 +117,30 @@ def test_entry_point_inside_a_group_is_rejected(tmp_path: Path) -> None:
 
 def test_decoder_disagreement_is_rejected(tmp_path: Path, monkeypatch) -> None:
     code = asmkit.assemble("nop\nmov rax, rcx\nnop", tmp_path)
-    real = decode.capstone_starts(code, asmkit.CODE_OFFSET)
-    assert list(real) == [0x1000, 0x1001, 0x1004]
-    # Pretend capstone saw a 2-byte instruction at 0x1001: the culprit is named.
-    monkeypatch.setattr(decode, "capstone_starts",
-                        lambda c, a: np.array([0x1000, 0x1001, 0x1003, 0x1004], np.uint64))
+    addresses, sizes = decode.capstone_boundaries(code, asmkit.CODE_OFFSET)
+    assert (list(addresses), list(sizes)) == ([0x1000, 0x1001, 0x1004], [1, 3, 1])
+    # Pretend capstone saw a 2-byte instruction at 0x1001: iced-x86 disagrees, and it is named.
+    monkeypatch.setattr(decode, "capstone_boundaries", lambda c, a: (
+        np.array([0x1000, 0x1001, 0x1003, 0x1004], np.uint64), np.array([1, 2, 1, 1], np.uint16)))
     verdict = verifier.verify_code(code, code_offset=asmkit.CODE_OFFSET, image_size=0x10000)
     assert (verdict.ok, verdict.rule, verdict.address) == (False, "decodes", 0x1001)
     # Or that capstone stopped early (an instruction it cannot decode).
-    monkeypatch.setattr(decode, "capstone_starts",
-                        lambda c, a: np.array([0x1000], np.uint64))
+    monkeypatch.setattr(decode, "capstone_boundaries", lambda c, a: (
+        np.array([0x1000], np.uint64), np.array([1], np.uint16)))
     verdict = verifier.verify_code(code, code_offset=asmkit.CODE_OFFSET, image_size=0x10000)
     assert (verdict.ok, verdict.rule, verdict.address) == (False, "decodes", 0x1001)
 
 
-def test_capstone_starts_stops_at_undecodable_bytes() -> None:
-    starts = decode.capstone_starts(b"\x90\x90\x06\x90", 0x40)
-    assert list(starts) == [0x40, 0x41]
+def test_capstone_stops_at_undecodable_bytes() -> None:
+    addresses, sizes = decode.capstone_boundaries(b"\x90\x90\x06\x90", 0x40)
+    assert list(addresses) == [0x40, 0x41] and sizes.sum() == 2
 
 
-def test_capstone_starts_spans_many_chunks() -> None:
+def test_capstone_boundaries_span_many_chunks() -> None:
     code = b"\x48\x89\xc8" * 40000  # mov rax, rcx: more than one cs_disasm chunk
-    starts = decode.capstone_starts(code, 0x1000)
-    assert len(starts) == 40000 and int(starts[-1]) == 0x1000 + 3 * 39999
+    addresses, sizes = decode.capstone_boundaries(code, 0x1000)
+    assert len(addresses) == 40000 and int(addresses[-1]) == 0x1000 + 3 * 39999
+    assert int(sizes.sum()) == len(code)
 
 
 def test_misaligned_code_start_is_rejected_in_code_data() -> None:

@@ -25,15 +25,16 @@ _INSN_DTYPE = np.dtype({
 _cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 
 
-def capstone_starts(code: bytes, address: int) -> np.ndarray:
-    """Addresses of the instructions capstone decodes linearly from `address`.
+def capstone_boundaries(code: bytes, address: int) -> tuple[np.ndarray, np.ndarray]:
+    """Addresses and sizes of the instructions capstone decodes linearly from `address`.
 
-    Decoding stops (as capstone does) at the first byte sequence it cannot decode, so a caller
-    comparing these with another decoder's starts sees any disagreement as a mismatch.
+    Decoding stops (as capstone does) at the first byte sequence it cannot decode: the sizes
+    then sum to less than len(code).
     """
     buf = ctypes.create_string_buffer(code, len(code))
     base = ctypes.addressof(buf)
-    parts: list[np.ndarray] = []
+    addresses: list[np.ndarray] = []
+    sizes: list[np.ndarray] = []
     pos = 0
     insn = ctypes.POINTER(_INSN)()
     while pos < len(code):
@@ -46,13 +47,14 @@ def capstone_starts(code: bytes, address: int) -> np.ndarray:
             raw = (ctypes.c_char * (count * _INSN_DTYPE.itemsize)).from_address(
                 ctypes.addressof(insn.contents))
             arr = np.frombuffer(raw, dtype=_INSN_DTYPE)
-            parts.append(arr["address"].copy())
+            addresses.append(arr["address"].copy())
+            sizes.append(arr["size"].copy())
             pos = int(arr["address"][-1]) + int(arr["size"][-1]) - address
         finally:
             capstone._cs.cs_free(insn, count)
-    if not parts:
-        return np.zeros(0, dtype=np.uint64)
-    return np.concatenate(parts)
+    if not addresses:
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint16)
+    return np.concatenate(addresses), np.concatenate(sizes)
 
 
 def capstone_text(data: bytes, address: int) -> str | None:

@@ -5,8 +5,10 @@ as docstring. Per-instruction rules depend only on an instruction's bytes, so th
 is cached by those bytes (compiled code repeats instructions a lot); the rules that depend on
 position (branch and rip-relative targets, bundles, groups) run on every instruction.
 
-Decoding: iced-x86 decodes (fast, with operand and register-access detail); capstone decodes
-the same bytes independently and both must agree on every instruction boundary.
+Decoding: capstone decodes the whole code linearly in one C call (boundaries only); iced-x86
+decodes each distinct instruction again, with operand and register-access detail for the
+rules, and must find the same length. Equal lengths at every start mean both decoders see the
+same instruction stream.
 """
 
 from __future__ import annotations
@@ -112,6 +114,10 @@ class Kind:
     role: int = PLAIN
     direct: bool = False  # direct branch: its target is checked
     rip: bool = False  # %rip-relative memory operand: its target is checked
+    disp: int = 0  # direct or rip: target = address of the next instruction + disp
+
+
+_PLAIN = Kind()  # the common case: nothing to check beyond the bytes
 
 
 # --- the instruction allowlist --------------------------------------------------------------
@@ -126,7 +132,7 @@ _CC = "A AE B BE E G GE L LE NE NO NP NS O P S"
 # which would leak into the host), xlat, bound, segment loads, TSX, xsave/xrstor (can load PKRU),
 # wr/rd{fs,gs}base, {rd,wr}pkru, monitor/mwait, hlt, cli/sti, movdir64b/enqcmd.
 ALLOWED_MNEMONICS = _mnemonics(
-    "ADC ADD AND BSF BSR BSWAP BT BTC BTR BTS CALL CBW CDQ CDQE CLC CLD CMC CMP CMPXCHG "
+    "WAIT ADC ADD AND BSF BSR BSWAP BT BTC BTR BTS CALL CBW CDQ CDQE CLC CLD CMC CMP CMPXCHG "
     "CMPXCHG8B CMPXCHG16B CPUID CQO CWD CWDE DEC DIV IDIV IMUL INC JMP JRCXZ JECXZ LAHF LEA "
     "LOOP LOOPE LOOPNE MOV MOVBE MOVNTI MOVSX MOVSXD MOVZX MUL NEG NOP NOT OR PAUSE POP PUSH "
     "PUSHFQ RCL RCR RET ROL ROR SAHF SAL SAR SBB SHL SHLD SHR SHRD STC STD SUB TEST "
@@ -158,6 +164,27 @@ _SYSTEM_CALLS = _mnemonics("SYSCALL SYSENTER INT INT1 INTO")
 _INFO = ix.InstructionInfoFactory()
 
 
+@dataclass(frozen=True, slots=True)
+class Insn:
+    """One decoded instruction and the facts several rules need, computed once."""
+
+    ins: ix.Instruction
+    raw: bytes
+    mode: str
+    prefixes: bytes  # legacy prefix bytes
+    written: frozenset[int]  # full registers written, implicitly or explicitly
+    regs: tuple[int, ...]  # register operands
+    memory: tuple[int, ...]  # kinds of memory operands (explicit and implicit)
+
+    @classmethod
+    def of(cls, ins: ix.Instruction, raw: bytes, mode: str) -> Insn:
+        ops = [ins.op_kind(i) for i in range(ins.op_count)]
+        return cls(ins, raw, mode, _prefixes(raw), _written(ins),
+                   tuple(ins.op_register(i) for i, k in enumerate(ops)
+                         if k == ix.OpKind.REGISTER),
+                   tuple(k for k in ops if k == ix.OpKind.MEMORY or k in _IMPLICIT_MEMORY))
+
+
 def _prefixes(raw: bytes) -> bytes:
     """The legacy prefix bytes at the start of an instruction."""
     i = 0
@@ -166,49 +193,41 @@ def _prefixes(raw: bytes) -> bytes:
     return raw[:i]
 
 
-def _written(ins: ix.Instruction) -> set[int]:
-    """Full (64-bit) registers the instruction may write, implicitly or explicitly."""
-    return {ix.RegisterExt.full_register(u.register) for u in _INFO.info(ins).used_registers()
-            if u.access in _WRITES}
+def _written(ins: ix.Instruction) -> frozenset[int]:
+    return frozenset(ix.RegisterExt.full_register(u.register)
+                     for u in _INFO.info(ins).used_registers() if u.access in _WRITES)
 
 
-def _reg_ops(ins: ix.Instruction) -> list[int]:
-    return [ins.op_register(i) for i in range(ins.op_count)
-            if ins.op_kind(i) == ix.OpKind.REGISTER]
-
-
-def _is(ins: ix.Instruction, mnemonic: int, op0: int, op1: int) -> bool:
+def _is(x: Insn, mnemonic: int, op0: int, op1: int) -> bool:
     """`mnemonic op0, op1` with two register operands."""
-    return (ins.mnemonic == mnemonic and ins.op_count == 2 and _reg_ops(ins) == [op0, op1])
-
-
-def _memory_ops(ins: ix.Instruction) -> list[int]:
-    return [k for k in (ins.op_kind(i) for i in range(ins.op_count))
-            if k == ix.OpKind.MEMORY or k in _IMPLICIT_MEMORY]
+    return x.ins.mnemonic == mnemonic and x.ins.op_count == 2 and x.regs == (op0, op1)
 
 
 # --- per-instruction rules: each returns a role (or None) or raises Reject -----------------
 
-def rule_decodes(ins: ix.Instruction, raw: bytes, mode: str) -> None:
+def rule_decodes(x: Insn) -> None:
     """Bytes that do not decode could be anything to the CPU."""
+    ins = x.ins
     if ins.code == ix.Code.INVALID:
         raise Reject("decodes", "bytes do not decode to an instruction")
 
 
-def rule_runtime_call(ins: ix.Instruction, raw: bytes, mode: str) -> None:
+def rule_runtime_call(x: Insn) -> None:
     """A system call would reach the kernel with the host's privileges."""
+    ins = x.ins
     if ins.mnemonic in _SYSTEM_CALLS:
         raise Reject("runtime-call", "system call instruction; must be call __tmebox_rt_syscall")
 
 
-def rule_allowed_instruction(ins: ix.Instruction, raw: bytes, mode: str) -> None:
+def rule_allowed_instruction(x: Insn) -> None:
     """Only instructions whose whole effect is on registers and checked memory operands."""
+    ins = x.ins
     if ins.encoding != ix.EncodingKind.LEGACY:
         raise Reject("allowed-instruction", "VEX/EVEX/XOP/3DNow! encodings are not allowed")
     if ins.is_privileged or ins.is_jmp_far or ins.is_call_far or ins.is_jmp_far_indirect \
             or ins.is_call_far_indirect:
         raise Reject("allowed-instruction", "privileged instruction or far branch")
-    if ins.flow_control != ix.FlowControl.NEXT and 0x66 in _prefixes(raw):
+    if ins.flow_control != ix.FlowControl.NEXT and 0x66 in x.prefixes:
         # Intel ignores 0x66 on near branches, AMD truncates to 16 bits: decoders disagree.
         raise Reject("allowed-instruction", "operand-size prefix on a branch")
     if ins.mnemonic == ix.Mnemonic.RET and ins.op_count:
@@ -221,26 +240,28 @@ def rule_allowed_instruction(ins: ix.Instruction, raw: bytes, mode: str) -> None
     raise Reject("allowed-instruction", "instruction is not in the allowlist")
 
 
-def rule_segment_register(ins: ix.Instruction, raw: bytes, mode: str) -> None:
+def rule_segment_register(x: Insn) -> None:
     """Loading any selector (mov/pop sreg, lss...) reloads a segment base, e.g. gs to 0."""
-    if any(ix.RegisterExt.is_segment_register(r) for r in _written(ins)):
+    if any(ix.RegisterExt.is_segment_register(r) for r in x.written):
         raise Reject("segment-register", "writes a segment register")
 
 
-def rule_fs_segment(ins: ix.Instruction, raw: bytes, mode: str) -> None:
+def rule_fs_segment(x: Insn) -> None:
     """%fs points at the host's thread data; sandboxes use __tmebox_tp instead."""
-    if 0x64 in _prefixes(raw) and _memory_ops(ins) and ins.mnemonic not in _NO_ACCESS:
+    ins = x.ins
+    if 0x64 in x.prefixes and x.memory and ins.mnemonic not in _NO_ACCESS:
         raise Reject("fs-segment", "%fs-segment memory access")
 
 
-def rule_memory_operand(ins: ix.Instruction, raw: bytes, mode: str) -> bool:
+def rule_memory_operand(x: Insn) -> bool:
     """An access outside %gs + 32-bit offset could reach any address; returns: is %rip-relative."""
-    ops = _memory_ops(ins)
+    ins = x.ins
+    ops = x.memory
     if not ops or ins.mnemonic in _NO_ACCESS or ins.is_string_instruction:
         return False
     if any(k != ix.OpKind.MEMORY for k in ops):
         raise Reject("memory-operand", "implicit memory operand through a 64-bit register")
-    prefixes = _prefixes(raw)
+    prefixes = x.prefixes
     if sum(p in _SEGMENT_PREFIXES for p in prefixes) > 1:
         raise Reject("memory-operand", "more than one segment prefix")
     if ins.memory_base == ix.Register.RIP and ins.segment_prefix == ix.Register.NONE:
@@ -250,12 +271,13 @@ def rule_memory_operand(ins: ix.Instruction, raw: bytes, mode: str) -> bool:
     raise Reject("memory-operand", "memory access without %gs + 32-bit addressing")
 
 
-def rule_string_instruction(ins: ix.Instruction, raw: bytes, mode: str) -> int | None:
+def rule_string_instruction(x: Insn) -> int | None:
     """movs/stos/... address %ds:%rsi/%es:%rdi; only freshly confined registers stay inside."""
+    ins = x.ins
     if not ins.is_string_instruction:
         return None
-    kinds = set(_memory_ops(ins))
-    if ins.segment_prefix != ix.Register.NONE or 0x67 in _prefixes(raw) or \
+    kinds = set(x.memory)
+    if ins.segment_prefix != ix.Register.NONE or 0x67 in x.prefixes or \
             not kinds <= {ix.OpKind.MEMORY_SEG_RSI, ix.OpKind.MEMORY_ESRDI}:
         raise Reject("string-instruction", "string instruction with a segment or address-size "
                      "prefix")
@@ -263,17 +285,18 @@ def rule_string_instruction(ins: ix.Instruction, raw: bytes, mode: str) -> int |
     return STRING_DI_SI if di and si else STRING_DI if di else STRING_SI
 
 
-def rule_base_register(ins: ix.Instruction, raw: bytes, mode: str) -> None:
+def rule_base_register(x: Insn) -> None:
     """%r14 is the window base that every mask and re-confinement ORs in."""
-    if ix.Register.R14 in _written(ins):
+    if ix.Register.R14 in x.written:
         raise Reject("base-register", "writes %r14 (the window base)")
 
 
-def rule_stack_pointer(ins: ix.Instruction, raw: bytes, mode: str) -> int | None:
+def rule_stack_pointer(x: Insn) -> int | None:
     """%rsp must stay in the window; push/pop/call/ret touch memory so guards stop them."""
-    if ix.Register.RSP not in _written(ins):
+    ins = x.ins
+    if ix.Register.RSP not in x.written:
         return None
-    stack_regs = [r for r in _reg_ops(ins) if r in _RSP_FAMILY]
+    stack_regs = [r for r in x.regs if r in _RSP_FAMILY]
     if ins.mnemonic in _IMPLICIT_STACK and not (ins.mnemonic == ix.Mnemonic.POP and stack_regs):
         return None
     if stack_regs and all(r == ix.Register.ESP for r in stack_regs):
@@ -282,58 +305,74 @@ def rule_stack_pointer(ins: ix.Instruction, raw: bytes, mode: str) -> int | None
             and ins.op1_kind in (ix.OpKind.IMMEDIATE8TO64, ix.OpKind.IMMEDIATE32TO64) \
             and ins.immediate(1) >> 63:
         return None
-    if _is(ins, ix.Mnemonic.OR, ix.Register.RSP, ix.Register.R14):
+    if _is(x, ix.Mnemonic.OR, ix.Register.RSP, ix.Register.R14):
         return OR_RSP
     raise Reject("stack-pointer", "writes %rsp other than by push/pop/call/ret, "
                  "and $-imm, or a 32-bit write followed by or %r14, %rsp")
 
 
-def rule_no_ret(ins: ix.Instruction, raw: bytes, mode: str) -> None:
+def rule_no_ret(x: Insn) -> None:
     """code+data: a return address on the stack is tenant data; ret would jump to it unmasked."""
-    if mode == "code+data" and ins.mnemonic == ix.Mnemonic.RET:
+    ins = x.ins
+    if x.mode == "code+data" and ins.mnemonic == ix.Mnemonic.RET:
         raise Reject("no-ret", "plain ret; must be pop %r11 + masked jmp *%r11")
 
 
-def rule_indirect_branch(ins: ix.Instruction, raw: bytes, mode: str) -> int | None:
+def rule_indirect_branch(x: Insn) -> int | None:
     """code+data: an indirect target is only safe masked to a bundle start in the window."""
+    ins = x.ins
     if not (ins.is_jmp_near_indirect or ins.is_call_near_indirect):
         return None
     if ins.op0_kind == ix.OpKind.REGISTER and ins.op0_register == ix.Register.R11:
-        return BRANCH_R11 if mode == "code+data" else None
-    if mode == "code+data":
+        return BRANCH_R11 if x.mode == "code+data" else None
+    if x.mode == "code+data":
         raise Reject("indirect-branch", "indirect branch not through masked %r11")
     return None
 
 
-def _group_role(ins: ix.Instruction) -> int:
+def _group_role(x: Insn) -> int:
     """Roles of the group members that are ordinary instructions on their own."""
+    ins = x.ins
     r = ix.Register
     for role, mnemonic, op0, op1 in (
             (CONF_EDI, ix.Mnemonic.MOV, r.EDI, r.EDI), (OR_RDI, ix.Mnemonic.OR, r.RDI, r.R14),
             (CONF_ESI, ix.Mnemonic.MOV, r.ESI, r.ESI), (OR_RSI, ix.Mnemonic.OR, r.RSI, r.R14),
             (OR_R11, ix.Mnemonic.OR, r.R11, r.R14)):
-        if _is(ins, mnemonic, op0, op1):
+        if _is(x, mnemonic, op0, op1):
             return role
-    if ins.mnemonic == ix.Mnemonic.AND and _reg_ops(ins) == [r.R11D] \
+    if ins.mnemonic == ix.Mnemonic.AND and x.regs == (r.R11D,) \
             and ins.op1_kind == ix.OpKind.IMMEDIATE8TO32 \
             and ins.immediate(1) & 0xFFFFFFFF == abi.BUNDLE_MASK & 0xFFFFFFFF:
         return AND_R11
     return PLAIN
 
 
-def classify(ins: ix.Instruction, raw: bytes, mode: str) -> Kind:
-    """Apply every per-instruction rule; the result depends only on `raw` and `mode`."""
+def classify(raw: bytes, mode: str) -> Kind:
+    """Apply every per-instruction rule to the instruction capstone found in `raw`.
+
+    The result depends only on `raw` and `mode`: targets are kept relative (`disp`).
+    """
+    ins = next(iter(ix.Decoder(64, raw, ip=0)))
     try:
-        for rule in (rule_decodes, rule_runtime_call, rule_segment_register,
-                     rule_allowed_instruction, rule_fs_segment, rule_base_register, rule_no_ret):
-            rule(ins, raw, mode)
-        rip = rule_memory_operand(ins, raw, mode)
-        role = (rule_string_instruction(ins, raw, mode) or rule_stack_pointer(ins, raw, mode)
-                or rule_indirect_branch(ins, raw, mode) or _group_role(ins))
+        rule_decodes(Insn(ins, raw, mode, b"", frozenset(), (), ()))
+        if ins.len != len(raw):
+            raise Reject("decodes", f"iced-x86 decodes {ins.len} bytes here, capstone "
+                         f"{len(raw)}: the decoders disagree on the boundaries")
+        x = Insn.of(ins, raw, mode)
+        for rule in (rule_runtime_call, rule_segment_register, rule_allowed_instruction,
+                     rule_fs_segment, rule_base_register, rule_no_ret):
+            rule(x)
+        rip = rule_memory_operand(x)
+        role = (rule_string_instruction(x) or rule_stack_pointer(x) or rule_indirect_branch(x)
+                or _group_role(x))
     except Reject as e:
         return Kind(rule=e.rule, reason=e.reason)
     direct = ins.op0_kind == ix.OpKind.NEAR_BRANCH64
-    return Kind(role=role, direct=direct, rip=rip)
+    if not (role or direct or rip):
+        return _PLAIN
+    target = ins.near_branch_target if direct else ins.ip_rel_memory_address if rip else 0
+    disp = (target - len(raw) + (1 << 63)) % (1 << 64) - (1 << 63)  # as a signed offset
+    return Kind(role=role, direct=direct, rip=rip, disp=disp if direct or rip else 0)
 
 
 _KINDS: dict[str, dict[bytes, Kind]] = {mode: {} for mode in abi.ISOLATION_MODES}
@@ -347,37 +386,35 @@ class _Scan:
     """The result of the linear pass: instruction starts, group interiors, branch targets."""
 
     count: int
-    starts: bytearray  # 1 at every instruction start (index: offset - code_offset)
+    starts: np.ndarray  # True at every instruction start (index: offset - code_offset)
     interior: bytearray  # 1 at the 2nd..last instruction of every group
     branches: list[tuple[int, int, int]]  # (address, length, target)
-    addresses: list[int]
 
 
 def _scan(code: bytes, code_offset: int, image_size: int, mode: str) -> _Scan:
-    """Decode linearly, apply the cached per-instruction rules and the positional ones."""
+    """Walk capstone's instructions, apply the cached per-instruction rules, then the
+    positional ones. The fast path (a plain instruction seen before) is one dict lookup."""
     kinds = _KINDS[mode]
     if len(kinds) > _KINDS_LIMIT:
         kinds.clear()
+    get = kinds.get
     bundled = mode == "code+data"
-    starts, interior = bytearray(len(code)), bytearray(len(code))
+    addresses, sizes = decode.capstone_boundaries(code, code_offset)
+    interior = bytearray(len(code))
     branches: list[tuple[int, int, int]] = []
-    addresses: list[int] = []
     run: list[tuple[int, int, int]] = []  # the current run of consecutive group-member roles
-    count = 0
-    for ins in ix.Decoder(64, code, ip=code_offset):
-        off, n = ins.ip, ins.len
+    for off, n in zip(addresses.tolist(), sizes.tolist(), strict=True):
         rel = off - code_offset
         raw = code[rel:rel + n]
-        kind = kinds.get(raw)
+        kind = get(raw)
         if kind is None:
-            kind = kinds[raw] = classify(ins, raw, mode)
-        if kind.rule:
-            raise Reject(kind.rule, kind.reason, off, n)
+            kind = kinds[raw] = classify(raw, mode)
         if bundled and (off & (abi.BUNDLE_SIZE - 1)) + n > abi.BUNDLE_SIZE:
             raise Reject("bundle", "instruction crosses a 32-byte bundle boundary", off, n)
-        starts[rel] = 1
-        addresses.append(off)
-        count += 1
+        if kind is _PLAIN and not run:
+            continue
+        if kind.rule:
+            raise Reject(kind.rule, kind.reason, off, n)
         if run and run[-1][2] == ESP_WRITE and kind.role != OR_RSP:
             raise Reject("stack-pointer", "32-bit write to %esp not followed by "
                          "or %r14, %rsp", run[-1][0], run[-1][1])
@@ -387,17 +424,22 @@ def _scan(code: bytes, code_offset: int, image_size: int, mode: str) -> _Scan:
                 _check_group(run, interior, code_offset, bundled)
         elif run:
             run = []
+        target = off + n + kind.disp
         if kind.direct:
-            branches.append((off, n, ins.near_branch_target))
-        elif kind.rip:
-            target = ins.ip_rel_memory_address
-            if not 0 <= target < image_size:
-                raise Reject("rip-target", f"%rip-relative target {target:#x} outside the image "
-                             f"[0, {image_size:#x})", off, n)
+            branches.append((off, n, target))
+        elif kind.rip and not 0 <= target < image_size:
+            raise Reject("rip-target", f"%rip-relative target {target:#x} outside the image "
+                         f"[0, {image_size:#x})", off, n)
     if run and run[-1][2] == ESP_WRITE:
         raise Reject("stack-pointer", "32-bit write to %esp not followed by or %r14, %rsp",
                      run[-1][0], run[-1][1])
-    return _Scan(count, starts, interior, branches, addresses)
+    decoded = int(sizes.sum())
+    if decoded != len(code):
+        raise Reject("decodes", "capstone cannot decode this instruction",
+                     code_offset + decoded, 0)
+    starts = np.zeros(len(code), dtype=bool)
+    starts[(addresses - code_offset).astype(np.intp)] = True
+    return _Scan(len(addresses), starts, interior, branches)
 
 
 def _check_group(run: list[tuple[int, int, int]], interior: bytearray, code_offset: int,
@@ -441,21 +483,6 @@ def _check_targets(scan: _Scan, code_offset: int, code_end: int, rt_entries: set
                          "start outside a group", target, 0)
 
 
-def _check_boundaries(scan: _Scan, code: bytes, code_offset: int) -> None:
-    """decodes: capstone finds exactly the instruction starts iced-x86 found."""
-    theirs = decode.capstone_starts(code, code_offset)
-    ours = np.asarray(scan.addresses, dtype=np.uint64)
-    if len(theirs) == len(ours) and np.array_equal(theirs, ours):
-        return
-    n = min(len(theirs), len(ours))
-    diff = np.flatnonzero(theirs[:n] != ours[:n])
-    # The culprit is the last instruction both decoders started at.
-    i = int(diff[0]) - 1 if len(diff) else n if n < len(ours) else n - 1
-    address = int(ours[max(i, 0)])
-    raise Reject("decodes", "iced-x86 and capstone disagree on this instruction's length",
-                 address, 0)
-
-
 def verify_code(code: bytes, *, code_offset: int, image_size: int,
                 rt_range: tuple[int, int] = (0, abi.RT_PAGE_SIZE),
                 isolation: str = abi.DEFAULT_ISOLATION, entries: dict[str, int] | None = None,
@@ -470,7 +497,6 @@ def verify_code(code: bytes, *, code_offset: int, image_size: int,
             raise Reject("bundle", f"code starts at {code_offset:#x}, not on a bundle boundary")
         scan = _scan(code, code_offset, image_size, isolation)
         _check_targets(scan, code_offset, code_end, rt_entries, entries or {})
-        _check_boundaries(scan, code, code_offset)
     except Reject as e:
         return _rejected(name, isolation, code, code_offset, e)
     return Verdict(name=name, ok=True, isolation=isolation, instructions=scan.count,
