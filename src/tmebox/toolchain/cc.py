@@ -1,0 +1,245 @@
+"""`tmebox cc`: C or assembly -> instrumented objects -> a verified sandbox image.
+
+Every translation unit goes `gcc -S` -> `rewrite_assembly` -> `as`; the image is
+linked by `ld` (no compiler driver, no libgcc) with the tmebox linker script,
+the tmebox crt and the sandbox libc of the same isolation mode, then checked
+(layout, relocations, exports) and verified before it is renamed into place.
+The sandbox libc build (tmebox.toolchain.libc) uses the same rewrite-and-assemble
+step. Linking is in tmebox.toolchain.link.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tmebox.errors import ToolchainError
+from tmebox.toolchain import abi
+
+OPT_LEVELS = ("0", "1", "2", "3", "s", "g")
+C_SUFFIXES = (".c",)
+ASM_SUFFIXES = (".s",)
+CPP_ASM_SUFFIXES = (".S",)
+SOURCE_SUFFIXES = C_SUFFIXES + ASM_SUFFIXES + CPP_ASM_SUFFIXES
+# Native mode: plain musl, no rewriter; used for baselines only.
+NATIVE = "native"
+
+
+@dataclass(frozen=True)
+class Compiler:
+    """A system C compiler and where its own headers (stddef.h, intrinsics) live."""
+
+    path: str
+    include_dir: str
+
+
+@functools.cache
+def find_compiler(name: str = "gcc") -> Compiler:
+    """Locate gcc or clang; ToolchainError if it is not installed."""
+    if name not in ("gcc", "clang") and not name.endswith(("gcc", "clang")):
+        raise ToolchainError(f"unsupported compiler {name!r}: use gcc or clang")
+    path = shutil.which(name)
+    if path is None:
+        raise ToolchainError(f"compiler {name!r} not found on PATH")
+    res = subprocess.run([path, "-print-file-name=include"], capture_output=True, text=True)
+    include_dir = res.stdout.strip()
+    if res.returncode != 0 or not os.path.isdir(include_dir):
+        raise ToolchainError(f"{name} -print-file-name=include failed: {res.stderr.strip()}")
+    return Compiler(path=path, include_dir=include_dir)
+
+
+def sandbox_cflags(isolation: str) -> list[str]:
+    """The code-generation flags docs/design.md requires of every sandboxed unit."""
+    if isolation == NATIVE:
+        return []
+    if isolation not in abi.ISOLATION_MODES:
+        raise ToolchainError(
+            f"unsupported isolation {isolation!r}: choose one of {', '.join(abi.ISOLATION_MODES)}"
+        )
+    flags = list(abi.COMMON_CFLAGS)
+    if isolation == "code+data":
+        flags += abi.CODE_DATA_CFLAGS
+    return flags
+
+
+# ---------------------------------------------------------------------------
+# one translation unit
+
+
+def _run(cmd: list[str], what: str, *, stdin: str | None = None) -> str:
+    try:
+        res = subprocess.run(cmd, input=stdin, capture_output=True, text=True)
+    except OSError as e:
+        raise ToolchainError(f"{what}: cannot run {cmd[0]}: {e}") from None
+    if res.returncode != 0:
+        detail = res.stderr.strip()
+        first = _first_error_line(detail) or f"{cmd[0]} exited with status {res.returncode}"
+        raise ToolchainError(f"{what}: {first}\n{detail}" if detail else f"{what}: {first}")
+    return res.stdout
+
+
+def _first_error_line(text: str) -> str:
+    for line in text.splitlines():
+        if "error" in line.lower():
+            return line.strip()
+    lines = text.strip().splitlines()
+    return lines[-1].strip() if lines else ""
+
+
+_LINE_MARKER = re.compile(r'^#\s*(\d+)\s+"([^"]*)"')
+_LINE_IN_MESSAGE = re.compile(r":(\d+):")
+
+
+def _c_location(asm: str, asm_line: int) -> str | None:
+    """Map a line of gcc's -S output inside an inline-asm block back to file:line of the C source.
+
+    gcc puts `# LINE "FILE" 1` before every #APP block; lines after it count up
+    from LINE within the asm statement.
+    """
+    lines = asm.splitlines()
+    for i in range(min(asm_line, len(lines)) - 1, -1, -1):
+        text = lines[i].strip()
+        if text == "#NO_APP":
+            return None
+        m = _LINE_MARKER.match(text)
+        if m:
+            return f"{m.group(2)}:{int(m.group(1)) + (asm_line - 1 - i - 1)}"
+    return None
+
+
+def _rewrite(text: str, *, isolation: str, source: str) -> str:
+    from tmebox.errors import RewriteError
+    from tmebox.toolchain.rewriter import rewrite_assembly
+
+    try:
+        return rewrite_assembly(text, isolation=isolation, source=source)
+    except RewriteError as e:
+        if source.endswith(C_SUFFIXES):
+            m = _LINE_IN_MESSAGE.search(str(e))
+            where = _c_location(text, int(m.group(1))) if m else None
+            if where:
+                raise RewriteError(f"{where}: inline assembly: {e}") from None
+        raise
+
+
+def compile_unit(src: Path, obj: Path, *, isolation: str, flags: list[str],
+                 compiler: str = "gcc") -> None:
+    """Compile one .c/.s/.S file into an instrumented object (native mode: not instrumented).
+
+    flags are passed to the compiler as they are (-O, -I, -D, -isystem, ...);
+    the isolation mode's own flags are added here.
+    """
+    cc = find_compiler(compiler)
+    suffix = src.suffix
+    mode_flags = sandbox_cflags(isolation)
+    if suffix in C_SUFFIXES:
+        asm = _run([cc.path, *mode_flags, *flags, "-S", "-o", "-", str(src)], f"compiling {src}")
+    elif suffix in CPP_ASM_SUFFIXES:
+        asm = _run([cc.path, *mode_flags, *flags, "-E", "-P", "-o", "-", str(src)],
+                   f"preprocessing {src}")
+    elif suffix in ASM_SUFFIXES:
+        try:
+            asm = src.read_text()
+        except OSError as e:
+            raise ToolchainError(f"cannot read {src}: {e.strerror}") from None
+    else:
+        raise ToolchainError(f"{src}: unsupported source type (expected .c, .s or .S)")
+    assemble(asm, obj, isolation=isolation, source=str(src))
+
+
+def assemble(asm: str, obj: Path, *, isolation: str, source: str) -> None:
+    """Rewrite assembly text for isolation (native: as it is) and assemble it into obj."""
+    if isolation != NATIVE:
+        asm = _rewrite(asm, isolation=isolation, source=source)
+    try:
+        _run(["as", "--64", "--noexecstack", "-o", str(obj), "-"], f"assembling {source}",
+             stdin=asm)
+    except ToolchainError as e:
+        # Keep the rewritten text: `as` only names "{standard input}:LINE".
+        keep = obj.with_suffix(obj.suffix + ".failed.s")
+        try:
+            keep.write_text(asm)
+        except OSError:
+            raise e from None
+        raise ToolchainError(f"{e}\n(rewritten assembly kept in {keep})") from None
+
+
+# ---------------------------------------------------------------------------
+# the `tmebox cc` entry point
+
+
+def _compile_flags(isolation: str, opt: str, include_dirs: list[Path], defines: list[str],
+                   compiler: str) -> list[str]:
+    from tmebox.toolchain import libc
+
+    if opt not in OPT_LEVELS:
+        raise ToolchainError(f"-O{opt}: unknown optimisation level (use one of "
+                             f"{', '.join(OPT_LEVELS)})")
+    cc = find_compiler(compiler)
+    prefix = libc.ensure_libc(isolation)
+    flags = [f"-O{opt}"]
+    flags += [f"-I{d}" for d in include_dirs]
+    flags += [f"-D{d}" for d in defines]
+    flags += ["-nostdinc", "-isystem", str(prefix / "include"), "-isystem", cc.include_dir]
+    return flags
+
+
+def build(sources: list[Path], output: Path | None, isolation: str, opt: str = "2",
+          include_dirs: list[Path] | None = None, defines: list[str] | None = None,
+          compile_only: bool = False, compiler: str = "gcc", libs: list[str] | None = None,
+          *, stack_size: int = abi.DEFAULT_STACK_SIZE) -> list[Path]:
+    """Compile sources (.c, .s, .S; .o too when linking) into one verified image, or objects.
+
+    Returns the paths written: the image, or with compile_only one object per source
+    (named like gcc does: foo.c -> foo.o in the current directory, or output).
+    """
+    from tmebox.toolchain import link
+
+    include_dirs = include_dirs or []
+    defines = defines or []
+    libs = libs or []
+    sandbox_cflags(isolation)  # rejects an unknown mode before any work
+    if not sources:
+        raise ToolchainError("no input files")
+    for src in sources:
+        if not src.is_file():
+            raise ToolchainError(f"{src}: no such file")
+        allowed = SOURCE_SUFFIXES if compile_only else SOURCE_SUFFIXES + (".o",)
+        if src.suffix not in allowed:
+            raise ToolchainError(f"{src}: unsupported input type {src.suffix or '(none)'} "
+                                 f"(expected {', '.join(allowed)})")
+    flags = _compile_flags(isolation, opt, include_dirs, defines, compiler)
+
+    if compile_only:
+        if output is not None and len(sources) > 1:
+            raise ToolchainError("-o with -c needs exactly one source file")
+        outs = [output if output is not None else Path(src.with_suffix(".o").name)
+                for src in sources]
+        for src, out in zip(sources, outs, strict=True):
+            tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+            try:
+                compile_unit(src, tmp, isolation=isolation, flags=flags, compiler=compiler)
+                os.replace(tmp, out)
+            finally:
+                tmp.unlink(missing_ok=True)
+        return outs
+
+    if output is None:
+        output = Path(sources[0].with_suffix(".box").name)
+    with tempfile.TemporaryDirectory(prefix="tmebox-cc-") as tmp:
+        objects: list[Path] = []
+        for i, src in enumerate(sources):
+            if src.suffix == ".o":
+                objects.append(src)
+                continue
+            obj = Path(tmp) / f"{i}-{src.stem}.o"
+            compile_unit(src, obj, isolation=isolation, flags=flags, compiler=compiler)
+            objects.append(obj)
+        link.link_image(objects, output, isolation=isolation, libs=libs, stack_size=stack_size)
+    return [output]
