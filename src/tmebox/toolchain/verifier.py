@@ -154,8 +154,12 @@ _SEGMENT_PREFIXES = frozenset(b"\x2e\x36\x3e\x26\x64\x65")
 _WRITES = frozenset((ix.OpAccess.WRITE, ix.OpAccess.COND_WRITE, ix.OpAccess.READ_WRITE,
                      ix.OpAccess.READ_COND_WRITE))
 _RSP_FAMILY = frozenset((ix.Register.RSP, ix.Register.ESP, ix.Register.SP, ix.Register.SPL))
+_R14_FAMILY = frozenset((ix.Register.R14, ix.Register.R14D, ix.Register.R14W, ix.Register.R14L))
+_SEGMENT_REGISTERS = frozenset((ix.Register.ES, ix.Register.CS, ix.Register.SS, ix.Register.DS,
+                                ix.Register.FS, ix.Register.GS))
 _IMPLICIT_STACK = _mnemonics("PUSH PUSHFQ POP CALL RET")
-_NO_ACCESS = _mnemonics("LEA NOP")  # memory operand syntax, no memory access
+_NO_ACCESS = _mnemonics("LEA NOP")
+_GROUP_MNEMONICS = _mnemonics("MOV OR AND")  # memory operand syntax, no memory access
 _IMPLICIT_MEMORY = frozenset((
     ix.OpKind.MEMORY_SEG_SI, ix.OpKind.MEMORY_SEG_ESI, ix.OpKind.MEMORY_SEG_RSI,
     ix.OpKind.MEMORY_SEG_DI, ix.OpKind.MEMORY_SEG_EDI, ix.OpKind.MEMORY_SEG_RDI,
@@ -164,7 +168,7 @@ _SYSTEM_CALLS = _mnemonics("SYSCALL SYSENTER INT INT1 INTO")
 _INFO = ix.InstructionInfoFactory()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Insn:
     """One decoded instruction and the facts several rules need, computed once."""
 
@@ -172,7 +176,7 @@ class Insn:
     raw: bytes
     mode: str
     prefixes: bytes  # legacy prefix bytes
-    written: frozenset[int]  # full registers written, implicitly or explicitly
+    written: frozenset[int]  # registers (any width) written, implicitly or explicitly
     regs: tuple[int, ...]  # register operands
     memory: tuple[int, ...]  # kinds of memory operands (explicit and implicit)
 
@@ -194,8 +198,8 @@ def _prefixes(raw: bytes) -> bytes:
 
 
 def _written(ins: ix.Instruction) -> frozenset[int]:
-    return frozenset(ix.RegisterExt.full_register(u.register)
-                     for u in _INFO.info(ins).used_registers() if u.access in _WRITES)
+    return frozenset([u.register for u in _INFO.info(ins).used_registers()
+                      if u.access in _WRITES])
 
 
 def _is(x: Insn, mnemonic: int, op0: int, op1: int) -> bool:
@@ -242,7 +246,7 @@ def rule_allowed_instruction(x: Insn) -> None:
 
 def rule_segment_register(x: Insn) -> None:
     """Loading any selector (mov/pop sreg, lss...) reloads a segment base, e.g. gs to 0."""
-    if any(ix.RegisterExt.is_segment_register(r) for r in x.written):
+    if x.written & _SEGMENT_REGISTERS:
         raise Reject("segment-register", "writes a segment register")
 
 
@@ -287,14 +291,14 @@ def rule_string_instruction(x: Insn) -> int | None:
 
 def rule_base_register(x: Insn) -> None:
     """%r14 is the window base that every mask and re-confinement ORs in."""
-    if ix.Register.R14 in x.written:
+    if x.written & _R14_FAMILY:
         raise Reject("base-register", "writes %r14 (the window base)")
 
 
 def rule_stack_pointer(x: Insn) -> int | None:
     """%rsp must stay in the window; push/pop/call/ret touch memory so guards stop them."""
     ins = x.ins
-    if ix.Register.RSP not in x.written:
+    if not x.written & _RSP_FAMILY:
         return None
     stack_regs = [r for r in x.regs if r in _RSP_FAMILY]
     if ins.mnemonic in _IMPLICIT_STACK and not (ins.mnemonic == ix.Mnemonic.POP and stack_regs):
@@ -334,6 +338,8 @@ def _group_role(x: Insn) -> int:
     """Roles of the group members that are ordinary instructions on their own."""
     ins = x.ins
     r = ix.Register
+    if len(x.regs) == 0 or x.ins.mnemonic not in _GROUP_MNEMONICS:
+        return PLAIN
     for role, mnemonic, op0, op1 in (
             (CONF_EDI, ix.Mnemonic.MOV, r.EDI, r.EDI), (OR_RDI, ix.Mnemonic.OR, r.RDI, r.R14),
             (CONF_ESI, ix.Mnemonic.MOV, r.ESI, r.ESI), (OR_RSI, ix.Mnemonic.OR, r.RSI, r.R14),
