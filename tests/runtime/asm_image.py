@@ -64,8 +64,9 @@ def assemble(body: str, data: str = "", isolation: str = "data", bss: int = 0,
     with tempfile.TemporaryDirectory() as d:
         s, o, e, b = Path(d, "t.s"), Path(d, "t.o"), Path(d, "t.elf"), Path(d, "t.bin")
         s.write_text(src)
-        subprocess.run(["as", "--64", "-o", str(o), str(s)], check=True, capture_output=True,
-                       text=True)
+        r = subprocess.run(["as", "--64", "-o", str(o), str(s)], capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"as failed:\n{r.stderr}")
         # ld resolves the calls to global labels (as leaves them as relocations).
         subprocess.run(["ld", "-o", str(e), "-Ttext=0", "-e", "0", str(o)], check=True,
                        capture_output=True, text=True)

@@ -248,8 +248,10 @@ main:
 scribble:
     movq %rdi, %rax
     movq %rsi, %rcx
-1:  imulq $6364136223846793005, %rax, %rax
-    addq $1442695040888963407, %rax
+    movabsq $6364136223846793005, %r8
+    movabsq $1442695040888963407, %r9
+1:  imulq %r8, %rax
+    addq %r9, %rax
     movq %rax, %rdx
     shrq $17, %rdx
     movq %rax, %gs:(%edx)
@@ -262,8 +264,10 @@ smash:
     movq %rdi, %rax
     movl %esp, %edx
     movl $4096, %ecx
-1:  imulq $6364136223846793005, %rax, %rax
-    addq $1442695040888963407, %rax
+    movabsq $6364136223846793005, %r8
+    movabsq $1442695040888963407, %r9
+1:  imulq %r8, %rax
+    addq %r9, %rax
     movq %rax, %gs:(%edx,%ecx,8)
     movq %rax, %gs:-8(%edx,%ecx,8)
     decl %ecx

@@ -454,12 +454,16 @@ def _compile_cached(source: Path) -> Path:
         text = source.read_bytes()
     except OSError as e:
         raise ImageError(f"{source}: cannot read: {e.strerror or e}") from None
-    key = hashlib.sha256(text + str(source.resolve()).encode()).hexdigest()[:24]
+    # Keyed by the source and the toolchain that compiles it: a rewriter change rebuilds.
+    h = hashlib.sha256(text + str(source.resolve()).encode() + abi.DEFAULT_ISOLATION.encode())
+    for module in sorted(Path(cc.__file__).parent.glob("*.py")):
+        h.update(module.read_bytes())
+    key = h.hexdigest()[:24]
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tmebox" / "run"
     out = cache / f"{source.stem}-{key}.box"
     if not out.exists():
         cache.mkdir(parents=True, exist_ok=True)
         tmp = cache / f".{out.name}.{os.getpid()}"
-        cc.build(sources=[source], output=tmp)
+        cc.build(sources=[source], output=tmp, isolation=abi.DEFAULT_ISOLATION)
         tmp.replace(out)
     return out

@@ -1,0 +1,86 @@
+"""`tmebox run IMAGE|FILE.c args...`"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tmebox import cli
+
+PROG = r"""
+#include <stdio.h>
+int main(int argc, char **argv) {
+    char buf[64];
+    printf("%d:%s\n", argc, argc > 1 ? argv[1] : "");
+    if (argc > 2 && argv[2][0] == 'f') { volatile int *p = 0; *p = 1; }
+    if (argc > 2 && argv[2][0] == 'l') for (;;) {}
+    if (fgets(buf, sizeof buf, stdin)) printf("in:%s", buf);
+    return argc + 10;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("run")
+    src = d / "prog.c"
+    src.write_text(PROG)
+    return src
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def test_run_a_c_file_compiles_once_and_runs_main(source, capfd, monkeypatch):
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    assert cli.main(["run", str(source), "hi"]) == 12
+    assert capfd.readouterr().out == "2:hi\n"
+    cached = list((source.parent.parent / "cache" / "tmebox" / "run").glob("prog-*.box"))
+    assert len(cached) == 1
+    mtime = cached[0].stat().st_mtime_ns
+    assert cli.main(["run", str(source), "again"]) == 12
+    assert cached[0].stat().st_mtime_ns == mtime  # not rebuilt
+
+
+def test_run_an_image_with_stdin(source, tmp_path, capfd):
+    from tmebox.toolchain import cc
+
+    box = tmp_path / "prog.box"
+    cc.build(sources=[source], output=box, isolation="code+data")
+    r, w = __import__("os").pipe()
+    import os
+
+    os.write(w, b"line\n")
+    os.close(w)
+    saved = os.dup(0)
+    os.dup2(r, 0)
+    try:
+        assert cli.main(["run", str(box)]) == 11
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(r)
+    assert capfd.readouterr().out == "1:\nin:line\n"
+
+
+def test_run_reports_a_fault_in_one_line(source, capfd):
+    assert cli.main(["run", str(source), "x", "fault"]) == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("tmebox run: sandbox fault: segv")
+
+
+def test_run_timeout(source, capfd):
+    assert cli.main(["run", "--timeout", "0.3", str(source), "x", "loop"]) == 1
+    assert "ran longer than 0.3 s" in capfd.readouterr().err
+
+
+def test_run_missing_image(tmp_path, capfd):
+    assert cli.main(["run", str(tmp_path / "nope.box")]) == 1
+    assert "no such image" in capfd.readouterr().err
