@@ -66,6 +66,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo.run_demo(tenants=args.tenants, requests=args.requests, backend=args.backend)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from tmebox import bench
+
+    out = bench.run(bench.Options(
+        out=Path(args.out) if args.out else None,
+        quick=args.quick,
+        workloads=args.workload or None,
+        rounds=args.rounds,
+        sections=args.only or list(bench.SECTIONS),
+        rebuild=args.rebuild,
+    ))
+    print(f"results: {out}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tmebox", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -103,6 +118,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--requests", type=int, default=10000)
     s.add_argument("--backend", choices=["native", "tme"], default="native")
     s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("bench", help="evaluation: overhead, switch cost, density, tme, toolchain")
+    s.add_argument("--quick", action="store_true", help="smoke run: kernels only, tiny sizes")
+    s.add_argument("-o", "--out", metavar="DIR", help="results folder (default ./results/<time>)")
+    s.add_argument("--rounds", type=int, metavar="N", help="interleaved rounds (default 11)")
+    s.add_argument("--workload", action="append", metavar="NAME", help="only these workloads")
+    s.add_argument("--only", action="append", metavar="SECTION",
+                   choices=["overhead", "switch", "density", "tme", "toolchain"],
+                   help="only these sections")
+    s.add_argument("--rebuild", action="store_true", help="ignore cached workload builds")
+    s.set_defaults(func=_cmd_bench)
     return p
 
 

@@ -1,0 +1,178 @@
+"""Overhead: each workload's three builds timed interleaved, ratios to the baseline.
+
+The baseline is a native static executable kept running in `serve` mode (one
+timed run per byte on its stdin); the instrumented builds are sandboxes of one
+tmebox.Runtime (native backend) whose exported bench_iter() is called. Either
+way the time is taken in C around workload_run() (kernels/harness.c), so spawn,
+libc start-up and the Python call path are not part of it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tmebox.bench import stats
+from tmebox.bench.build import Built
+from tmebox.bench.errors import BenchError
+from tmebox.bench.workloads import BASELINE, VARIANTS
+from tmebox.errors import TmeboxError
+
+_MASK64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One timed run of one build."""
+
+    workload: str
+    variant: str
+    round: int
+    ns: int
+    checksum: int
+
+
+class BaselineRunner:
+    """The native executable in serve mode: write a byte, read "NS CHECKSUM"."""
+
+    def __init__(self, exe: Path, scale: int) -> None:
+        self.exe = exe
+        try:
+            self.proc = subprocess.Popen([str(exe), str(scale), "serve"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except OSError as e:
+            raise BenchError(f"cannot start the baseline {exe}: {e.strerror}") from None
+
+    def run_once(self) -> tuple[int, int]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(b"r")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        line = self.proc.stdout.readline().split()
+        if len(line) != 2:
+            self.proc.kill()
+            err = self.proc.stderr.read().decode(errors="replace").strip() if \
+                self.proc.stderr else ""
+            raise BenchError(f"baseline {self.exe.name} stopped answering "
+                             f"(exit {self.proc.wait()}): {err or 'no message'}")
+        return int(line[0]), int(line[1], 16)
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class SandboxRunner:
+    """One sandbox of an instrumented build: bench_init(scale) once, bench_iter() per run."""
+
+    def __init__(self, runtime: object, image: Path, scale: int) -> None:
+        self.image = image
+        self.stdout = bytearray()
+        loaded = runtime.load(image)  # type: ignore[attr-defined]
+        self.sb = runtime.spawn(loaded, argv=[image.name], stdout=self.stdout,  # type: ignore[attr-defined]
+                                stderr=self.stdout)
+        if self.sb.call("bench_init", scale) != 0:
+            raise BenchError(f"{image.name}: bench_init({scale}) failed: "
+                             f"{self.stdout.decode(errors='replace').strip()}")
+
+    def run_once(self) -> tuple[int, int]:
+        ns = self.sb.call("bench_iter")
+        return ns, self.sb.call("bench_checksum") & _MASK64
+
+    def close(self) -> None:
+        self.sb.destroy()
+
+
+def measure(built: Built, scale: int, rounds: int, runtime: object,
+            tick: Callable[[str], None] | None = None) -> list[Sample]:
+    """rounds interleaved runs of each build (after one untimed warm-up run each).
+
+    Raises BenchError if a build computes a different checksum from the baseline's:
+    the comparison only means something if they all did the same work.
+    """
+    name = built.workload.name
+    runners: dict[str, BaselineRunner | SandboxRunner] = {}
+    try:
+        for v in VARIANTS:
+            try:
+                runners[v] = (BaselineRunner(built.paths[v], scale) if v == BASELINE
+                              else SandboxRunner(runtime, built.paths[v], scale))
+            except TmeboxError as e:
+                raise BenchError(f"{name} ({v}): {e}") from None
+        for v in VARIANTS:
+            runners[v].run_once()
+        samples = []
+        for r, v in stats.interleave(VARIANTS, rounds):
+            try:
+                ns, checksum = runners[v].run_once()
+            except TmeboxError as e:
+                raise BenchError(f"{name} ({v}), round {r}: {e}") from None
+            samples.append(Sample(name, v, r, ns, checksum))
+            if tick:
+                tick(f"{name} {v} round {r + 1}/{rounds}")
+    finally:
+        for runner in runners.values():
+            runner.close()
+    check_checksums(samples)
+    return samples
+
+
+def check_checksums(samples: list[Sample]) -> None:
+    want = {s.workload: s.checksum for s in samples if s.variant == BASELINE}
+    for s in samples:
+        if s.checksum != want.get(s.workload):
+            raise BenchError(f"{s.workload} ({s.variant}) computed checksum {s.checksum:016x}, "
+                             f"the baseline {want.get(s.workload, 0):016x}: the builds do not "
+                             "agree, so their times cannot be compared")
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """One workload, one instrumented variant, against the baseline."""
+
+    workload: str
+    variant: str
+    baseline_ms: float
+    variant_ms: float
+    ratio: float  # median variant time / median baseline time
+    ratio_q1: float  # quartiles of the per-round paired ratios (the spread)
+    ratio_q3: float
+    baseline_spread: float  # interquartile range / median of the baseline's times
+    variant_spread: float
+
+    @property
+    def overhead_pct(self) -> float:
+        return stats.overhead_pct(self.ratio)
+
+
+def summarize(samples: list[Sample]) -> list[Overhead]:
+    out = []
+    workloads = list(dict.fromkeys(s.workload for s in samples))
+    for w in workloads:
+        times = {v: [s.ns for s in sorted(samples, key=lambda s: s.round)
+                     if s.workload == w and s.variant == v] for v in VARIANTS}
+        base = stats.summarize(times[BASELINE])
+        for v in VARIANTS:
+            if v == BASELINE:
+                continue
+            var = stats.summarize(times[v])
+            paired = stats.summarize(stats.paired_ratios(times[v], times[BASELINE]))
+            out.append(Overhead(w, v, base.median / 1e6, var.median / 1e6,
+                                stats.ratio(var.median, base.median), paired.q1, paired.q3,
+                                base.rel_spread, var.rel_spread))
+    return out
+
+
+def geomeans(rows: list[Overhead]) -> dict[str, float]:
+    """Geomean ratio per variant over the workloads."""
+    variants = list(dict.fromkeys(r.variant for r in rows))
+    return {v: stats.geomean([r.ratio for r in rows if r.variant == v]) for v in variants}
