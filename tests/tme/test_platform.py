@@ -40,6 +40,10 @@ def test_address_and_split() -> None:
     assert pa == 0x1234 | 5 << 40
     assert p.split(pa) == (0x1234, 5)
     assert p.split(p.address(MIB - 1, 63)) == (MIB - 1, 63)
+    p1 = Platform(memory_size=MIB, keyid_bits=1)
+    assert p1.max_keyid == 1 and p1.pconfig(1, "set_key_random") == 0
+    assert p1.pconfig(2, "set_key_random") == PconfigStatus.INVALID_KEYID
+    assert p1.address(0, 1) == 1 << 45
     p15 = Platform(memory_size=MIB, keyid_bits=15)
     assert p15.max_keyid == 32767
     assert p15.split(p15.address(64, 32767)) == (64, 32767)
