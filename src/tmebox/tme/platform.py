@@ -29,6 +29,9 @@ PAGE_SIZE = 4096
 DEFAULT_PHYSICAL_ADDRESS_BITS = 46
 DEFAULT_CACHE_SIZE = 8 << 20
 MAX_KEYID_BITS = 15
+# Bulk transfers go through the engine 1 MiB at a time: bigger batches are slower (fresh
+# buffers page-fault), smaller ones pay more numpy call overhead (bench/tme_platform.py).
+_BULK_LINES = 16384
 _U64 = np.dtype("<u8")
 
 _COMMANDS = {c.name.lower(): c for c in PconfigCommand}
@@ -603,7 +606,10 @@ class Platform:
         cached = self._cached_tags(base | first, base | (first + nlines)) if self._cache else []
         try:
             if not cached:
-                return self._load(keyid, first, None, nlines)
+                if nlines <= _BULK_LINES:
+                    return self._load(keyid, first, None, nlines)
+                return b"".join(self._load(keyid, first + a, None, min(_BULK_LINES, nlines - a))
+                                for a in range(0, nlines, _BULK_LINES))
             self.stats.cache_hits += len(cached)
             hit = {t - base - first for t in cached}
             missing = [i for i in range(nlines) if i not in hit]
@@ -638,7 +644,10 @@ class Platform:
         if self._cache:
             self._drop(self._cached_tags(base | first, base | (first + (n >> LINE_SHIFT))),
                        write_back=False)
-        self._store(keyid, first, None, data)
+        view = memoryview(data)
+        for a in range(0, n, _BULK_LINES << LINE_SHIFT):
+            self._store(keyid, first + (a >> LINE_SHIFT), None,
+                        view[a:a + (_BULK_LINES << LINE_SHIFT)])
 
     def rekey(self, offset: int, n: int, from_keyid: int, to_keyid: int) -> None:
         """Relocate whole lines from alias `from_keyid` to alias `to_keyid` in place.
