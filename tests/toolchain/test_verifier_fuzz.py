@@ -67,12 +67,13 @@ SAFE = [
     "mov ecx, 64", "xor eax, eax", "shl rdx, 3", "mov rax, 0x7fff00000000",
     "mov rdi, 0x500001000", "mov rsi, 0x600000000", "push rsp",
     "movdqu xmm0, xmmword ptr gs:[esi]", "mov esp, dword ptr gs:[eax]\nor rsp, r14",
+    "int3", "ud2",
 ]
 RISKY = [
     "mov rax, qword ptr [rdi]", "mov qword ptr [rsi], rax", "mov qword ptr gs:[rdi], rax",
     "mov eax, dword ptr [edi]", "sub rsp, 0x100000", "add rsp, 8", "mov esp, eax",
     "or rsp, r14", "mov rsp, rax", "rep stosb", "rep movsq", "lodsb", "mov r14, rax",
-    "mov r14d, eax", "mov rax, qword ptr fs:[0]", "pop rsp", "leave", "int3", "ud2",
+    "mov r14d, eax", "mov rax, qword ptr fs:[0]", "pop rsp", "leave",
     "movdqu xmmword ptr [rdi], xmm0",
 ]
 GADGETS = SAFE + RISKY  # straight-line
@@ -249,5 +250,5 @@ def test_accepted_straight_line_data_samples_stay_inside(pool: dict[str, bytes],
 
 def test_fuzz_pool_accepts_enough_to_matter(pool: dict[str, bytes]) -> None:
     """Guard against a monitor test that only ever sees rejected samples."""
-    assert all(verify(bundle([pool[g]]), "code+data").ok for g in SAFE)
-    assert not any(verify(bundle([pool[g]]), "code+data").ok for g in RISKY)
+    assert [g for g in SAFE if not verify(bundle([pool[g]]), "code+data").ok] == []
+    assert [g for g in RISKY if verify(bundle([pool[g]]), "code+data").ok] == []
