@@ -38,9 +38,12 @@ static int __tmebox_main(int argc, char **argv, char **envp)
 	                     : "a"((long)TMEBOX_SYS_PARK)
 	                     : "rcx", "r11", "memory");
 	(void)ret;
-	if (!main)
+	/* Through a pointer: a direct call to an undefined weak main would make
+	 * the linker emit a PLT stub, code the verifier cannot accept. */
+	int (*volatile entry)(int, char **, char **) = main;
+	if (!entry)
 		return 0;
-	return main(argc, argv, envp);
+	return entry(argc, argv, envp);
 }
 
 void __tmebox_start_c(long *p)
