@@ -438,7 +438,7 @@ def run_command(target: Path, argv: Sequence[str], backend: str = "native",
     """`tmebox run`: run IMAGE (or compile FILE.c first) with the terminal's stdio."""
     target = Path(target)
     if target.suffix == ".c":
-        target = _compile_cached(target)
+        target = compile_cached(target)
     elif not target.exists():
         raise ImageError(f"{target}: no such image")
     with Runtime(backend=backend, max_sandboxes=1) as rt:
@@ -447,7 +447,8 @@ def run_command(target: Path, argv: Sequence[str], backend: str = "native",
         return sb.run()
 
 
-def _compile_cached(source: Path) -> Path:
+def compile_cached(source: Path) -> Path:
+    """Compile a C file into an image once; later calls reuse it (keyed by source + toolchain)."""
     from tmebox.toolchain import cc
 
     try:

@@ -66,8 +66,9 @@ class WindowPool:
         self._reserved: set[int] = set()
 
     @property
-    def reserved(self) -> int:
-        return len(self._reserved)
+    def windows(self) -> frozenset[int]:
+        """Every window reserved so far (free or in use)."""
+        return frozenset(self._reserved)
 
     def ensure(self, n: int) -> None:
         """Reserve windows until at least n are free."""

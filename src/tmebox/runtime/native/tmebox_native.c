@@ -576,3 +576,21 @@ uint64_t tmebox_bench_roundtrip(struct tmebox_ctx *c, uint64_t rip, uint64_t rsp
             return 0;
     return tmebox_monotonic_ns() - t0;
 }
+
+uint64_t tmebox_bench_gsbase(uint64_t iterations)
+{
+    /* The two GS-base writes of a round trip, alone: the floor of its cost. */
+    uint64_t base;
+    __asm__ volatile("rdgsbase %0" : "=r"(base));
+    uint64_t t0 = tmebox_monotonic_ns();
+    for (uint64_t i = 0; i < iterations; i++)
+        __asm__ volatile("wrgsbase %0\n\twrgsbase %1" : : "r"(base + (1ull << 32)), "r"(base));
+    return tmebox_monotonic_ns() - t0;
+}
+
+void tmebox_nop(uint64_t a, uint64_t b, uint64_t c, uint64_t d, uint64_t e, uint64_t f,
+                uint64_t g, uint64_t h, uint64_t i, uint64_t j)
+{
+    /* Baseline for the cost of one foreign call with sb.call's argument count. */
+    (void)a, (void)b, (void)c, (void)d, (void)e, (void)f, (void)g, (void)h, (void)i, (void)j;
+}
