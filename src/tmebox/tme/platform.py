@@ -676,6 +676,16 @@ class Platform:
         offset, n = self._range(offset, n)
         return bytes(self._dram[offset:offset + n])
 
+    def dram_write(self, offset: int, data: bytes) -> None:
+        """Overwrite raw DRAM bytes behind the memory encryption engine, MACs untouched.
+
+        Models an attacker with physical access to the DIMMs (or a device writing around
+        the engine), for tests and demos: splicing or flipping ciphertext.
+        """
+        data = _as_bytes(data)
+        offset, n = self._range(offset, len(data))
+        self._dram[offset:offset + n] = data
+
     def is_poisoned(self, offset: int) -> bool:
         """Whether the line holding DRAM `offset` is poisoned."""
         offset, _ = self._range(offset, 1)
