@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from tmebox.errors import SandboxFault
+from tmebox.errors import SandboxFault, TmeboxError
 
 SECRET_LEN = 32
 OVERREAD = 64 << 10
@@ -32,7 +32,9 @@ class DemoResult:
     calls_per_second: float
     bytes_per_tenant: float
     overread_bytes: int
+    own_bytes_leaked: int
     secrets_leaked: int
+    control_peek_works: bool
     peeks: int
     peeks_leaked: int
     pokes: int
@@ -82,7 +84,7 @@ def run_demo(tenants: int = 1000, requests: int = 10000, backend: str = "native"
     result = demo(tenants=tenants, requests=requests, backend=backend, console=console,
                   seed=seed)
     safe = (result.secrets_leaked == 0 and result.peeks_leaked == 0
-            and result.victims_corrupted == 0)
+            and result.victims_corrupted == 0 and result.control_peek_works)
     return 0 if safe else 2
 
 
@@ -91,7 +93,7 @@ def demo(tenants: int = 1000, requests: int = 10000, backend: str = "native",
     import tmebox
 
     if tenants < 2:
-        raise ValueError(f"--tenants must be at least 2, got {tenants}")
+        raise TmeboxError(f"--tenants must be at least 2, got {tenants}")
     console = console or Console(stderr=True)
     rng = random.Random(seed)
     with console.status("compiling the tenant programs (cached after the first run)"):
@@ -143,10 +145,18 @@ def demo(tenants: int = 1000, requests: int = 10000, backend: str = "native",
         attacker.call("heartbeat", req, 4, resp, OVERREAD)
         leaked = attacker.memory.read(resp, OVERREAD)
         secrets_leaked = sum(1 for s in secrets if s in leaked)
+        own_bytes = OVERREAD - leaked.count(0)
+
+        # Control: the same peek does read a secret at an address the attacker owns, so a
+        # zero below means isolation, not a broken attack.
+        own_secret = rng.randbytes(SECRET_LEN)
+        scratch = attacker.alloc(4096)
+        attacker.memory.write(scratch + 1024, own_secret)
+        attacker.call("peek", scratch + 1024, scratch, SECRET_LEN)
+        control_ok = attacker.memory.read(scratch, SECRET_LEN) == own_secret
 
         task = progress.add_task("attacking every neighbour", total=len(sandboxes))
         peeks_leaked = corrupted = 0
-        scratch = attacker.alloc(4096)
         for k, sb in enumerate(sandboxes):
             attacker.call("peek", secret_addrs[k], scratch, SECRET_LEN)
             if attacker.memory.read(scratch, SECRET_LEN) == secrets[k]:
@@ -177,8 +187,9 @@ def demo(tenants: int = 1000, requests: int = 10000, backend: str = "native",
 
     result = DemoResult(
         tenants=tenants, requests=requests, calls_per_second=requests / elapsed,
-        bytes_per_tenant=per_tenant, overread_bytes=len(leaked),
-        secrets_leaked=secrets_leaked, peeks=len(sandboxes), peeks_leaked=peeks_leaked,
+        bytes_per_tenant=per_tenant, overread_bytes=len(leaked), own_bytes_leaked=own_bytes,
+        secrets_leaked=secrets_leaked, control_peek_works=control_ok,
+        peeks=len(sandboxes), peeks_leaked=peeks_leaked,
         pokes=len(sandboxes), victims_corrupted=corrupted, faults_contained=faults)
     _print_summary(console, result, backend)
     return result
@@ -189,10 +200,12 @@ def _print_summary(console: Console, r: DemoResult, backend: str) -> None:
     table.add_row("tenants in one process", f"{r.tenants:,}")
     table.add_row("requests served", f"{r.requests:,} ({r.calls_per_second:,.0f} calls/s)")
     table.add_row("memory per tenant", f"{r.bytes_per_tenant / 1024:.1f} KiB")
-    table.add_row("Heartbleed over-read", f"{r.overread_bytes:,} bytes read, "
+    table.add_row("Heartbleed over-read", f"{r.overread_bytes:,} bytes read "
+                  f"({r.own_bytes_leaked:,} non-zero: the tenant's own memory), "
                   f"{r.secrets_leaked} neighbour secrets in them")
     table.add_row("reads of neighbours' secret addresses",
-                  f"{r.peeks:,} tried, {r.peeks_leaked} returned the secret")
+                  f"{r.peeks:,} tried, {r.peeks_leaked} returned the secret "
+                  f"(control: own secret {'read back' if r.control_peek_works else 'NOT read'})")
     table.add_row("writes to neighbours' secrets",
                   f"{r.pokes:,} tried, {r.victims_corrupted} neighbours corrupted")
     table.add_row("faults contained", f"{r.faults_contained} (every other tenant kept running)")
