@@ -258,3 +258,21 @@ def link_image(objects: list[Path], output: Path, *, isolation: str, libs: list[
         final.chmod(0o755)
         os.replace(final, output)
     return info
+
+
+def build_native(sources: list[Path], output: Path, *, opt: str = "2",
+                 defines: list[str] | None = None) -> Path:
+    """Baseline: compile and link C sources as an ordinary static executable against the
+    same musl, uninstrumented (libc mode "native"), for comparisons and benchmarks."""
+    from tmebox.toolchain import cc, libc
+
+    prefix = libc.ensure_libc(libc.NATIVE)
+    compiler = cc.find_compiler("gcc")
+    lib = prefix / "lib"
+    _run([
+        compiler.path, f"-O{opt}", *[f"-D{d}" for d in defines or []],
+        "-nostdinc", "-isystem", str(prefix / "include"), "-isystem", compiler.include_dir,
+        "-static", "-nostdlib", "-o", str(output), str(lib / "crt1.o"), str(lib / "crti.o"),
+        *[str(s) for s in sources], str(lib / "libc.a"), "-lgcc", str(lib / "crtn.o"),
+    ], f"building native {output}")
+    return output
