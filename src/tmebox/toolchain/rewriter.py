@@ -89,8 +89,13 @@ _FORBIDDEN = {
         "xsetbv", "lar", "lsl", "verr", "verw", "arpl", "encls", "enclu", "uiret",
         "senduipi", "monitor", "mwait", "umonitor", "umwait", "tpause",
     ),
-    "changes protection keys or restores extended state": (
-        "wrpkru", "xrstor", "xrstor64", "xrstors", "xrstors64",
+    "changes protection keys or saves/restores extended state (which includes PKRU)": (
+        "wrpkru", "rdpkru", "xrstor", "xrstor64", "xrstors", "xrstors64", "xsave", "xsave64",
+        "xsavec", "xsavec64", "xsaveopt", "xsaveopt64", "xsaves", "xsaves64",
+        "fxsave", "fxsave64", "fxsaveq", "fxrstor", "fxrstor64", "fxrstorq",
+    ),
+    "sets the trap and alignment-check flags, which would leak into the host": (
+        "popf", "popfq", "popfw", "popfl",
     ),
     "writes %rsp in a way the sandbox cannot confine": ("enter", "enterq", "enterw", "enterl"),
     "accesses memory through an implicit unconfined address": (
@@ -911,11 +916,11 @@ class _Rewriter:
             # `rep ret` is an old AMD branch-predictor idiom; bnd/notrack are hints.
             if p not in _BRANCH_DROP_PREFIXES and p not in ("rep", "repz"):
                 raise self.error(insn.lineno, insn.text, f"prefix `{p}` on ret")
-        if not self.cfi:
-            return ["\t" + insn.text]
         if insn.operands:
             raise self.error(insn.lineno, insn.text,
-                             "`ret $N` is not supported in code+data mode")
+                             "`ret $N` moves %rsp by up to 64 KiB without touching memory")
+        if not self.cfi:
+            return ["\t" + insn.text]
         return [f"\tpopq\t{_SCRATCH}", *self.masked_branch("jmp")]
 
 

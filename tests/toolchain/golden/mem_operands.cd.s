@@ -63,7 +63,6 @@ mem:
 	faddp	%st, %st(1)
 	stmxcsr	%gs:-8(%esp)
 	ldmxcsr	%gs:-8(%esp)
-	fxsave	%gs:(%edi)
 	prefetcht0	%gs:64(%esi)
 	nopw	0x0(%rax,%rax,1)
 	nopw	%cs:0x0(%rax,%rax,1)

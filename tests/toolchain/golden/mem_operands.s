@@ -61,7 +61,6 @@ mem:
 	faddp	%st, %st(1)
 	stmxcsr	-8(%rsp)
 	ldmxcsr	-8(%rsp)
-	fxsave	(%rdi)
 	prefetcht0	64(%rsi)
 	nopw	0x0(%rax,%rax,1)
 	nopw	%cs:0x0(%rax,%rax,1)

@@ -73,7 +73,6 @@ frame:
 	pushq	%rsp
 	popq	%rbx
 	pushfq
-	popfq
 	popq	%rbp
 	.bundle_lock
 	movl	%ebp, %esp

@@ -45,7 +45,6 @@ frame:
 	pushq	%rsp
 	popq	%rbx
 	pushfq
-	popfq
 	popq	%rbp
 	movl	%ebp, %esp
 	orq	%r14, %rsp

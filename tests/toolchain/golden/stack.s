@@ -32,7 +32,6 @@ frame:
 	pushq	%rsp
 	popq	%rbx
 	pushfq
-	popfq
 	popq	%rbp
 	leave
 	leaveq
