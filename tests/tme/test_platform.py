@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 from tmebox.tme import (
@@ -403,6 +404,49 @@ def test_bulk_lines_roundtrip_and_coherence_with_same_alias() -> None:
     assert p.read_lines(0, 0, 1) == b""
 
 
+@pytest.mark.parametrize("integrity", [False, True])
+def test_scattered_lines_roundtrip(integrity: bool) -> None:
+    import random
+    rnd = random.Random(5)
+    p = keyed(platform(integrity=integrity), 1)
+    p.write_lines(0, bytes(MIB), 1)
+    offsets = rnd.sample(range(0, MIB, 64), 300)
+    data = os.urandom(300 * 64)
+    p.write_lines_at(offsets, data, 1)
+    for k in (0, 7, 299):
+        assert p.read(offsets[k], 64, 1) == data[64 * k:64 * k + 64]
+    p.write(offsets[3] + 5, b"cached", 1)  # dirty under the same alias: must be used
+    got = p.read_lines_at(offsets, 1)
+    want = bytearray(data)
+    want[3 * 64 + 5:3 * 64 + 11] = b"cached"
+    assert got == want
+    assert p.read_lines_at([], 1) == b""
+    assert p.read_lines_at(np.array(offsets[:2]), 1) == data[:128]
+    p.write_lines_at(offsets[3:4], bytes(64), 1)  # invalidates the dirty copy
+    assert not p.is_cached(offsets[3], 1)
+    assert p.read(offsets[3], 64, 1) == bytes(64)
+
+
+def test_scattered_lines_bad_input_changes_nothing() -> None:
+    p = keyed(platform(), 1)
+    p.write(0, b"x" * 200, 1)
+    before = _state(p)
+    for call, exc, words in [
+        (lambda: p.write_lines_at([0, 64], bytes(64), 1), TmeValueError, "expected 2 lines"),
+        (lambda: p.write_lines_at([0, 0], bytes(128), 1), TmeValueError, "more than once"),
+        (lambda: p.write_lines_at([64, 96], bytes(128), 1), TmeValueError, "0x60"),
+        (lambda: p.write_lines_at([0, MIB], bytes(128), 1), TmeValueError, "0x100000"),
+        (lambda: p.write_lines_at([-64], bytes(64), 1), TmeValueError, "-0x40"),
+        (lambda: p.write_lines_at([0.0], bytes(64), 1), TmeTypeError, "float"),
+        (lambda: p.write_lines_at(5, bytes(64), 1), TmeTypeError, "int"),
+        (lambda: p.read_lines_at([[0]], 1), TmeTypeError, "shape"),
+        (lambda: p.read_lines_at([0], 64), TmeValueError, "KeyID 64"),
+    ]:
+        with pytest.raises(exc, match=words):
+            call()
+        assert _state(p) == before, words
+
+
 def test_bulk_bad_arguments() -> None:
     p = platform()
     for call, words in [
@@ -467,7 +511,6 @@ def test_empty_accesses_touch_nothing(cache: bool) -> None:
 
 
 def test_numpy_integers_are_accepted() -> None:
-    import numpy as np
     p = platform()
     p.write(np.int64(64), b"np", np.uint8(0))
     assert p.read(np.uint32(64), np.int16(2), 0) == b"np"

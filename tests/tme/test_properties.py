@@ -91,6 +91,22 @@ class AliasDiscipline(RuleBasedStateMachine):
         for i in range(line, line + n // 64):
             self.owner[i] = to
 
+    @rule(lines=st.lists(st.integers(0, span // 64 - 1), min_size=1, max_size=6, unique=True),
+          data=st.binary(min_size=6 * 64, max_size=6 * 64))
+    def write_scattered(self, lines: list[int], data: bytes) -> None:
+        keyid = self.owner[lines[0]]
+        lines = [line for line in lines if self.owner[line] == keyid]
+        self.p.write_lines_at([line * 64 for line in lines], data[:64 * len(lines)], keyid)
+        for i, line in enumerate(lines):
+            self.model[line * 64:line * 64 + 64] = data[64 * i:64 * i + 64]
+
+    @rule(lines=st.lists(st.integers(0, span // 64 - 1), min_size=1, max_size=6, unique=True))
+    def read_scattered(self, lines: list[int]) -> None:
+        keyid = self.owner[lines[0]]
+        lines = [line for line in lines if self.owner[line] == keyid]
+        want = b"".join(self.model[line * 64:line * 64 + 64] for line in lines)
+        assert self.p.read_lines_at([line * 64 for line in lines], keyid) == want
+
     @rule(offset=st.integers(0, span - 1), keyid=st.sampled_from(keyids))
     def clflush(self, offset: int, keyid: int) -> None:
         self.p.clflush(offset, keyid)
