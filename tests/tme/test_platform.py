@@ -404,6 +404,29 @@ def test_bulk_lines_roundtrip_and_coherence_with_same_alias() -> None:
     assert p.read_lines(0, 0, 1) == b""
 
 
+def test_page_mask_cache_never_serves_an_old_key() -> None:
+    from tmebox.tme import XtsCipher
+    from tmebox.tme.platform import _MASK_CACHE_PAGES
+    p = platform(memory_size=(_MASK_CACHE_PAGES + 8) * 4096)
+    page = os.urandom(4096)
+    seqs = [0x1000 + 64 * i for i in range(64)]
+    for _ in range(2):  # the second key must not reuse the first key's cached masks
+        key, tweak = os.urandom(16), os.urandom(16)
+        assert p.pconfig(1, "set_key_direct", key=key, tweak_key=tweak) == 0
+        p.write_lines(0x1000, page, 1)
+        assert p.dram(0x1000, 4096) == XtsCipher(key, tweak).encrypt_units(page, seqs)
+        assert p.read_lines(0x1000, 64, 1) == page
+    # Three pages where only the middle one has cached masks: order must be kept.
+    three = os.urandom(3 * 4096)
+    p.write_lines(0, three, 1)
+    assert p.dram(0, 3 * 4096) == XtsCipher(key, tweak).encrypt_units(
+        three, [64 * i for i in range(192)])
+    assert p.read_lines(0, 192, 1) == three
+    for i in range(_MASK_CACHE_PAGES + 8):  # the cache stays bounded
+        p.read_lines(i * 4096, 64, 1)
+    assert len(p._page_masks) == _MASK_CACHE_PAGES
+
+
 @pytest.mark.parametrize("integrity", [False, True])
 def test_scattered_lines_roundtrip(integrity: bool) -> None:
     import random

@@ -13,6 +13,7 @@ fold the carry out of bit 127 back in as 0x87).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 import numpy as np
@@ -21,9 +22,11 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from tmebox.tme.errors import TmeTypeError, TmeValueError
 
 BLOCK = 16
+LINE_BLOCKS = 4  # a TME line: 64 bytes = 4 AES blocks
 _GF_REDUCE = 0x87
 _MASK128 = (1 << 128) - 1
 _U64 = np.dtype("<u8")
+_SERIALS = itertools.count()
 _CHUNK_BYTES = 256 << 10  # measured: 256 KiB-1 MiB per step runs ~3x faster than 16 MiB
 # Measured crossover of the two ways to compute tweak masks (see _masks).
 _BROADCAST_UNITS = 256
@@ -58,6 +61,8 @@ class XtsCipher:
                 "must have the same size"
             )
         self.key_size = len(key)
+        # Never reused (unlike id()), so a cache keyed by it cannot hand a new key old masks.
+        self.serial = next(_SERIALS)
         # ECB contexts carry no state between update() calls, so one of each serves forever.
         self._enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
         self._dec = Cipher(algorithms.AES(key), modes.ECB()).decryptor()
@@ -134,6 +139,31 @@ class XtsCipher:
                       seqnos: Iterable[int] | np.ndarray, unit_size: int = 64) -> bytes:
         """Decrypt len(seqnos) consecutive data units of `unit_size` bytes."""
         return self._crypt(data, seqnos, unit_size, False)
+
+    # -- lines with precomputed masks -------------------------------------------------------
+
+    def line_masks(self, seqnos: Iterable[int] | np.ndarray) -> np.ndarray:
+        """The XTS masks of 64-byte lines with these sequence numbers (8 uint64 per line).
+
+        They depend only on the tweak key and the sequence numbers, so a caller that
+        en/decrypts the same lines again and again may keep them (`crypt_lines`): for one
+        4 KiB page that saves ~80% of the work.
+        """
+        seq = np.asarray(seqnos, dtype=_U64).reshape(-1)
+        return self._masks(seq, LINE_BLOCKS).reshape(-1)
+
+    def crypt_lines(self, data: bytes | bytearray | memoryview, masks: np.ndarray,
+                    encrypt: bool) -> bytes:
+        """En/decrypt 64-byte lines whose masks `line_masks` computed."""
+        words = masks.shape[0]
+        if len(data) != words * 8:
+            raise TmeValueError(f"{len(data)} bytes of data for masks of {words // 8} lines")
+        buf = np.empty(words + 2, dtype=_U64)  # update_into wants a block of slack
+        x = buf[:words]
+        np.bitwise_xor(np.frombuffer(data, dtype=_U64), masks, out=x)
+        (self._enc if encrypt else self._dec).update_into(x.view(np.uint8), buf.view(np.uint8))
+        np.bitwise_xor(x, masks, out=x)
+        return x.tobytes()
 
     # -- one 64-byte line -------------------------------------------------------------------
 
