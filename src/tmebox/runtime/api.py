@@ -70,17 +70,22 @@ def _signed_args(name: str, args: tuple[int, ...]) -> list[int]:
     return out
 
 
-def _make_backend(name: str, max_sandboxes: int) -> Any:
+def _make_backend(name: str, max_sandboxes: int, options: dict[str, Any]) -> Any:
     if name == "native":
         from tmebox.runtime.native_backend import NativeBackend
 
+        if options:
+            raise TmeboxError(f"the native backend takes no options ({', '.join(options)})")
         return NativeBackend(max_sandboxes)
     if name == "tme":
         try:
             from tmebox.runtime import tme_backend  # type: ignore[attr-defined]
         except ImportError:
             raise TmeboxError("the tme backend is not available in this build") from None
-        return tme_backend.TmeBackend(max_sandboxes)
+        try:
+            return tme_backend.TmeBackend(max_sandboxes, **options)
+        except TypeError as e:
+            raise TmeboxError(f"tme backend: {e}") from None
     raise TmeboxError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 
@@ -112,12 +117,13 @@ class Runtime:
     checks at creation that vm.max_map_count allows that many windows.
     """
 
-    def __init__(self, backend: str = "native", max_sandboxes: int = DEFAULT_MAX_SANDBOXES) -> None:
+    def __init__(self, backend: str = "native", max_sandboxes: int = DEFAULT_MAX_SANDBOXES,
+                 **backend_options: Any) -> None:
         if max_sandboxes < 1:
             raise TmeboxError(f"max_sandboxes must be at least 1, not {max_sandboxes}")
         self.backend_name = backend
         self.max_sandboxes = max_sandboxes
-        self._backend = _make_backend(backend, max_sandboxes)
+        self._backend = _make_backend(backend, max_sandboxes, backend_options)
         self._lock = threading.Lock()
         self._sandboxes: set[Sandbox] = set()
         self._images: list[LoadedImage] = []
@@ -125,6 +131,11 @@ class Runtime:
 
     def __enter__(self) -> Runtime:
         return self
+
+    @property
+    def backend(self) -> Any:
+        """The backend object (e.g. the tme backend's `platform`, `sync()`)."""
+        return self._backend
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -222,7 +233,8 @@ class Sandbox:
         self.runtime = runtime
         self.image = image
         self._engine = engine
-        self._layout = image.layout
+        # A backend may place each sandbox differently (tme: at its own pool offset).
+        self._layout = getattr(engine, "layout", image.layout)
         self.base: int = engine.base
         self.memory: SandboxMemory = engine.memory
         self.timeout = timeout
@@ -327,6 +339,8 @@ class Sandbox:
             raise ValueError(f"alloc({n}): size must be positive")
         with self._lock:
             self._check_state("alloc")
+            if hasattr(self._engine, "alloc"):  # tme: 64-byte lines of the shared pool
+                return int(self._engine.alloc(n))
             assert self._proc is not None
             off = self._proc.mmap_alloc((n + 4095) & ~4095)
         if off is None:
@@ -336,11 +350,28 @@ class Sandbox:
     def free(self, addr: int, n: int) -> None:
         """Give back memory from alloc()."""
         with self._lock:
+            if hasattr(self._engine, "free"):
+                self._engine.free(addr, n)
+                return
             assert self._proc is not None
             r = syscalls.handle(syscalls.SYS_MUNMAP, (addr, n, 0, 0, 0, 0), self.memory,
                                 self._proc)
         if r != 0:
             raise SandboxError(f"free({addr:#x}, {n}): not memory from alloc()")
+
+    def transfer(self, buf: int, n: int, to: Sandbox) -> int:
+        """Hand n bytes at buf (from alloc()) to sandbox `to`; returns its address there.
+
+        tme backend only: the lines are re-encrypted in place from this sandbox's KeyID
+        to to's; nothing is copied and afterwards only `to` can read them.
+        """
+        if not hasattr(self._engine, "transfer"):
+            raise TmeboxError("transfer needs the tme backend")
+        if to.runtime is not self.runtime:
+            raise TmeboxError("transfer: both sandboxes must belong to one Runtime")
+        with self._lock:
+            self._check_state("transfer")
+            return int(self._engine.transfer(buf, n, to._engine))
 
     def destroy(self) -> None:
         """Unmap the window; the sandbox cannot be used afterwards."""

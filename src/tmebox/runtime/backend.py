@@ -21,6 +21,9 @@ STOP_SYSCALL = 2  # runtime call; syscall() holds number and arguments
 STOP_FAULT = 3  # fault() describes it
 STOP_TIMEOUT = 4  # the deadline passed
 STOP_BADSTACK = 5  # resume: the return address on the sandbox stack is not readable
+
+# FaultInfo.signo of a TME-MK integrity failure (tme backend): no POSIX signal fits it.
+MACHINE_CHECK = 0x100
 STOPPED = -(1 << 63)  # an invoker's result when the call did not simply return
 
 
@@ -47,6 +50,8 @@ def classify(fault: FaultInfo, stack_bottom: int) -> str:
         return "segv"
     if fault.signo == signal.SIGBUS:
         return "bus-error"
+    if fault.signo == MACHINE_CHECK:
+        return "machine-check"
     if fault.signo == signal.SIGFPE:
         return "divide-error"
     # SIGILL, and SIGTRAP from the int3 that fills every unused runtime-page slot

@@ -1,0 +1,1087 @@
+"""The `tme` backend: sandboxes on the emulated TME-MK platform (docs/tme-backend.md).
+
+One physical pool (the `tmebox.tme.Platform`'s memory) holds every sandbox's image,
+stack, heap and host buffers as ciphertext. Sandbox k runs on KeyID k, and window k
+(virtual `k << 32`) aliases the whole pool: window offset = pool offset. The CPU is
+unicorn, one per backend, shared by all sandboxes.
+
+Speed comes from never calling Python on an ordinary guest access. The emulated CPU
+runs with x86 paging on; its page tables and every mapped page live in one host
+array (`_Mmu.arena`) mapped once as unicorn RAM. A page of window k is filled on its
+first touch (a #PF reaches `_Mmu.fault`): it is decrypted through KeyID k into a free
+frame, which becomes plain emulator RAM; its first 4 KiB of plaintext are kept as a
+baseline. When the page leaves the emulator (another KeyID touches the same pool page,
+the frame is needed, a transfer or a sync), the lines that differ from the baseline
+are encrypted back through KeyID k. That is a write-back cache holding plaintext,
+which is what the hardware's cache does; pages of different windows stay resident
+side by side (they are at different virtual addresses) and a pool page is resident in
+at most one window at a time, so the aliases stay coherent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import signal
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from unicorn import (
+    UC_ARCH_X86,
+    UC_ERR_FETCH_PROT,
+    UC_ERR_FETCH_UNMAPPED,
+    UC_ERR_INSN_INVALID,
+    UC_ERR_READ_PROT,
+    UC_ERR_READ_UNMAPPED,
+    UC_ERR_WRITE_PROT,
+    UC_ERR_WRITE_UNMAPPED,
+    UC_HOOK_INTR,
+    UC_MODE_64,
+    UC_PROT_ALL,
+    Uc,
+    UcError,
+)
+from unicorn import unicorn_const as ucc
+from unicorn import x86_const as x86
+
+from tmebox.errors import OutOfSandboxes, SandboxError, TmeboxError
+from tmebox.runtime.backend import (
+    MACHINE_CHECK,
+    STOP_BADSTACK,
+    STOP_FAULT,
+    STOP_RETURN,
+    STOP_SYSCALL,
+    STOP_TIMEOUT,
+    STOPPED,
+    FaultInfo,
+)
+from tmebox.runtime.layout import PAGE, WindowLayout, page_up
+from tmebox.runtime.loader import ImagePlan
+from tmebox.runtime.memory import OFFSET_MASK, SandboxMemory, SandboxMemoryError
+from tmebox.tme import LINE_SIZE, MachineCheck, PconfigStatus, Platform
+from tmebox.toolchain import abi
+
+LINES_PER_PAGE = PAGE // LINE_SIZE
+DEFAULT_POOL_SIZE = 256 << 20
+DEFAULT_HEAP_SIZE = 2 << 20
+DEFAULT_RESIDENT_PAGES = 16384  # 64 MiB of plaintext frames in the emulator
+PT_CHUNK_FRAMES = 1024  # page-table frames are mapped 4 MiB at a time
+MAX_WINDOW = (1 << 15) - 1  # windows 1..32767 fill the 47-bit address space
+WATCHDOG_PERIOD = 0.005
+
+# Page-table entry bits.
+PTE_P, PTE_RW, PTE_D = 1, 2, 1 << 6
+PTE_NX = 1 << 63
+PTE_ADDR = 0x000F_FFFF_FFFF_F000
+CR0_PG, CR0_WP, CR4_PAE, EFER_NXE = 1 << 31, 1 << 16, 1 << 5, 1 << 11
+MSR_EFER = 0xC000_0080
+
+EXC_DE, EXC_BP, EXC_UD, EXC_DF, EXC_GP, EXC_PF = 0, 3, 6, 8, 13, 14
+
+_ARG_REGS = (x86.UC_X86_REG_RDI, x86.UC_X86_REG_RSI, x86.UC_X86_REG_RDX, x86.UC_X86_REG_RCX,
+             x86.UC_X86_REG_R8, x86.UC_X86_REG_R9)
+_SYSCALL_REGS = (x86.UC_X86_REG_RDI, x86.UC_X86_REG_RSI, x86.UC_X86_REG_RDX,
+                 x86.UC_X86_REG_R10, x86.UC_X86_REG_R8, x86.UC_X86_REG_R9)
+_RIP, _RSP, _RAX = x86.UC_X86_REG_RIP, x86.UC_X86_REG_RSP, x86.UC_X86_REG_RAX
+_MASK64 = (1 << 64) - 1
+
+
+@dataclass
+class _Window:
+    """The emulator-side state of one window: its page tables and resident pages."""
+
+    keyid: int
+    pd: dict[int, int] = field(default_factory=dict)  # GiB index -> page-directory frame
+    pt: dict[int, int] = field(default_factory=dict)  # 2 MiB index -> page-table frame
+    pages: dict[int, int] = field(default_factory=dict)  # pool page offset -> data frame
+    code: tuple[int, int] = (0, 0)  # window offsets mapped executable
+    has_code_frames: bool = False
+
+
+class _Mmu:
+    """Plaintext frames, guest page tables and the pool-page directory of one Uc."""
+
+    def __init__(self, uc: Uc, platform: Platform, resident_pages: int) -> None:
+        self.uc = uc
+        self.platform = platform
+        self.nframes = resident_pages
+        self.arena = np.zeros((resident_pages, PAGE), dtype=np.uint8)
+        self.baseline = np.zeros((resident_pages, PAGE), dtype=np.uint8)
+        uc.mem_map_ptr(0, resident_pages * PAGE, UC_PROT_ALL, self.arena.ctypes.data)
+        self.free_frames = list(range(resident_pages - 1, -1, -1))
+        self.frame_owner: dict[int, tuple[int, int]] = {}  # frame -> (keyid, page)
+        self.fifo: OrderedDict[int, None] = OrderedDict()  # data frames, oldest first
+        # Page-table frames: their own physical chunks, so data frames can all be evicted.
+        self.pt_chunks: list[np.ndarray] = []
+        self.pt_free: list[int] = []
+        self.pml4 = self._pt_alloc()
+        self.windows: dict[int, _Window] = {}
+        self.directory: dict[int, tuple[int, int]] = {}  # pool page -> (keyid, frame)
+        nlines = platform.memory_size // LINE_SIZE
+        self.owner = np.zeros(nlines, dtype=np.uint16)  # 0: free or host
+        self.fresh = np.zeros(nlines, dtype=bool)  # owner's view is zero; nothing written
+        self.bad: dict[int, int] = {}  # integrity mode: frame -> mask of unreadable lines
+        self.tlb_stale = False
+        self.tb_stale = False
+
+    # -- page-table frames ------------------------------------------------------------------
+
+    def _pt_alloc(self) -> int:
+        if not self.pt_free:
+            chunk = np.zeros((PT_CHUNK_FRAMES, PAGE // 8), dtype=np.uint64)
+            first = self.nframes + len(self.pt_chunks) * PT_CHUNK_FRAMES
+            self.uc.mem_map_ptr(first * PAGE, PT_CHUNK_FRAMES * PAGE, UC_PROT_ALL,
+                                chunk.ctypes.data)
+            self.pt_chunks.append(chunk)
+            self.pt_free = list(range(first + PT_CHUNK_FRAMES - 1, first - 1, -1))
+        return self.pt_free.pop()
+
+    def _pt(self, frame: int) -> np.ndarray:
+        i = frame - self.nframes
+        return self.pt_chunks[i // PT_CHUNK_FRAMES][i % PT_CHUNK_FRAMES]
+
+    def _pt_release(self, frame: int) -> None:
+        self._pt(frame)[:] = 0
+        self.pt_free.append(frame)
+
+    def _pte_table(self, w: _Window, off: int, create: bool) -> np.ndarray | None:
+        """The page table covering window offset off (created on demand)."""
+        pt = w.pt.get(off >> 21)
+        if pt is None:
+            if not create:
+                return None
+            k = w.keyid
+            pd = w.pd.get(off >> 30)
+            if pd is None:
+                pdpt_i = k >> 7
+                pml4 = self._pt(self.pml4)
+                if not int(pml4[pdpt_i]) & PTE_P:
+                    pml4[pdpt_i] = self._pt_alloc() << 12 | PTE_P | PTE_RW
+                pdpt = self._pt((int(pml4[pdpt_i]) & PTE_ADDR) >> 12)
+                pd = w.pd[off >> 30] = self._pt_alloc()
+                pdpt[(k & 127) << 2 | off >> 30] = pd << 12 | PTE_P | PTE_RW
+            pt = w.pt[off >> 21] = self._pt_alloc()
+            self._pt(pd)[(off >> 21) & 511] = pt << 12 | PTE_P | PTE_RW
+        return self._pt(pt)
+
+    def new_window(self, keyid: int, code_lo: int, code_hi: int) -> _Window:
+        w = self.windows[keyid] = _Window(keyid, code=(code_lo, code_hi))
+        return w
+
+    def drop_window(self, keyid: int) -> None:
+        """Forget window keyid entirely, resident plaintext included (no write-back)."""
+        w = self.windows.pop(keyid)
+        for page, frame in list(w.pages.items()):
+            self._unmap(w, page, frame)
+        for t in (*w.pt.values(), *w.pd.values()):
+            self._pt_release(t)
+        pml4 = self._pt(self.pml4)
+        if int(pml4[keyid >> 7]) & PTE_P:
+            pdpt = self._pt((int(pml4[keyid >> 7]) & PTE_ADDR) >> 12)
+            pdpt[(keyid & 127) << 2:((keyid & 127) << 2) + 4] = 0
+        self.tlb_stale = True
+        if w.has_code_frames:
+            self.tb_stale = True  # a later window k may put other code at these addresses
+
+    # -- filling and writing back -----------------------------------------------------------
+
+    def resident(self, keyid: int, page: int) -> int | None:
+        hit = self.directory.get(page)
+        return hit[1] if hit is not None and hit[0] == keyid else None
+
+    def fill(self, keyid: int, page: int) -> int:
+        """Make pool page `page` resident in window keyid; returns its frame."""
+        hit = self.directory.get(page)
+        if hit is not None:
+            if hit[0] == keyid:
+                return hit[1]
+            self.evict(hit[1])  # another alias holds it: write back, then invalidate
+        frame = self._take_frame()
+        first = page // LINE_SIZE
+        own = self.owner[first:first + LINES_PER_PAGE] == keyid
+        zero = own & self.fresh[first:first + LINES_PER_PAGE]
+        rows = self.arena[frame].reshape(LINES_PER_PAGE, LINE_SIZE)
+        plat = self.platform
+        if plat.integrity:
+            self._fill_checked(keyid, page, frame, own & ~zero)
+        elif zero.all():
+            rows[:] = 0
+        else:
+            plain = plat.read_lines(page, LINES_PER_PAGE, keyid)
+            rows[:] = np.frombuffer(plain, dtype=np.uint8).reshape(LINES_PER_PAGE, LINE_SIZE)
+        if zero.any():
+            rows[zero] = 0
+        self.baseline[frame] = self.arena[frame]
+        w = self.windows[keyid]
+        lo, hi = w.code
+        table = self._pte_table(w, page, True)
+        assert table is not None
+        if lo <= page < hi:
+            table[(page >> 12) & 511] = frame << 12 | PTE_P  # own code: read + execute
+            w.has_code_frames = True
+        else:
+            table[(page >> 12) & 511] = np.uint64(frame << 12 | PTE_P | PTE_RW | PTE_NX)
+        w.pages[page] = frame
+        self.directory[page] = (keyid, frame)
+        self.frame_owner[frame] = (keyid, page)
+        self.fifo[frame] = None
+        return frame
+
+    def _fill_checked(self, keyid: int, page: int, frame: int, readable: np.ndarray) -> None:
+        """Integrity mode: decrypt only lines that can verify; the rest are marked bad.
+
+        Reading a foreign (or poisoned) line through this KeyID would raise a machine
+        check and poison the line: that must happen only if the program reads that line,
+        not because a neighbour line in the same page was touched.
+        """
+        rows = self.arena[frame].reshape(LINES_PER_PAGE, LINE_SIZE)
+        rows[:] = 0
+        first = page // LINE_SIZE
+        poisoned = self.platform.is_poisoned
+        ok = readable.copy()
+        for i in np.flatnonzero(readable):
+            if poisoned(page + int(i) * LINE_SIZE):
+                ok[i] = False
+        idx = np.flatnonzero(ok)
+        start = 0
+        while start < len(idx):  # contiguous runs, one batch each
+            end = start
+            while end + 1 < len(idx) and idx[end + 1] == idx[end] + 1:
+                end += 1
+            a, n = int(idx[start]), int(idx[end]) - int(idx[start]) + 1
+            try:
+                plain = self.platform.read_lines(page + a * LINE_SIZE, n, keyid)
+                rows[a:a + n] = np.frombuffer(plain, dtype=np.uint8).reshape(n, LINE_SIZE)
+            except MachineCheck:
+                for j in range(a, a + n):  # one at a time: only the bad ones stay bad
+                    try:
+                        line = self.platform.read_lines(page + j * LINE_SIZE, 1, keyid)
+                        rows[j] = np.frombuffer(line, dtype=np.uint8)
+                    except MachineCheck:
+                        ok[j] = False
+            start = end + 1
+        own = self.owner[first:first + LINES_PER_PAGE] == keyid
+        zero = own & self.fresh[first:first + LINES_PER_PAGE]
+        bad = ~(ok | zero)
+        if bad.any():
+            self.bad[frame] = int(np.packbits(bad, bitorder="little").view("<u8")[0])
+
+    def _take_frame(self) -> int:
+        if not self.free_frames:
+            oldest = next(iter(self.fifo))
+            self.evict(oldest)
+        return self.free_frames.pop()
+
+    def write_back(self, frame: int) -> None:
+        """Encrypt the lines of a resident page that changed since it was filled."""
+        keyid, page = self.frame_owner[frame]
+        w = self.windows[keyid]
+        table = self._pte_table(w, page, False)
+        if table is None or not int(table[(page >> 12) & 511]) & PTE_D:
+            return
+        now = self.arena[frame].reshape(LINES_PER_PAGE, LINE_SIZE)
+        was = self.baseline[frame].reshape(LINES_PER_PAGE, LINE_SIZE)
+        changed = np.flatnonzero((now != was).any(axis=1))
+        if not len(changed):
+            return
+        first = page // LINE_SIZE
+        bad = self.bad.get(frame, 0)
+        plat = self.platform
+        i = 0
+        while i < len(changed):
+            a = int(changed[i])
+            if bad >> a & 1:
+                # A line this KeyID cannot read: a store to it needs the old line (a partial
+                # write), whose fill fails, so the platform drops it and poisons the line.
+                diff = np.flatnonzero(now[a] != was[a])
+                lo, hi = int(diff[0]), int(diff[-1]) + 1
+                plat.write(page + a * LINE_SIZE + lo, now[a, lo:hi].tobytes(), keyid)
+                self.fresh[first + a] = False
+                i += 1
+                continue
+            j = i
+            while (j + 1 < len(changed) and changed[j + 1] == changed[j] + 1
+                   and not bad >> int(changed[j + 1]) & 1):
+                j += 1
+            b = int(changed[j]) + 1
+            plat.write_lines(page + a * LINE_SIZE, now[a:b].tobytes(), keyid)
+            self.fresh[first + a:first + b] = False
+            i = j + 1
+        was[:] = now
+
+    def evict(self, frame: int, write_back: bool = True) -> None:
+        keyid, page = self.frame_owner[frame]
+        if write_back:
+            self.write_back(frame)
+        self._unmap(self.windows[keyid], page, frame)
+
+    def _unmap(self, w: _Window, page: int, frame: int) -> None:
+        table = self._pte_table(w, page, False)
+        if table is not None:
+            table[(page >> 12) & 511] = 0
+        del w.pages[page]
+        del self.directory[page]
+        del self.frame_owner[frame]
+        self.fifo.pop(frame, None)
+        self.bad.pop(frame, None)
+        self.free_frames.append(frame)
+        self.tlb_stale = True
+        if w.code[0] <= page < w.code[1]:
+            self.tb_stale = True
+
+    def mark_dirty(self, keyid: int, page: int) -> None:
+        table = self._pte_table(self.windows[keyid], page, False)
+        if table is not None:
+            table[(page >> 12) & 511] |= np.uint64(PTE_D)
+
+    def sync(self) -> None:
+        for frame in list(self.frame_owner):
+            self.write_back(frame)
+
+    def flush_pages(self, lo: int, hi: int, write_back: bool = True) -> None:
+        """Take every pool page overlapping [lo, hi) out of the emulator, in all windows."""
+        for page in range(lo & ~(PAGE - 1), hi, PAGE):
+            hit = self.directory.get(page)
+            if hit is not None:
+                self.evict(hit[1], write_back)
+
+    def apply_stale(self) -> None:
+        """Invalidate what the emulator may cache about unmapped pages (before it runs)."""
+        if self.tlb_stale:
+            self.uc.ctl(ucc.UC_CTL_TLB_FLUSH, ucc.UC_CTL_IO_WRITE)
+            self.tlb_stale = False
+        if self.tb_stale:
+            self.uc.ctl_flush_tb()
+            self.tb_stale = False
+
+
+class _Pool:
+    """Free space of the physical pool: regions from the top, host buffers from the bottom."""
+
+    def __init__(self, lo: int, hi: int) -> None:
+        self.free: list[tuple[int, int]] = [(lo, hi)]
+        self.size = hi - lo
+
+    def take(self, n: int, align: int, from_top: bool) -> int | None:
+        spans = reversed(self.free) if from_top else self.free
+        for s, e in spans:
+            if from_top:
+                at = (e - n) & ~(align - 1)
+                if at >= s:
+                    break
+            else:
+                at = (s + align - 1) & ~(align - 1)
+                if at + n <= e:
+                    break
+        else:
+            return None
+        self._remove(at, at + n)
+        return at
+
+    def _remove(self, lo: int, hi: int) -> None:
+        out = []
+        for s, e in self.free:
+            if e <= lo or s >= hi:
+                out.append((s, e))
+                continue
+            if s < lo:
+                out.append((s, lo))
+            if e > hi:
+                out.append((hi, e))
+        self.free = out
+
+    def give(self, lo: int, hi: int) -> None:
+        spans = sorted([*self.free, (lo, hi)])
+        merged: list[tuple[int, int]] = []
+        for s, e in spans:
+            if merged and merged[-1][1] >= s:
+                merged[-1] = (merged[-1][0], max(e, merged[-1][1]))
+            else:
+                merged.append((s, e))
+        self.free = merged
+
+    @property
+    def largest(self) -> int:
+        return max((e - s for s, e in self.free), default=0)
+
+    @property
+    def available(self) -> int:
+        return sum(e - s for s, e in self.free)
+
+
+class TmeImage:
+    """An image prepared for the tme backend: code with the runtime page, data template."""
+
+    def __init__(self, plan: ImagePlan) -> None:
+        self.plan = plan
+        self.layout = plan.layout()
+        code = bytearray(plan.code)
+        # The runtime page: every slot traps (int3); the emulator recognises the two entries.
+        code[:abi.RT_PAGE_SIZE] = b"\xcc" * abi.RT_PAGE_SIZE
+        code += b"\xcc" * (page_up(len(code)) - len(code))
+        self.code = bytes(code)
+        data = bytearray(plan.data)
+        data += bytes(-len(data) % LINE_SIZE)
+        self.data = bytes(data)
+        self.relocs = tuple(off - plan.data_start for off in plan.relocs)
+        self.region_image = page_up(plan.image_end)
+
+
+class TmeMemory(SandboxMemory):
+    """Host access to window k: the whole pool seen through KeyID k (own code read-only)."""
+
+    def __init__(self, engine: TmeEngine) -> None:
+        L = engine.layout
+        super().__init__(abi.GUARD_SIZE, abi.GUARD_SIZE, engine.backend.pool_size)
+        self.engine = engine
+        self.code_lo, self.code_hi = L.code_lo, L.code_hi
+
+    def check(self, addr: int, n: int, write: bool) -> int:
+        off = addr & OFFSET_MASK
+        if not self.ok(addr, n, write):
+            what = "write" if write else "read"
+            raise SandboxMemoryError(
+                f"host {what} of {n} bytes at window offset {off:#x} is outside window "
+                f"{self.engine.keyid}'s {'writable' if write else 'readable'} pool "
+                f"[{self.read_lo:#x}, {self.hi:#x})"
+                + (f" or inside its code [{self.code_lo:#x}, {self.code_hi:#x})" if write
+                   else "") + self.engine.backend._unreadable_note(self.engine, off, n))
+        return off
+
+    def ok(self, addr: int, n: int, write: bool) -> bool:
+        off = addr & OFFSET_MASK
+        if n < 0 or off < self.read_lo or off + n > self.hi:
+            return False
+        if write and off < self.code_hi and off + n > self.code_lo:
+            return False
+        be = self.engine.backend
+        return not be.platform.integrity or not be._unreadable(self.engine, off, n)
+
+    def _read(self, off: int, n: int) -> bytes:
+        return self.engine.backend._host_access(self.engine, off, n, None)
+
+    def _write(self, off: int, data: bytes | bytearray | memoryview) -> None:
+        self.engine.backend._host_access(self.engine, off, len(data), bytes(data))
+
+    def _release(self, off: int, n: int) -> None:
+        self.engine.backend._release(self.engine, off, n)
+
+
+class TmeEngine:
+    """One sandbox on the shared emulator: KeyID k, window k, a region of the pool."""
+
+    def __init__(self, backend: TmeBackend, image: TmeImage, keyid: int, region: int,
+                 size: int) -> None:
+        self.backend = backend
+        self.image = image
+        self.keyid = keyid
+        self.base = keyid << abi.WINDOW_SHIFT
+        self.region = (region, region + size)
+        self.bundle = image.plan.isolation == "code+data"
+        delta = region - abi.IMAGE_WINDOW_OFFSET
+        L = image.layout
+        self.layout = WindowLayout(
+            code_lo=L.code_lo + delta, code_hi=L.code_hi + delta, rw_lo=L.rw_lo + delta,
+            rw_hi=region + size, stack_bottom=L.stack_bottom + delta,
+            stack_top=L.stack_top + delta, data=L.data + delta, heap=L.heap + delta,
+            mmap_top=region + size)
+        self.buffers: dict[int, int] = {}  # host buffer pool offset -> size
+        self.memory = TmeMemory(self)
+        self.ctx = None  # UcContext while another engine holds the CPU
+        self._fault = FaultInfo(0, 0, 0, 0)
+        self.deadline_ns = 0
+        self.alive = True
+        self._last_stop = 0
+
+    # -- the Engine protocol ---------------------------------------------------------------
+
+    def enter(self, rip: int, rsp: int, args: tuple[int, ...], return_to: int | None) -> int:
+        be = self.backend
+        with be.lock:
+            be._take_cpu(self, fresh=True)
+            uc = be.uc
+            if return_to is not None:
+                rsp -= 8
+                self.memory.write_u64(rsp, return_to)
+            for reg, v in zip(_ARG_REGS, args, strict=False):
+                uc.reg_write(reg, v & _MASK64)
+            uc.reg_write(_RSP, rsp)
+            uc.reg_write(x86.UC_X86_REG_R14, self.base)
+            uc.reg_write(x86.UC_X86_REG_GS_BASE, self.base)
+            return be._run(self, rip)
+
+    def invoker(self) -> Callable[..., int]:
+        """Sandbox.call's fast path: f(rip, rsp, return_to, a0..a5) -> signed rax or STOPPED."""
+
+        def invoke(rip: int, rsp: int, return_to: int, *args: int) -> int:
+            stop = self._last_stop = self.enter(rip, rsp, args, return_to)
+            if stop != STOP_RETURN:
+                return STOPPED
+            v = self.result()
+            return v - (1 << 64) if v >> 63 else v
+
+        return invoke
+
+    def last_stop(self) -> int:
+        return self._last_stop
+
+    def resume(self, result: int) -> int:
+        be = self.backend
+        with be.lock:
+            be._take_cpu(self)
+            uc = be.uc
+            uc.reg_write(_RAX, result & _MASK64)
+            rsp = uc.reg_read(_RSP)
+            off = rsp & OFFSET_MASK
+            if rsp >> abi.WINDOW_SHIFT != self.keyid or not (
+                    self.layout.rw_lo <= off and off + 8 <= self.layout.rw_hi):
+                self._fault = FaultInfo(signal.SIGSEGV, off, 0, off)
+                return STOP_BADSTACK
+            ret = self.memory.read_u64(rsp) & OFFSET_MASK
+            uc.reg_write(_RSP, rsp + 8)
+            if self.bundle:
+                ret &= ~(abi.BUNDLE_SIZE - 1)
+            return be._run(self, self.base + ret)
+
+    def result(self) -> int:
+        with self.backend.lock:
+            self.backend._take_cpu(self)
+            return self.backend.uc.reg_read(_RAX)
+
+    def syscall(self) -> tuple[int, tuple[int, int, int, int, int, int]]:
+        with self.backend.lock:
+            self.backend._take_cpu(self)
+            rr = self.backend.uc.reg_read
+            a = tuple(rr(r) for r in _SYSCALL_REGS)
+            return rr(_RAX), a  # type: ignore[return-value]
+
+    def stack_pointer(self) -> int:
+        with self.backend.lock:
+            self.backend._take_cpu(self)
+            return self.backend.uc.reg_read(_RSP)
+
+    def fault(self) -> FaultInfo:
+        return self._fault
+
+    def set_deadline(self, seconds: float | None) -> None:
+        self.deadline_ns = 0 if seconds is None else (
+            time.monotonic_ns() + max(1, int(seconds * 1e9)))
+        if seconds is not None:
+            self.backend._start_watchdog()
+
+    def save(self) -> object:
+        with self.backend.lock:
+            self.backend._take_cpu(self)
+            return self.backend.uc.context_save()
+
+    def restore(self, snapshot: object) -> None:
+        with self.backend.lock:
+            self.backend._take_cpu(self, snapshot=snapshot)
+
+    def destroy(self) -> None:
+        if self.alive:
+            self.alive = False
+            self.backend._destroy(self)
+
+    # -- tme-only operations (Sandbox.alloc/free/transfer delegate here) -------------------
+
+    def alloc(self, n: int) -> int:
+        return self.backend._alloc_buffer(self, n)
+
+    def free(self, addr: int, n: int) -> None:
+        self.backend._free_buffer(self, addr, n)
+
+    def transfer(self, addr: int, n: int, to: TmeEngine) -> int:
+        return self.backend._transfer(self, addr, n, to)
+
+
+class TmeBackend:
+    """Sandboxes on one emulated TME-MK platform and one emulated CPU."""
+
+    name = "tme"
+
+    def __init__(self, max_sandboxes: int, keyid_bits: int = 15,
+                 pool_size: int = DEFAULT_POOL_SIZE, algorithm: str = "aes-xts-128",
+                 integrity: bool = False, heap_size: int = DEFAULT_HEAP_SIZE,
+                 resident_pages: int = DEFAULT_RESIDENT_PAGES, cache: bool = True) -> None:
+        for name, v in (("pool_size", pool_size), ("heap_size", heap_size)):
+            if v <= 0 or v % PAGE:
+                raise TmeboxError(f"{name} must be a positive multiple of {PAGE}, not {v}")
+        if pool_size > abi.WINDOW_SIZE - abi.GUARD_SIZE:
+            raise TmeboxError(f"pool_size {pool_size:#x} does not fit a 4 GiB window "
+                              f"(at most {abi.WINDOW_SIZE - abi.GUARD_SIZE:#x})")
+        if pool_size <= abi.GUARD_SIZE:
+            raise TmeboxError(f"pool_size {pool_size:#x} leaves nothing above the "
+                              f"{abi.GUARD_SIZE // 1024} KiB guard")
+        if resident_pages < 64:
+            raise TmeboxError(f"resident_pages must be at least 64, not {resident_pages}")
+        self.platform = Platform(memory_size=pool_size, keyid_bits=keyid_bits,
+                                 algorithm=algorithm, integrity=integrity, cache=cache)
+        self.pool_size = pool_size
+        self.heap_size = heap_size
+        self.max_sandboxes = max_sandboxes
+        self.max_keyid = min(self.platform.max_keyid, MAX_WINDOW)
+        self.lock = threading.RLock()
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.mmu = _Mmu(self.uc, self.platform, resident_pages)
+        self._pool = _Pool(abi.GUARD_SIZE, pool_size)
+        self._free_keyids = list(range(self.max_keyid, 0, -1))
+        self.engines: dict[int, TmeEngine] = {}
+        self._cpu: TmeEngine | None = None  # whose registers the Uc holds
+        self._running: TmeEngine | None = None
+        self._stop: int | None = None
+        self._timed_out = False
+        self._watchdog: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._setup_cpu()
+        self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+
+    # -- the CPU ----------------------------------------------------------------------------
+
+    def _setup_cpu(self) -> None:
+        """Paging on (long mode, NX, write-protect), then learn where QEMU keeps the
+        'previous exception' that turns a second page fault into a double fault."""
+        uc = self.uc
+        uc.msr_write(MSR_EFER, uc.msr_read(MSR_EFER) | EFER_NXE)
+        uc.reg_write(x86.UC_X86_REG_CR3, self.mmu.pml4 << 12)
+        uc.reg_write(x86.UC_X86_REG_CR4, uc.reg_read(x86.UC_X86_REG_CR4) | CR4_PAE)
+        uc.reg_write(x86.UC_X86_REG_CR0, uc.reg_read(x86.UC_X86_REG_CR0) | CR0_PG | CR0_WP)
+        self._clean = uc.context_save()
+        self._old_exception_at = self._find_old_exception()
+        self._scratch_ctx = uc.context_save()
+
+    def _find_old_exception(self) -> int:
+        """Offset in a saved context of the int QEMU sets to 14 on a page fault.
+
+        Unicorn hands exceptions to UC_HOOK_INTR without delivering them, so QEMU never
+        resets its record of the last exception; a second page fault in the same run
+        would become a double fault. Found by one page fault on a probe page of
+        window 0 (never a sandbox's: KeyID 0 is the platform key).
+        """
+        uc, mmu = self.uc, self.mmu
+        probe = mmu.new_window(0, 0x1000, 0x2000)
+        frame = mmu.free_frames.pop()
+        mmu.arena[frame, :8] = np.frombuffer(b"\x8a\x04\x25\x00\x30\x00\x00\xcc", np.uint8)
+        table = mmu._pte_table(probe, 0x1000, True)
+        assert table is not None
+        table[1] = frame << 12 | PTE_P
+        blobs: list[bytes] = []
+        ctx = self._clean
+
+        def on_fault(uc: Uc, intno: int, _: object) -> None:
+            blobs.append(ctypes.string_at(uc.context_save().context, ctx.size))
+            uc.emu_stop()
+
+        h = uc.hook_add(UC_HOOK_INTR, on_fault)
+        try:
+            uc.emu_start(0x1000, 0)  # mov 0x3000, %al: page not present
+        finally:
+            uc.hook_del(h)
+        before = ctypes.string_at(ctx.context, ctx.size)
+        hits = [i for i in range(0, min(len(before), len(blobs[0])) - 3, 4)
+                if struct.unpack_from("<i", before, i)[0] == -1
+                and struct.unpack_from("<i", blobs[0], i)[0] == EXC_PF] if blobs else []
+        table[1] = 0
+        mmu.arena[frame] = 0
+        mmu.free_frames.append(frame)
+        mmu.drop_window(0)
+        mmu.apply_stale()
+        mmu.tb_stale = True
+        mmu.apply_stale()
+        uc.context_restore(self._clean)
+        if len(hits) != 1:
+            raise TmeboxError(f"this unicorn build does not look like 2.1.x: found {len(hits)} "
+                              "candidates for the exception state in a CPU context")
+        return hits[0]
+
+    def _reset_exception_state(self) -> None:
+        uc, ctx = self.uc, self._scratch_ctx
+        uc.context_update(ctx)
+        ctypes.memmove(ctypes.cast(ctx.context, ctypes.c_void_p).value
+                       + self._old_exception_at, b"\xff\xff\xff\xff", 4)
+        uc.context_restore(ctx)
+
+    def _take_cpu(self, engine: TmeEngine, fresh: bool = False, snapshot: object = None) -> None:
+        """Load engine's registers into the Uc (saving whoever had it)."""
+        uc = self.uc
+        cur = self._cpu
+        if cur is not engine and cur is not None and cur.alive:
+            if cur.ctx is None:
+                cur.ctx = uc.context_save()
+            else:
+                uc.context_update(cur.ctx)
+        if fresh:
+            uc.context_restore(self._clean)
+        elif snapshot is not None:
+            uc.context_restore(snapshot)
+        elif cur is not engine:
+            if engine.ctx is None:
+                raise SandboxError(f"window {engine.keyid}: no saved CPU state to resume")
+            uc.context_restore(engine.ctx)
+        self._cpu = engine
+
+    def _run(self, engine: TmeEngine, rip: int) -> int:
+        """Run the guest from rip until it stops; returns a STOP_* code."""
+        uc, mmu = self.uc, self.mmu
+        idle = 0
+        while True:
+            if engine.deadline_ns and time.monotonic_ns() >= engine.deadline_ns:
+                engine._fault = FaultInfo(0, 0, rip & OFFSET_MASK,
+                                          uc.reg_read(_RSP) & OFFSET_MASK)
+                return STOP_TIMEOUT
+            mmu.apply_stale()
+            self._stop = None
+            self._timed_out = False
+            self._running = engine
+            try:
+                uc.emu_start(rip, 0)
+                err = None
+            except UcError as e:
+                err = e
+            finally:
+                self._running = None
+            if self._stop is not None:
+                return self._stop
+            rip = uc.reg_read(_RIP)
+            if err is not None:
+                return self._emu_error(engine, err, rip)
+            if self._timed_out:
+                continue  # the loop head reports it
+            # Stopped with no reason: a stale stop request (carry on from rip), or an
+            # instruction that halts the emulator without an exception (hlt).
+            idle += 1
+            if idle > 3:
+                return self._emu_error(engine, UcError(UC_ERR_INSN_INVALID), rip)
+
+    def _emu_error(self, engine: TmeEngine, err: UcError, rip: int) -> int:
+        code = err.errno
+        if code == UC_ERR_INSN_INVALID:
+            signo = signal.SIGILL
+        elif code in (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_FETCH_UNMAPPED,
+                      UC_ERR_READ_PROT, UC_ERR_WRITE_PROT, UC_ERR_FETCH_PROT):
+            signo = signal.SIGSEGV
+        else:
+            signo = signal.SIGILL  # an exception unicorn could not handle (e.g. a privileged op)
+        engine._fault = FaultInfo(signo, rip & OFFSET_MASK, rip & OFFSET_MASK,
+                                  self.uc.reg_read(_RSP) & OFFSET_MASK)
+        return STOP_FAULT
+
+    def _on_interrupt(self, uc: Uc, intno: int, _: object) -> None:
+        engine = self._running
+        assert engine is not None
+        rip = uc.reg_read(_RIP)
+        if intno in (EXC_PF, EXC_DF):
+            addr = uc.reg_read(x86.UC_X86_REG_CR2)
+            if self._page_in(engine, addr):
+                if self._stop is None:
+                    self._reset_exception_state()
+                return
+            self._fault_stop(engine, signal.SIGSEGV, addr, rip)
+            return
+        if intno == EXC_BP:
+            at = (rip - 1 - engine.base) - engine.layout.code_lo
+            if at == abi.RT_SYSCALL_OFFSET:
+                self._stop = STOP_SYSCALL
+            elif at == abi.RT_EXIT_OFFSET:
+                self._stop = STOP_RETURN
+            else:
+                self._fault_stop(engine, signal.SIGTRAP, rip - 1, rip - 1)
+                return
+            uc.emu_stop()
+            return
+        signo = {EXC_DE: signal.SIGFPE, EXC_UD: signal.SIGILL, EXC_GP: signal.SIGSEGV}.get(
+            intno, signal.SIGILL)
+        self._fault_stop(engine, signo, rip, rip)
+
+    def _fault_stop(self, engine: TmeEngine, signo: int, addr: int, rip: int) -> None:
+        engine._fault = FaultInfo(signo, addr & OFFSET_MASK, rip & OFFSET_MASK,
+                                  self.uc.reg_read(_RSP) & OFFSET_MASK)
+        self._stop = STOP_FAULT
+        self.uc.emu_stop()
+
+    def _page_in(self, engine: TmeEngine, addr: int) -> bool:
+        """Handle a page fault at full address addr: fill the page, or say it is a fault."""
+        if addr >> abi.WINDOW_SHIFT != engine.keyid:
+            return False
+        page = addr & OFFSET_MASK & ~(PAGE - 1)
+        if page < abi.GUARD_SIZE or page >= self.pool_size:
+            return False
+        mmu = self.mmu
+        if mmu.resident(engine.keyid, page) is not None:
+            return False  # present: a protection fault (write to code, fetch from data)
+        frame = mmu.fill(engine.keyid, page)
+        bad = mmu.bad.get(frame, 0)
+        if bad and bad >> ((addr & (PAGE - 1)) // LINE_SIZE) & 1:
+            # The access itself is to a line that does not verify under this key.
+            line = (addr & OFFSET_MASK) & ~(LINE_SIZE - 1)
+            mmu.evict(frame)
+            with contextlib.suppress(MachineCheck):
+                self.platform.read(line, LINE_SIZE, engine.keyid)
+            self._fault_stop(engine, MACHINE_CHECK, addr, self.uc.reg_read(_RIP))
+            return True
+        mmu.apply_stale()
+        return True
+
+    # -- watchdog ---------------------------------------------------------------------------
+
+    def _start_watchdog(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch, name="tmebox-tme-watchdog",
+                                              daemon=True)
+            self._watchdog.start()
+
+    def _watch(self) -> None:
+        while not self._closed.wait(WATCHDOG_PERIOD):
+            eng = self._running
+            if eng is not None and eng.deadline_ns and time.monotonic_ns() >= eng.deadline_ns:
+                self._timed_out = True
+                self.uc.emu_stop()
+
+    # -- sandboxes --------------------------------------------------------------------------
+
+    def prepare(self, plan: ImagePlan) -> TmeImage:
+        return TmeImage(plan)
+
+    def release_image(self, image: TmeImage) -> None:
+        """Images hold no emulator state: every sandbox has its own encrypted copy."""
+
+    def new_engine(self, image: TmeImage) -> TmeEngine:
+        with self.lock:
+            if len(self.engines) >= self.max_sandboxes:
+                raise OutOfSandboxes(f"{len(self.engines)} sandboxes are alive "
+                                     f"(max_sandboxes={self.max_sandboxes})")
+            if not self._free_keyids:
+                raise OutOfSandboxes(
+                    f"all {self.max_keyid} KeyIDs of the TME platform are in use "
+                    f"({self.platform.keyid_bits} KeyID bits; KeyID 0 is the platform's)")
+            size = image.region_image + self.heap_size
+            region = self._pool.take(size, PAGE, from_top=True)
+            if region is None:
+                raise OutOfSandboxes(
+                    f"the TME pool is full: a sandbox of {image.plan.name} needs "
+                    f"{size >> 10} KiB, the largest free extent is {self._pool.largest >> 10} "
+                    f"KiB of {self.pool_size >> 20} MiB ({len(self.engines)} sandboxes alive; "
+                    "raise pool_size or lower heap_size)")
+            keyid = self._free_keyids.pop()
+            try:
+                status = self.platform.pconfig(keyid, "set_key_random")
+                if status != PconfigStatus.PROG_SUCCESS:
+                    raise TmeboxError(f"PCONFIG SET_KEY_RANDOM for KeyID {keyid} failed: "
+                                      f"{status.name}")
+                engine = TmeEngine(self, image, keyid, region, size)
+                self._install(engine)
+            except BaseException:
+                self._pool.give(region, region + size)
+                self._free_keyids.append(keyid)
+                raise
+            self.engines[keyid] = engine
+            return engine
+
+    def _install(self, engine: TmeEngine) -> None:
+        """Encrypt the image into the sandbox's region through its KeyID."""
+        mmu, img, L = self.mmu, engine.image, engine.layout
+        lo, hi = engine.region
+        lines = slice(lo // LINE_SIZE, hi // LINE_SIZE)
+        mmu.owner[lines] = engine.keyid
+        mmu.fresh[lines] = True
+        mmu.new_window(engine.keyid, L.code_lo, L.code_hi)
+        self.platform.write_lines(L.code_lo, img.code, engine.keyid)
+        mmu.fresh[L.code_lo // LINE_SIZE:(L.code_lo + len(img.code)) // LINE_SIZE] = False
+        data = bytearray(img.data)
+        load = engine.base + L.code_lo
+        for off in img.relocs:
+            addend = struct.unpack_from("<q", data, off)[0]
+            struct.pack_into("<Q", data, off, (load + addend) & _MASK64)
+        if data:
+            self.platform.write_lines(L.data, bytes(data), engine.keyid)
+            mmu.fresh[L.data // LINE_SIZE:(L.data + len(data)) // LINE_SIZE] = False
+
+    def _destroy(self, engine: TmeEngine) -> None:
+        """Cryptographic erase: drop the plaintext, clear the key, free the lines."""
+        with self.lock:
+            k = engine.keyid
+            if self._cpu is engine:
+                self._cpu = None
+            mmu = self.mmu
+            mmu.drop_window(k)
+            # Lines of this KeyID the platform's cache may hold (integrity-mode stores)
+            # must leave it before the KeyID is reprogrammed (PCONFIG never flushes).
+            self.platform.clflush_range(0, self.pool_size, k)
+            status = self.platform.pconfig(k, "clear_key")
+            assert status == PconfigStatus.PROG_SUCCESS
+            lo, hi = engine.region
+            mmu.owner[lo // LINE_SIZE:hi // LINE_SIZE] = 0
+            self._pool.give(lo, hi)
+            for off, n in engine.buffers.items():
+                mmu.owner[off // LINE_SIZE:(off + n) // LINE_SIZE] = 0
+                self._pool.give(off, off + n)
+            engine.buffers.clear()
+            del self.engines[k]
+            self._free_keyids.append(k)
+            self._free_keyids.sort(reverse=True)
+
+    # -- host access ------------------------------------------------------------------------
+
+    def _host_access(self, engine: TmeEngine, off: int, n: int, data: bytes | None) -> bytes:
+        """Read n bytes (data None) or write data at window offset off of engine's window."""
+        with self.lock:
+            mmu, k = self.mmu, engine.keyid
+            out = bytearray() if data is None else None
+            pos = 0
+            while pos < n:
+                page = (off + pos) & ~(PAGE - 1)
+                lo = (off + pos) - page
+                take = min(PAGE - lo, n - pos)
+                frame = mmu.resident(k, page)
+                if frame is None:
+                    frame = mmu.fill(k, page)
+                if data is None:
+                    assert out is not None
+                    out += mmu.arena[frame, lo:lo + take].tobytes()
+                else:
+                    mmu.arena[frame, lo:lo + take] = np.frombuffer(data, np.uint8, take, pos)
+                    mmu.mark_dirty(k, page)
+                pos += take
+            return bytes(out) if out is not None else b""
+
+    def _unreadable(self, engine: TmeEngine, off: int, n: int) -> bool:
+        """Integrity mode: whether [off, off+n) has a line KeyID k cannot verify."""
+        if n <= 0:
+            return False
+        mmu, k = self.mmu, engine.keyid
+        first, last = off // LINE_SIZE, (off + n - 1) // LINE_SIZE
+        own = mmu.owner[first:last + 1] == k
+        if not own.all():
+            return True
+        plat = self.platform
+        for page in range(off & ~(PAGE - 1), off + n, PAGE):
+            frame = mmu.resident(k, page)
+            if frame is not None and mmu.bad.get(frame):
+                return True
+        return any(plat.is_poisoned(line * LINE_SIZE) for line in range(first, last + 1))
+
+    def _unreadable_note(self, engine: TmeEngine, off: int, n: int) -> str:
+        if self.platform.integrity and self._unreadable(engine, off, n):
+            return (": it holds lines that do not verify under this KeyID (another "
+                    "tenant's, free, or poisoned) - reading them is a machine check")
+        return ""
+
+    def _release(self, engine: TmeEngine, off: int, n: int) -> None:
+        """Pages of [off, off+n) read as zero again (munmap, madvise, brk shrink)."""
+        with self.lock:
+            mmu, k = self.mmu, engine.keyid
+            end = off + n
+            full_lo, full_hi = page_up(off), end & ~(PAGE - 1)
+            if off < full_lo:
+                self._host_access(engine, off, min(full_lo, end) - off, bytes(min(full_lo, end)
+                                                                              - off))
+            if full_hi > full_lo:
+                first, last = full_lo // LINE_SIZE, full_hi // LINE_SIZE
+                own = mmu.owner[first:last] == k
+                for page in range(full_lo, full_hi, PAGE):
+                    frame = mmu.resident(k, page)
+                    if frame is not None:
+                        mmu.evict(frame, write_back=False)
+                mmu.fresh[first:last] |= own
+                if not own.all():  # not ours: zero it the slow way, through the key
+                    for page in range(full_lo, full_hi, PAGE):
+                        i = (page - full_lo) // LINE_SIZE
+                        if not own[i:i + LINES_PER_PAGE].all():
+                            self._host_access(engine, page, PAGE, bytes(PAGE))
+            if end > full_hi >= full_lo:
+                self._host_access(engine, full_hi, end - full_hi, bytes(end - full_hi))
+
+    # -- host buffers and relocation ---------------------------------------------------------
+
+    def _alloc_buffer(self, engine: TmeEngine, n: int) -> int:
+        size = (n + LINE_SIZE - 1) & ~(LINE_SIZE - 1)
+        with self.lock:
+            at = self._pool.take(size, LINE_SIZE, from_top=False)
+            if at is None:
+                raise SandboxError(
+                    f"the TME pool has no {size} free bytes for a buffer (largest free "
+                    f"extent {self._pool.largest} bytes of {self.pool_size >> 20} MiB)")
+            lines = slice(at // LINE_SIZE, (at + size) // LINE_SIZE)
+            # Pages shared with other tenants' buffers may be resident in their windows;
+            # the lines change hands, so take the pages out of the emulator first.
+            self.mmu.flush_pages(at, at + size)
+            self.mmu.owner[lines] = engine.keyid
+            self.mmu.fresh[lines] = True
+            engine.buffers[at] = size
+            return engine.base + at
+
+    def _free_buffer(self, engine: TmeEngine, addr: int, n: int) -> None:
+        off = addr & OFFSET_MASK
+        with self.lock:
+            size = engine.buffers.get(off)
+            if size is None or (n + LINE_SIZE - 1) & ~(LINE_SIZE - 1) != size:
+                raise SandboxError(f"free({addr:#x}, {n}): not a buffer of this sandbox from "
+                                   "alloc()")
+            self.mmu.flush_pages(off, off + size)
+            del engine.buffers[off]
+            self.mmu.owner[off // LINE_SIZE:(off + size) // LINE_SIZE] = 0
+            self._pool.give(off, off + size)
+
+    def _transfer(self, src: TmeEngine, addr: int, n: int, dst: TmeEngine) -> int:
+        """Hand [addr, addr+n) of src's buffers to dst by re-encrypting the lines in place."""
+        if dst.backend is not self or not dst.alive:
+            raise SandboxError("transfer: the receiving sandbox is not alive in this Runtime")
+        off = addr & OFFSET_MASK
+        if off % LINE_SIZE or n <= 0 or n % LINE_SIZE:
+            raise SandboxError(f"transfer({addr:#x}, {n}): a transfer moves whole 64-byte "
+                               "lines (line-aligned start, length a multiple of 64)")
+        with self.lock:
+            mmu = self.mmu
+            span = None
+            for start, size in src.buffers.items():
+                if start <= off and off + n <= start + size:
+                    span = (start, size)
+            if span is None:
+                raise SandboxError(f"transfer({addr:#x}, {n}): not inside a buffer this "
+                                   "sandbox got from alloc()")
+            first, last = off // LINE_SIZE, (off + n) // LINE_SIZE
+            # Both aliases leave the emulator: src's plaintext is written back first.
+            mmu.flush_pages(off, off + n)
+            fresh = mmu.fresh[first:last].copy()
+            i = 0
+            while i < len(fresh):
+                if fresh[i]:
+                    i += 1
+                    continue
+                j = i
+                while j < len(fresh) and not fresh[j]:
+                    j += 1
+                self.platform.rekey((first + i) * LINE_SIZE, (j - i) * LINE_SIZE, src.keyid,
+                                    dst.keyid)
+                i = j
+            mmu.owner[first:last] = dst.keyid
+            start, size = span
+            del src.buffers[start]
+            for lo, hi in ((start, off), (off + n, start + size)):
+                if hi > lo:
+                    src.buffers[lo] = hi - lo
+            dst.buffers[off] = n
+            return dst.base + off
+
+    # -- inspection -------------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Write every changed line held by the emulator back to the pool (encrypted)."""
+        with self.lock:
+            self.mmu.sync()
+
+    def pool_offset(self, addr: int) -> int:
+        """The pool offset of a sandbox address (window offset = pool offset)."""
+        return addr & OFFSET_MASK
+
+    def close(self) -> None:
+        self._closed.set()
+        with self.lock:
+            for engine in list(self.engines.values()):
+                engine.destroy()
+
