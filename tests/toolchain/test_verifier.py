@@ -262,3 +262,31 @@ def test_cli_verify(tmp_path: Path, cache_dir: Path, capsys) -> None:
     assert cli.main(["verify", str(junk)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(junk) in err[0]
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "verifier.md"
+
+
+def test_doc_examples_run() -> None:
+    import re
+
+    blocks = re.findall(r"^```python\n(.*?)^```$", DOC.read_text(), flags=re.S | re.M)
+    assert len(blocks) >= 2
+    namespace: dict[str, object] = {}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"{DOC.name} example {i + 1}", "exec"), namespace)  # noqa: S102
+
+
+def test_doc_rules_table_lists_every_rule() -> None:
+    text = DOC.read_text()
+    for rule in verifier.RULES:
+        assert f"| `{rule}`" in text, rule
+
+
+def test_real_images_verify(build_image) -> None:
+    source = (Path(__file__).parent / "programs" / "printf.c")
+    for mode, opt in (("code+data", "0"), ("data", "2")):
+        path = build_image(source, mode, opt=opt, name=f"printf-O{opt}")
+        verdict = verifier.verify_image(Image.load(path))
+        assert verdict.ok and verdict.isolation == mode, verdict.summary()
+        assert verdict.instructions > 1000

@@ -28,7 +28,8 @@ from tmebox.errors import VerificationError
 from tmebox.toolchain import abi, decode
 from tmebox.toolchain.image import Image
 
-CACHE_DIR = Path.home() / ".cache" / "tmebox" / "verdicts"
+# Same root as the sandbox libc cache (tmebox.toolchain.libc): $TMEBOX_CACHE or ~/.cache/tmebox.
+CACHE_DIR = Path(os.environ.get("TMEBOX_CACHE") or Path.home() / ".cache" / "tmebox") / "verdicts"
 
 # One line per rule; docs/verifier.md has the table with a rejected example for each.
 RULES = {
