@@ -189,6 +189,8 @@ def test_relocation_checks(tmp_path: Path) -> None:
     patched = bytearray(data)
     struct.pack_into("<Q", patched, rela, 0x1000)
     _expect(bytes(patched), "outside the data segment")
+    struct.pack_into("<Q", patched, rela, image.data.offset + len(image.data.data) - 4)
+    _expect(bytes(patched), "initialised bytes")
     struct.pack_into("<QQ", patched, rela, image.relocations[0][0], 1)  # R_X86_64_64
     _expect(bytes(patched), "only R_X86_64_RELATIVE")
 

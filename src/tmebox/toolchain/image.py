@@ -321,8 +321,9 @@ class _Reader:
                 if kind != R_X86_64_RELATIVE:
                     raise self.fail(f"relocation type {kind} at {offset:#x} in "
                                     f"{section.name}: only R_X86_64_RELATIVE is allowed")
-                # A relocation must never patch the verified code.
-                if not data.offset <= offset <= data.end - 8:
-                    raise self.fail(f"relocation at {offset:#x} lies outside the data segment")
+                # A relocation must never patch the verified code, and it patches file bytes.
+                if not data.offset <= offset <= data.offset + len(data.data) - 8:
+                    raise self.fail(f"relocation at {offset:#x} lies outside the data "
+                                    "segment's initialised bytes")
                 relocs.append((offset, rel["r_addend"]))
         return tuple(relocs)
