@@ -93,14 +93,13 @@ def _first_error_line(text: str) -> str:
 
 
 _LINE_MARKER = re.compile(r'^#\s*(\d+)\s+"([^"]*)"')
-_LINE_IN_MESSAGE = re.compile(r":(\d+):")
 
 
-def _c_location(asm: str, asm_line: int) -> str | None:
-    """Map a line of gcc's -S output inside an inline-asm block back to file:line of the C source.
+def _asm_statement_location(asm: str, asm_line: int) -> str | None:
+    """file:line of the C asm statement that produced a line of gcc's -S output, if any.
 
-    gcc puts `# LINE "FILE" 1` before every #APP block; lines after it count up
-    from LINE within the asm statement.
+    gcc puts `# LINE "FILE" 1` before the text of every inline asm statement
+    (inside #APP ... #NO_APP); LINE is where the statement starts in the C file.
     """
     lines = asm.splitlines()
     for i in range(min(asm_line, len(lines)) - 1, -1, -1):
@@ -109,7 +108,7 @@ def _c_location(asm: str, asm_line: int) -> str | None:
             return None
         m = _LINE_MARKER.match(text)
         if m:
-            return f"{m.group(2)}:{int(m.group(1)) + (asm_line - 1 - i - 1)}"
+            return f"{m.group(2)}:{m.group(1)}"
     return None
 
 
@@ -120,11 +119,13 @@ def _rewrite(text: str, *, isolation: str, source: str) -> str:
     try:
         return rewrite_assembly(text, isolation=isolation, source=source)
     except RewriteError as e:
-        if source.endswith(C_SUFFIXES):
-            m = _LINE_IN_MESSAGE.search(str(e))
-            where = _c_location(text, int(m.group(1))) if m else None
+        # The rewriter names a line of gcc's assembly; for inline asm in a C file
+        # the C line is what the user can act on.
+        m = re.match(re.escape(source) + r":(\d+):\s*(.*)", str(e), re.S)
+        if source.endswith(C_SUFFIXES) and m:
+            where = _asm_statement_location(text, int(m.group(1)))
             if where:
-                raise RewriteError(f"{where}: inline assembly: {e}") from None
+                raise RewriteError(f"{where}: in inline assembly: {m.group(2)}") from None
         raise
 
 

@@ -165,18 +165,25 @@ def fetch_musl(progress: bool = False) -> Path:
 
 
 def _key_files() -> list[Path]:
-    files = [_TOOLCHAIN_DIR / name for name in ("rewriter.py", "asm.py", "abi.py", "libc.py",
-                                                 "cc.py")]
+    files = [_TOOLCHAIN_DIR / name for name in ("rewriter.py", "asm.py", "abi.py", "libc.py")]
     files += [_TOOLCHAIN_DIR / "data" / name for name in LIBC_DATA_FILES]
     return [f for f in files if f.is_file()]
 
 
 def build_key() -> str:
-    """Hash of everything a built libc depends on; a change means a rebuild."""
+    """Hash of everything a built libc depends on; a change means a rebuild.
+
+    Of cc.py only the functions the libc build runs count, so that work on the
+    `tmebox cc` front end does not force a rebuild.
+    """
+    import inspect
+
     h = hashlib.sha256()
     h.update(MUSL_SHA256.encode())
     for f in _key_files():
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    for fn in (cc.sandbox_cflags, cc.assemble, cc._run, cc.compile_unit):
+        h.update(inspect.getsource(fn).encode())
     for mode in BUILD_MODES:
         h.update(" ".join(cc.sandbox_cflags(mode)).encode())
     return h.hexdigest()[:16]
