@@ -145,7 +145,7 @@ ALLOWED_MNEMONICS = _mnemonics(
 )
 # x87, MMX and SSE..SSE4.2 only compute on their registers and explicit memory operands
 # (which the memory rule checks): allowed by CPUID feature, minus the two with an implicit
-# %ds:%rdi destination.
+# %ds:%rdi destination. (CMOV: fcmov/fcomi list it next to FPU.)
 SIMD_FEATURES = frozenset(getattr(ix.CpuidFeature, n) for n in (
     "FPU", "FPU287", "FPU387", "MMX", "SSE", "SSE2", "SSE3", "SSSE3", "SSE4_1", "SSE4_2", "CMOV"))
 SIMD_DENIED = _mnemonics("MASKMOVQ MASKMOVDQU")
@@ -159,8 +159,8 @@ _R14_FAMILY = frozenset((ix.Register.R14, ix.Register.R14D, ix.Register.R14W, ix
 _SEGMENT_REGISTERS = frozenset((ix.Register.ES, ix.Register.CS, ix.Register.SS, ix.Register.DS,
                                 ix.Register.FS, ix.Register.GS))
 _IMPLICIT_STACK = _mnemonics("PUSH PUSHFQ POP CALL RET")
-_NO_ACCESS = _mnemonics("LEA NOP")
-_GROUP_MNEMONICS = _mnemonics("MOV OR AND")  # memory operand syntax, no memory access
+_NO_ACCESS = _mnemonics("LEA NOP")  # memory operand syntax, no memory access
+_GROUP_MNEMONICS = _mnemonics("MOV OR AND")  # of the group members that are not branches
 _IMPLICIT_MEMORY = frozenset((
     ix.OpKind.MEMORY_SEG_SI, ix.OpKind.MEMORY_SEG_ESI, ix.OpKind.MEMORY_SEG_RSI,
     ix.OpKind.MEMORY_SEG_DI, ix.OpKind.MEMORY_SEG_EDI, ix.OpKind.MEMORY_SEG_RDI,
@@ -348,7 +348,7 @@ def _group_role(x: Insn) -> int:
         if _is(x, mnemonic, op0, op1):
             return role
     if ins.mnemonic == ix.Mnemonic.AND and x.regs == (r.R11D,) \
-            and ins.op1_kind == ix.OpKind.IMMEDIATE8TO32 \
+            and ins.op1_kind in (ix.OpKind.IMMEDIATE8TO32, ix.OpKind.IMMEDIATE32) \
             and ins.immediate(1) & 0xFFFFFFFF == abi.BUNDLE_MASK & 0xFFFFFFFF:
         return AND_R11
     return PLAIN

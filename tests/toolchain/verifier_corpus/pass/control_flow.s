@@ -35,3 +35,11 @@ later:
     jmp rax
     call qword ptr gs:[eax]
     ret
+# case: the mask with a 32-bit immediate encoding
+# mode: code+data
+    .bundle_align_mode 5
+    .bundle_lock
+    .byte 0x41, 0x81, 0xe3, 0xe0, 0xff, 0xff, 0xff
+    .byte 0x4d, 0x0b, 0xde
+    jmp r11
+    .bundle_unlock
