@@ -290,3 +290,15 @@ def test_real_images_verify(build_image) -> None:
         verdict = verifier.verify_image(Image.load(path))
         assert verdict.ok and verdict.isolation == mode, verdict.summary()
         assert verdict.instructions > 1000
+
+
+def test_verification_from_threads_agrees(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    code = asmkit.assemble("\n".join(["mov rax, qword ptr gs:[edi + 8]", "add rax, rcx",
+                                      "nop dword ptr [rax]"] * 2000), tmp_path)
+    with ThreadPoolExecutor(4) as pool:
+        verdicts = list(pool.map(lambda _: verifier.verify_code(
+            code, code_offset=asmkit.CODE_OFFSET, image_size=0x100000, isolation="data"),
+            range(8)))
+    assert all(v.ok and v.instructions == 6000 for v in verdicts)

@@ -9,6 +9,7 @@ faster. Only addresses and sizes are read, through the field offsets of capstone
 from __future__ import annotations
 
 import ctypes
+import threading
 
 import capstone
 import numpy as np
@@ -22,7 +23,15 @@ _INSN_DTYPE = np.dtype({
     "itemsize": ctypes.sizeof(_INSN),
 })
 
-_cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+# ctypes releases the GIL around cs_disasm: one capstone handle per thread.
+_local = threading.local()
+
+
+def _handle() -> capstone.Cs:
+    cs = getattr(_local, "cs", None)
+    if cs is None:
+        cs = _local.cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    return cs
 
 
 def capstone_boundaries(code: bytes, address: int) -> tuple[np.ndarray, np.ndarray]:
@@ -37,9 +46,10 @@ def capstone_boundaries(code: bytes, address: int) -> tuple[np.ndarray, np.ndarr
     sizes: list[np.ndarray] = []
     pos = 0
     insn = ctypes.POINTER(_INSN)()
+    handle = _handle().csh
     while pos < len(code):
         ptr = ctypes.cast(ctypes.c_void_p(base + pos), ctypes.POINTER(ctypes.c_char))
-        count = capstone._cs.cs_disasm(_cs.csh, ptr, len(code) - pos, address + pos, _CHUNK,
+        count = capstone._cs.cs_disasm(handle, ptr, len(code) - pos, address + pos, _CHUNK,
                                        ctypes.byref(insn))
         if count == 0:
             break
@@ -59,6 +69,6 @@ def capstone_boundaries(code: bytes, address: int) -> tuple[np.ndarray, np.ndarr
 
 def capstone_text(data: bytes, address: int) -> str | None:
     """capstone's Intel-syntax text of the first instruction in `data`, or None."""
-    for _, _, mnemonic, op_str in _cs.disasm_lite(data, address, 1):
+    for _, _, mnemonic, op_str in _handle().disasm_lite(data, address, 1):
         return f"{mnemonic} {op_str}".strip()
     return None
