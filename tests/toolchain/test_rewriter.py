@@ -649,6 +649,71 @@ def test_property_operands(op: tuple[str, str | None, str | None], template: str
             assert ins.cs.reg_name(got) == r32
 
 
+# -- property test: whole instructions, adversarially ----------------------------------
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+_ANY_REG = _words("rax rbx rcx rdx rsi rdi rbp rsp r8 r11 r14 r15 eax ebx ecx esi edi ebp esp "
+                  "r8d r11d r14d ax sp r14w r11w al spl r14b r11b xmm0 xmm3 st(1)")
+_ANY_MNEMONIC = _words(
+    "mov movq movl movw movb add addq addl sub subq subl and andq andl or orq xor xorq lea leaq "
+    "leal cmp cmpq test push pushq pop popq inc incq dec neg not imul imulq xchg xchgq xadd "
+    "cmpxchg cmpxchgq bsf bts btr shl shlq sar cmovne sete movzbl movsbq movslq movdqu movaps movd "
+    "pxor cvtsi2sdq fldt fstpt call jmp callq jmpq ret leave movsb movsq stosb stosq lodsb scasb "
+    "cmpsb prefetcht0 nopw adc sbb rol bswap popcnt movabsq leave enter int3 syscall hlt"
+)
+
+
+@st.composite
+def any_operand(draw: st.DrawFn) -> str:
+    kind = draw(st.sampled_from(["reg", "reg", "mem", "mem", "imm", "ind"]))
+    if kind == "reg":
+        return "%" + draw(st.sampled_from(_ANY_REG))
+    if kind == "imm":
+        return "$" + draw(st.sampled_from(["1", "-16", "4096", "0xfffffffffffffff0", "foo"]))
+    seg = draw(st.sampled_from(["", "", "", "%fs:", "%gs:", "%es:", "%ds:"]))
+    disp = draw(st.sampled_from(["", "8", "-16", "0x28", "foo", "foo+8", "x@tpoff"]))
+    base = draw(st.sampled_from([None, "rip", "eax", "esp", *_GPR]))
+    index = draw(st.sampled_from([None, "ecx", *_IDX]))
+    scale = draw(st.sampled_from(["1", "2", "4", "8"]))
+    if base is None and index is None:
+        mem = seg + (disp or "0x10")
+    elif base == "rip":
+        mem = f"{seg}{disp or '0'}(%rip)"
+    else:
+        inner = (f"%{base}" if base else "") + (f",%{index},{scale}" if index else "")
+        mem = f"{seg}{disp}({inner})"
+    return ("*" + mem) if kind == "ind" else mem
+
+
+def _gas_accepts(text: str, tmp_path: Path, name: str) -> Path | None:
+    src, obj = tmp_path / f"{name}.s", tmp_path / f"{name}.o"
+    src.write_text(text)
+    r = subprocess.run(["as", "--64", "-o", str(obj), str(src)], capture_output=True, text=True)
+    return obj if r.returncode == 0 else None
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mn=st.sampled_from(_ANY_MNEMONIC), ops=st.lists(any_operand(), max_size=3),
+       mode=st.sampled_from(MODES))
+def test_property_any_instruction_is_refused_or_confined(mn: str, ops: list[str], mode: str,
+                                                          tmp_path: Path) -> None:
+    """Whatever the input, the rewriter refuses it or emits code the checker accepts."""
+    src = f"\t.text\n\t{mn} {', '.join(ops)}\n"
+    try:
+        out = rewrite_assembly(src, isolation=mode)
+    except RewriteError:
+        return
+    if _gas_accepts(src, tmp_path, "orig") is None:
+        return  # not an instruction at all; the assembler refuses it either way
+    obj = _gas_accepts(out, tmp_path, "rw")
+    assert obj is not None, f"{src!r} assembles but its rewrite does not:\n{out}"
+    check_object(obj, mode)
+
+
 # -- semantics under unicorn ---------------------------------------------------------
 
 SEM_C = r"""
