@@ -379,3 +379,14 @@ def test_toolchain_doc_examples_run(tmp_path: Path, sandbox_libc,
     for i, block in enumerate(blocks):
         exec(compile(block, f"{doc}:block{i}", "exec"), namespace)
     assert (tmp_path / "square.box").is_file()
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path: Path, sandbox_libc) -> None:
+    src = tmp_path / "p.c"
+    src.write_text("int main(void) { return 0; }\n")
+    (tmp_path / "dir.box").mkdir()
+    with pytest.raises(ToolchainError, match="cannot write .*dir.box"):
+        cc.build([src], tmp_path / "dir.box", "data")
+    (tmp_path / "dir.o").mkdir()
+    with pytest.raises(ToolchainError, match="dir.o"):
+        cc.build([src], tmp_path / "dir.o", "data", compile_only=True)

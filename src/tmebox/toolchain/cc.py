@@ -183,7 +183,8 @@ def _compile_flags(isolation: str, opt: str, include_dirs: list[Path], defines: 
         raise ToolchainError(f"-O{opt}: unknown optimisation level (use one of "
                              f"{', '.join(OPT_LEVELS)})")
     cc = find_compiler(compiler)
-    prefix = libc.ensure_libc(isolation)
+    # A first build of the sandbox libc takes a minute or two: say so on stderr.
+    prefix = libc.ensure_libc(isolation, progress=True)
     flags = [f"-O{opt}"]
     flags += [f"-I{d}" for d in include_dirs]
     flags += [f"-D{d}" for d in defines]
@@ -227,6 +228,8 @@ def build(sources: list[Path], output: Path | None, isolation: str, opt: str = "
             try:
                 compile_unit(src, tmp, isolation=isolation, flags=flags, compiler=compiler)
                 os.replace(tmp, out)
+            except OSError as e:
+                raise ToolchainError(f"cannot write {out}: {e.strerror or e}") from None
             finally:
                 tmp.unlink(missing_ok=True)
         return outs
@@ -242,5 +245,9 @@ def build(sources: list[Path], output: Path | None, isolation: str, opt: str = "
             obj = Path(tmp) / f"{i}-{src.stem}.o"
             compile_unit(src, obj, isolation=isolation, flags=flags, compiler=compiler)
             objects.append(obj)
-        link.link_image(objects, output, isolation=isolation, libs=libs, stack_size=stack_size)
+        try:
+            link.link_image(objects, output, isolation=isolation, libs=libs,
+                            stack_size=stack_size)
+        except OSError as e:
+            raise ToolchainError(f"cannot write {output}: {e.strerror or e}") from None
     return [output]
