@@ -48,6 +48,7 @@ from unicorn import (
 )
 from unicorn import unicorn_const as ucc
 from unicorn import x86_const as x86
+from unicorn.unicorn_py3.unicorn import uclib
 
 from tmebox.errors import OutOfSandboxes, SandboxError, TmeboxError
 from tmebox.runtime.backend import (
@@ -67,8 +68,8 @@ from tmebox.tme import LINE_SIZE, MachineCheck, PconfigStatus, Platform
 from tmebox.toolchain import abi
 
 LINES_PER_PAGE = PAGE // LINE_SIZE
-DEFAULT_POOL_SIZE = 256 << 20
-DEFAULT_HEAP_SIZE = 2 << 20
+DEFAULT_POOL_SIZE = 512 << 20
+DEFAULT_HEAP_SIZE = 4 << 20
 DEFAULT_RESIDENT_PAGES = 16384  # 64 MiB of plaintext frames in the emulator
 PT_CHUNK_FRAMES = 1024  # page-table frames are mapped 4 MiB at a time
 MAX_WINDOW = (1 << 15) - 1  # windows 1..32767 fill the 47-bit address space
@@ -89,6 +90,29 @@ _SYSCALL_REGS = (x86.UC_X86_REG_RDI, x86.UC_X86_REG_RSI, x86.UC_X86_REG_RDX,
                  x86.UC_X86_REG_R10, x86.UC_X86_REG_R8, x86.UC_X86_REG_R9)
 _RIP, _RSP, _RAX = x86.UC_X86_REG_RIP, x86.UC_X86_REG_RSP, x86.UC_X86_REG_RAX
 _MASK64 = (1 << 64) - 1
+
+
+class _RegBatch:
+    """A fixed list of registers read or written in one C call (the binding's per-register
+    path costs ~2 us each, which dominated a sandbox call)."""
+
+    def __init__(self, uc: Uc, regs: tuple[int, ...]) -> None:
+        n = self.n = len(regs)
+        self.handle = uc._uch
+        self.ids = (ctypes.c_int * n)(*regs)
+        self.vals = (ctypes.c_uint64 * n)()
+        self.ptrs = (ctypes.c_void_p * n)(*(ctypes.addressof(self.vals) + 8 * i
+                                            for i in range(n)))
+
+    def write(self, values: list[int]) -> None:
+        self.vals[:] = values
+        if uclib.uc_reg_write_batch(self.handle, self.ids, self.ptrs, self.n):
+            raise UcError(uclib.uc_errno(self.handle))
+
+    def read(self) -> list[int]:
+        if uclib.uc_reg_read_batch(self.handle, self.ids, self.ptrs, self.n):
+            raise UcError(uclib.uc_errno(self.handle))
+        return self.vals[:]
 
 
 @dataclass
@@ -504,15 +528,12 @@ class TmeEngine:
         be = self.backend
         with be.lock:
             be._take_cpu(self, fresh=True)
-            uc = be.uc
             if return_to is not None:
                 rsp -= 8
                 self.memory.write_u64(rsp, return_to)
-            for reg, v in zip(_ARG_REGS, args, strict=False):
-                uc.reg_write(reg, v & _MASK64)
-            uc.reg_write(_RSP, rsp)
-            uc.reg_write(x86.UC_X86_REG_R14, self.base)
-            uc.reg_write(x86.UC_X86_REG_GS_BASE, self.base)
+            vals = [v & _MASK64 for v in args]
+            vals += [0] * (6 - len(vals))
+            be.entry_regs.write([*vals, rsp, self.base, self.base])
             return be._run(self, rip)
 
     def invoker(self) -> Callable[..., int]:
@@ -556,9 +577,8 @@ class TmeEngine:
     def syscall(self) -> tuple[int, tuple[int, int, int, int, int, int]]:
         with self.backend.lock:
             self.backend._take_cpu(self)
-            rr = self.backend.uc.reg_read
-            a = tuple(rr(r) for r in _SYSCALL_REGS)
-            return rr(_RAX), a  # type: ignore[return-value]
+            v = self.backend.syscall_regs.read()
+            return v[0], tuple(v[1:])  # type: ignore[return-value]
 
     def stack_pointer(self) -> int:
         with self.backend.lock:
@@ -640,6 +660,9 @@ class TmeBackend:
         self._closed = threading.Event()
         self._setup_cpu()
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        self.entry_regs = _RegBatch(self.uc, (*_ARG_REGS, _RSP, x86.UC_X86_REG_R14,
+                                              x86.UC_X86_REG_GS_BASE))
+        self.syscall_regs = _RegBatch(self.uc, (_RAX, *_SYSCALL_REGS))
 
     # -- the CPU ----------------------------------------------------------------------------
 
