@@ -390,3 +390,74 @@ def test_unwritable_output_is_a_clear_error(tmp_path: Path, sandbox_libc) -> Non
     (tmp_path / "dir.o").mkdir()
     with pytest.raises(ToolchainError, match="dir.o"):
         cc.build([src], tmp_path / "dir.o", "data", compile_only=True)
+
+
+_MINIMAL_ASM = """
+\t.section .tmebox_rt,"ax",@progbits
+\t.globl __tmebox_rt_syscall
+__tmebox_rt_syscall:
+\t.fill 32,1,0xcc
+\t.globl __tmebox_rt_exit
+__tmebox_rt_exit:
+\t.fill 4064,1,0xcc
+\t.text
+\t.globl _start
+_start:
+\tret
+\t.globl odd
+odd:
+\tret
+\t.section .moved,"ax",@progbits
+\tnop
+\t.data
+\t.globl __tmebox_tp
+__tmebox_tp:
+\t.quad 0
+"""
+
+
+def _link_with_script(tmp_path: Path, script: str) -> Path:
+    (tmp_path / "m.s").write_text(_MINIMAL_ASM)
+    subprocess.run(["as", "--64", "-o", str(tmp_path / "m.o"), str(tmp_path / "m.s")],
+                   check=True)
+    (tmp_path / "s.ld").write_text(script)
+    out = tmp_path / "m.elf"
+    subprocess.run(["ld", "-static", "-pie", "--no-dynamic-linker", "-z", "norelro",
+                    "-T", str(tmp_path / "s.ld"), "-o", str(out), str(tmp_path / "m.o")],
+                   check=True, capture_output=True)
+    return out
+
+
+def test_check_image_accepts_the_tmebox_script(tmp_path: Path) -> None:
+    elf = _link_with_script(tmp_path, link.linker_script())
+    info = link.check_image(elf, isolation="data", export_names=[],
+                            stack_size=abi.DEFAULT_STACK_SIZE)
+    assert info["entry"] > 0 and info["exports"] == {}
+
+
+def test_check_image_rejects_code_in_the_data_segment(tmp_path: Path) -> None:
+    script = link.linker_script().replace(
+        "  .rodata : {", "  .text.moved : { *(.moved) } :data\n  .rodata : {")
+    elf = _link_with_script(tmp_path, script)
+    with pytest.raises(ToolchainError, match="executable section .text.moved lies outside"):
+        link.check_image(elf, isolation="data", export_names=[],
+                         stack_size=abi.DEFAULT_STACK_SIZE)
+
+
+def test_check_image_rejects_a_third_load_segment(tmp_path: Path) -> None:
+    script = link.linker_script().replace("  data PT_LOAD FLAGS(6);",
+                                          "  data PT_LOAD FLAGS(6);\n  more PT_LOAD FLAGS(6);")
+    bss = ".bss : { *(.dynbss) *(.bss .bss.* .gnu.linkonce.b.*) *(COMMON) }"
+    script = script.replace(f"{bss} :data", f"{bss} :more")
+    (tmp_path / "m.s").write_text(_MINIMAL_ASM + "\t.bss\n\t.zero 64\n")
+    elf = _link_with_script(tmp_path, script)
+    with pytest.raises(ToolchainError, match="3 PT_LOAD"):
+        link.check_image(elf, isolation="data", export_names=[],
+                         stack_size=abi.DEFAULT_STACK_SIZE)
+
+
+def test_check_image_rejects_misaligned_exports_in_code_data(tmp_path: Path) -> None:
+    elf = _link_with_script(tmp_path, link.linker_script())
+    with pytest.raises(ToolchainError, match="not 32-byte aligned in code\\+data mode: odd$"):
+        link.check_image(elf, isolation="code+data", export_names=["_start", "odd"],
+                         stack_size=abi.DEFAULT_STACK_SIZE)
