@@ -156,3 +156,22 @@ def test_destroyed_sandbox_refuses_everything(rt, img):
         sb.call("neg")
     sb.destroy()  # idempotent
     assert rt.sandboxes == 0
+
+
+def test_ctrl_c_leaves_a_spinning_sandbox(rt, img):
+    import os
+    import signal
+    import threading
+
+    sb = rt.spawn(img)
+    main = threading.get_ident()
+    timer = threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sb.call("spin")
+    finally:
+        timer.cancel()
+    assert sb.state == "dead"
+    assert rt.spawn(img).call("args6", 3) == 3
+    assert os.getpid() > 0

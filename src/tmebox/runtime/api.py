@@ -31,6 +31,7 @@ from tmebox.runtime import syscalls
 from tmebox.runtime.backend import (
     STOP_BADSTACK,
     STOP_FAULT,
+    STOP_INTERRUPTED,
     STOP_RETURN,
     STOP_SYSCALL,
     STOP_TIMEOUT,
@@ -314,6 +315,9 @@ class Sandbox:
             except (OverflowError, TypeError):
                 v = self._invoke(rip, self._call_rsp, self._ret, *_signed_args(name, args),
                                  *_PAD[len(args)])
+            except KeyboardInterrupt:
+                self.state = "dead"  # Ctrl-C stopped it somewhere in the middle
+                raise
             if v == STOPPED:
                 stop = self._engine.last_stop()
                 if stop != STOP_RETURN:
@@ -403,6 +407,13 @@ class Sandbox:
 
     def _drive(self, stop: int) -> Any:
         """Service runtime calls until the sandbox returns, parks, exits, faults or times out."""
+        try:
+            return self._drive_loop(stop)
+        except KeyboardInterrupt:
+            self.state = "dead"
+            raise
+
+    def _drive_loop(self, stop: int) -> Any:
         engine, proc, mem = self._engine, self._proc, self.memory
         assert proc is not None
         while True:
@@ -424,6 +435,9 @@ class Sandbox:
             if stop == STOP_RETURN:
                 return STOP_RETURN
             self.state = "dead"
+            if stop == STOP_INTERRUPTED:
+                # Python's SIGINT handler ran too; this is where it usually surfaces.
+                raise KeyboardInterrupt(f"{self.image.name} interrupted")
             if stop == STOP_TIMEOUT:
                 raise SandboxTimeout(f"{self.image.name}: ran longer than {self.timeout} s "
                                      f"(stopped at {engine.fault().rip:#x})")

@@ -21,6 +21,7 @@ STOP_SYSCALL = 2  # runtime call; syscall() holds number and arguments
 STOP_FAULT = 3  # fault() describes it
 STOP_TIMEOUT = 4  # the deadline passed
 STOP_BADSTACK = 5  # resume: the return address on the sandbox stack is not readable
+STOP_INTERRUPTED = 6  # SIGINT while sandbox code ran (KeyboardInterrupt follows)
 
 # FaultInfo.signo of a TME-MK integrity failure (tme backend): no POSIX signal fits it.
 MACHINE_CHECK = 0x100

@@ -235,6 +235,7 @@ __asm__(
 static const int fault_signals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP};
 #define N_FAULT_SIGNALS (sizeof fault_signals / sizeof fault_signals[0])
 static struct sigaction old_actions[N_FAULT_SIGNALS];
+static struct sigaction old_sigint;
 static int timer_signal;
 
 /* Per-thread resources, released by the pthread key destructor. */
@@ -294,6 +295,28 @@ static void on_signal(int sig, siginfo_t *si, void *uc_)
     struct tmebox_ctx *c = tmebox_tls_cur;
     uint64_t rip = (uint64_t)g[REG_RIP];
 
+    if (sig == SIGINT) {
+        /* Ctrl-C: Python's own handler records it (KeyboardInterrupt is raised
+           when the call returns); sandbox code is left at once. */
+        if (c && in_window(c, rip)) {
+            c->fault_signo = (uint64_t)sig;
+            c->fault_rip = rip;
+            c->fault_rsp = (uint64_t)g[REG_RSP];
+            c->reason = TMEBOX_REASON_INTERRUPTED;
+            g[REG_RIP] = (greg_t)tmebox_fault_exit;
+            g[REG_EFL] &= ~(greg_t)(0x100 | 0x40000 | 0x400);
+        }
+        if (old_sigint.sa_flags & SA_SIGINFO) {
+            if (old_sigint.sa_sigaction)
+                old_sigint.sa_sigaction(sig, si, uc_);
+        } else if (old_sigint.sa_handler != SIG_IGN && old_sigint.sa_handler != SIG_DFL) {
+            old_sigint.sa_handler(sig);
+        } else if (old_sigint.sa_handler == SIG_DFL) {
+            sigaction(SIGINT, &old_sigint, NULL);
+            raise(SIGINT);
+        }
+        return;
+    }
     if (c && in_window(c, rip)) {
         c->fault_signo = (uint64_t)sig;
         c->fault_code = (uint64_t)(int64_t)si->si_code;
@@ -302,6 +325,9 @@ static void on_signal(int sig, siginfo_t *si, void *uc_)
         c->fault_rsp = (uint64_t)g[REG_RSP];
         c->reason = sig == timer_signal ? TMEBOX_REASON_TIMEOUT : TMEBOX_REASON_FAULT;
         g[REG_RIP] = (greg_t)tmebox_fault_exit;
+        /* The verifier admits no popf, but should TF or AC ever be set they
+           must not follow us into host code. */
+        g[REG_EFL] &= ~(greg_t)(0x100 | 0x40000 | 0x400);
         return;
     }
     if (sig == timer_signal) {
@@ -419,8 +445,16 @@ static void do_init(void)
             init_error = -errno;
             return;
         }
-    if (sigaction(timer_signal, &sa, NULL) != 0)
+    if (sigaction(timer_signal, &sa, NULL) != 0) {
         init_error = -errno;
+        return;
+    }
+    /* Only take over SIGINT from a handler we can chain to (Python's). */
+    struct sigaction cur;
+    if (sigaction(SIGINT, NULL, &cur) == 0 && cur.sa_handler != SIG_IGN) {
+        old_sigint = cur;
+        sigaction(SIGINT, &sa, NULL);
+    }
 }
 
 int tmebox_init(void)

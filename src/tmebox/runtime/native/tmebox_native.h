@@ -15,6 +15,7 @@ enum {
     TMEBOX_REASON_FAULT = 3,    /* signal inside sandbox code: fault_* filled in */
     TMEBOX_REASON_TIMEOUT = 4,  /* the deadline passed */
     TMEBOX_REASON_BADSTACK = 5, /* resume: the return address is not readable sandbox memory */
+    TMEBOX_REASON_INTERRUPTED = 6, /* SIGINT arrived while sandbox code ran */
 };
 
 /* tmebox_invoke's result when the sandbox did not simply return (see c->reason) */
