@@ -405,6 +405,8 @@ def test_r11_live_across_scratch_use_is_detected() -> None:
     (".macro m r\n", ".macro in code"),
     (".irp r, rax\n", ".irp in code"),
     (".include \"x.s\"\n", ".include in code"),
+    (".insn 0x8b, %eax, (%rdi)\n", ".insn hides"),
+    (".att_syntax noprefix\n", "registers without %"),
 ])
 def test_structural_errors(text: str, why: str) -> None:
     with pytest.raises(RewriteError, match=re.escape(why)):
@@ -481,6 +483,28 @@ def test_gcc_output(opt: str, mode: str, tmp_path: Path) -> None:
     text = "\n".join(i.mnemonic for insns in sections.values() for i in insns)
     assert "syscall" not in text
     assert "leave" not in text
+
+
+CLANG = shutil.which("clang") or shutil.which("clang-14")
+
+
+@pytest.mark.skipif(CLANG is None, reason="clang is not installed")
+@pytest.mark.parametrize("mode", MODES)
+def test_clang_output(mode: str, tmp_path: Path) -> None:
+    # clang has no -ffixed-r11/-ffixed-r14 on x86; at -O0 it does not touch either register.
+    src = tmp_path / "c.c"
+    src.write_text(C_SOURCE)
+    asm = tmp_path / "clang.s"
+    flags = [f for f in COMMON_CFLAGS if not f.startswith("-ffixed-")]
+    if mode == "code+data":
+        flags += CODE_DATA_CFLAGS
+    subprocess.run([str(CLANG), "-S", "-O0", *flags, "-o", str(asm), str(src)], check=True)
+    text = asm.read_text()
+    assert ".addrsig" in text and "callq" in text  # really clang's dialect
+    out = rewrite_assembly(text, isolation=mode, source="clang.s")
+    obj = assemble(out, tmp_path, "clang_rw")
+    check_object(obj, mode)
+    link_and_verify(obj, mode, tmp_path)
 
 
 def test_gcc_forms_present(tmp_path: Path) -> None:

@@ -476,8 +476,8 @@ class _Rewriter:
         if s[0] == ".":
             if self.pending_prefixes:
                 raise self.error(lineno, s, "directive between a prefix and its instruction")
-            self.directive(s, lineno)
-            out.append("\t" + s)
+            if self.directive(s, lineno):
+                out.append("\t" + s)
             return
         if not self.exec_section:
             out.append("\t" + s)
@@ -486,10 +486,16 @@ class _Rewriter:
 
     # -- directives ---------------------------------------------------------------
 
-    def directive(self, s: str, lineno: int) -> None:
+    def directive(self, s: str, lineno: int) -> bool:
+        """Track sections; False if the directive is to be dropped from the output."""
         parts = s.split(None, 1)
         name = parts[0].lower()
         arg = parts[1] if len(parts) > 1 else ""
+        if name in (".addrsig", ".addrsig_sym"):
+            # clang's hints for its own linker's code folding; GNU as does not know them.
+            return False
+        if name == ".att_syntax" and "noprefix" in arg.lower():
+            raise self.error(lineno, s, "registers without % are not supported")
         if name == ".text":
             self.switch(".text", True)
         elif name in (".data", ".bss"):
@@ -515,6 +521,9 @@ class _Rewriter:
         elif name in (".macro", ".irp", ".irpc", ".include") and self.exec_section:
             # Their bodies are expanded by the assembler after the rewriter has run.
             raise self.error(lineno, s, f"{name} in code is not supported (expand it first)")
+        elif name == ".insn" and self.exec_section:
+            raise self.error(lineno, s, ".insn hides an instruction from the rewriter")
+        return True
 
     def switch(self, section: str, execable: bool) -> None:
         self.previous, self.prev_exec = self.section, self.exec_section
