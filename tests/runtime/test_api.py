@@ -1,0 +1,71 @@
+"""Runtime-level behaviour: capacity checks, window placement, the runtime page."""
+
+from __future__ import annotations
+
+import pytest
+from programs import basic
+
+import tmebox
+from tmebox.errors import OutOfSandboxes, TmeboxError
+from tmebox.runtime import layout as lay
+from tmebox.runtime.native_backend import POOL, check_map_count
+from tmebox.toolchain import abi
+
+
+def test_map_count_check_names_the_sysctl():
+    with pytest.raises(OutOfSandboxes, match=r"sysctl -w vm\.max_map_count=\d+"):
+        check_map_count(10_000_000)
+
+
+def test_max_sandboxes_is_enforced():
+    with tmebox.Runtime(max_sandboxes=2) as rt:
+        img = rt.load_unverified(basic())
+        a, b = rt.spawn(img), rt.spawn(img)
+        with pytest.raises(OutOfSandboxes, match="max_sandboxes=2"):
+            rt.spawn(img)
+        a.destroy()
+        assert rt.spawn(img).call("args6", 2) == 2
+        assert b.state == "parked"
+    with pytest.raises(TmeboxError, match="closed"):
+        rt.spawn(img)
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(TmeboxError, match="unknown backend 'x86'"):
+        tmebox.Runtime(backend="x86")
+    with pytest.raises(TmeboxError, match="at least 1"):
+        tmebox.Runtime(max_sandboxes=0)
+    with pytest.raises(TmeboxError, match="no options"):
+        tmebox.Runtime(backend="native", pool_size=1)
+
+
+def test_windows_never_overlap_the_host(rt):
+    img = rt.load_unverified(basic())
+    sbs = [rt.spawn(img) for _ in range(40)]
+    host = lay.host_mapped_windows(lay.read_host_maps()) - POOL.windows
+    for sb in sbs:
+        k = sb.base >> abi.WINDOW_SHIFT
+        assert sb.base == k << abi.WINDOW_SHIFT
+        assert not {k - 1, k, k + 1} & host
+        assert lay.FIRST_WINDOW <= k <= lay.LAST_WINDOW
+
+
+def test_runtime_page_has_two_stubs_and_traps_elsewhere(rt):
+    sb = rt.spawn(rt.load_unverified(basic()))
+    page = sb.memory.read(sb.base + abi.IMAGE_WINDOW_OFFSET, abi.RT_PAGE_SIZE)
+    for entry in (abi.RT_SYSCALL_OFFSET, abi.RT_EXIT_OFFSET):
+        assert page[entry:entry + 6] == b"\xff\x25\x02\x00\x00\x00"  # jmp *2(%rip)
+        target = int.from_bytes(page[entry + 8:entry + 16], "little")
+        assert target >> 32 != sb.base >> 32  # a host trampoline, outside every window
+    rest = bytearray(page)
+    for entry in (abi.RT_SYSCALL_OFFSET, abi.RT_EXIT_OFFSET):
+        rest[entry:entry + 16] = b"\xcc" * 16
+    assert rest == b"\xcc" * abi.RT_PAGE_SIZE
+
+
+def test_free_window_runs_keep_a_margin():
+    runs = list(lay.free_window_runs({10, 11, 500}, margin=1))
+    assert runs[0] == (lay.FIRST_WINDOW, 9)
+    assert runs[1] == (13, 499)
+    assert runs[2][0] == 502
+    assert lay.host_mapped_windows(["100000000-200000001 r-xp 0 0:0 0 x"]) == {1, 2}
