@@ -93,6 +93,13 @@ class Platform:
 
     A physical address is `offset | keyid << (physical_address_bits - keyid_bits)`: the
     KeyID takes the top bits of the physical address, as on real parts.
+
+    memory_size: bytes of DRAM, a multiple of 4096. keyid_bits: 1..15. algorithm: the one
+    algorithm activated for PCONFIG ("aes-xts-128" or "aes-xts-256"). integrity: keep a MAC
+    per line and raise MachineCheck on a mismatch. cache: put the write-back cache in front
+    of DRAM; cache_size its capacity in bytes.
+
+    Not thread-safe: one thread at a time.
     """
 
     def __init__(self, memory_size: int = 64 << 20, keyid_bits: int = 6,
