@@ -182,3 +182,14 @@ def test_exit_park_signals_and_the_rest(env):
     assert call(env, sc.SYS_KILL, 4242, 9) == -errno.ESRCH
     for nr in (2, 56, 57, 59, 41, 42, 101, 165):  # open fork clone execve socket ptrace mount
         assert call(env, nr, 0) == -errno.ENOSYS
+
+
+def test_huge_transfers_are_short_not_host_sized(env):
+    mem, st, out, _ = env
+    p = BASE + st.layout.rw_lo
+    n = 6 << 20  # all of this test window's RW memory
+    assert call(env, sc.SYS_WRITE, 1, p, n) == sc.IO_CHUNK
+    assert len(out) == sc.IO_CHUNK
+    assert call(env, sc.SYS_GETRANDOM, p, n, 0) == sc.IO_CHUNK
+    st.stdin = sc.Source(b"x" * (3 << 20))
+    assert call(env, sc.SYS_READ, 0, p, n) == sc.IO_CHUNK

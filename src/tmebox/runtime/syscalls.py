@@ -38,7 +38,9 @@ MADV_DONTNEED = 4
 ARCH_SET_FS, ARCH_GET_FS = 0x1002, 0x1003
 TIOCGWINSZ = 0x5413
 IOV_MAX = 1024
-GETRANDOM_MAX = (1 << 25) - 1
+# One runtime call moves at most this much (a short count, as Linux may return), so a
+# tenant cannot make the host allocate gigabytes at once.
+IO_CHUNK = 1 << 20
 SANDBOX_PID = 1  # the only process and thread a sandbox can name
 
 # Clocks a sandbox may read; the CPU-time clocks read this thread's time.
@@ -99,7 +101,9 @@ class Source:
     def read(self, n: int) -> bytes:
         if self.source is None:
             return os.read(0, n)
-        data = self.source.read(n)
+        # read1 returns what is there (a pipe or terminal) instead of waiting for n bytes.
+        reader = getattr(self.source, "read1", self.source.read)
+        data = reader(n)
         return data.encode() if isinstance(data, str) else data
 
 
@@ -186,6 +190,16 @@ def _iovecs(mem: SandboxMemory, iov: int, count: int) -> list[tuple[int, int]] |
     return vecs
 
 
+def _clip(vecs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out, room = [], IO_CHUNK
+    for base, n in vecs:
+        if room <= 0:
+            break
+        out.append((base, min(n, room)))
+        room -= n
+    return out
+
+
 def _write(st: ProcessState, mem: SandboxMemory, fd: int, vecs: list[tuple[int, int]]) -> int:
     sink = st.stdout if fd == 1 else st.stderr if fd == 2 else None
     if sink is None:
@@ -193,7 +207,7 @@ def _write(st: ProcessState, mem: SandboxMemory, fd: int, vecs: list[tuple[int, 
     for base, n in vecs:
         if n and not mem.ok(base, n, False):
             return -errno.EFAULT
-    data = b"".join(mem.read(base, n) for base, n in vecs if n)
+    data = b"".join(mem.read(base, n) for base, n in _clip(vecs) if n)
     return sink.write(data) if data else 0
 
 
@@ -204,7 +218,7 @@ def _read(st: ProcessState, mem: SandboxMemory, fd: int, vecs: list[tuple[int, i
         if n and not mem.ok(base, n, True):
             return -errno.EFAULT
     total = 0
-    for base, n in vecs:
+    for base, n in _clip(vecs):
         if not n:
             continue
         data = st.stdin.read(n)
@@ -328,7 +342,7 @@ def handle(nr: int, args: tuple[int, int, int, int, int, int], mem: SandboxMemor
                       + (us % 1_000_000).to_bytes(8, "little"))
         return 0
     if nr == SYS_GETRANDOM:
-        n = min(a1, GETRANDOM_MAX)
+        n = min(a1, IO_CHUNK)
         if not mem.ok(a0, n, True):
             return -errno.EFAULT
         mem.write(a0, os.urandom(n))
