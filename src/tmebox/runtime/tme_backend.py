@@ -232,7 +232,7 @@ class _Mmu:
         rows = self.arena[frame].reshape(LINES_PER_PAGE, LINE_SIZE)
         plat = self.platform
         if plat.integrity:
-            self._fill_checked(keyid, page, frame, own & ~zero)
+            zero = self._fill_checked(keyid, page, frame, own, zero)
         elif zero.all():
             rows[:] = 0
         else:
@@ -256,21 +256,23 @@ class _Mmu:
         self.fifo[frame] = None
         return frame
 
-    def _fill_checked(self, keyid: int, page: int, frame: int, readable: np.ndarray) -> None:
+    def _fill_checked(self, keyid: int, page: int, frame: int, own: np.ndarray,
+                      zero: np.ndarray) -> np.ndarray:
         """Integrity mode: decrypt only lines that can verify; the rest are marked bad.
 
         Reading a foreign (or poisoned) line through this KeyID would raise a machine
         check and poison the line: that must happen only if the program reads that line,
-        not because a neighbour line in the same page was touched.
+        not because a neighbour line in the same page was touched. Returns the lines that
+        read as zero (fresh and not poisoned).
         """
         rows = self.arena[frame].reshape(LINES_PER_PAGE, LINE_SIZE)
         rows[:] = 0
-        first = page // LINE_SIZE
         poisoned = self.platform.is_poisoned
-        ok = readable.copy()
-        for i in np.flatnonzero(readable):
+        zero = zero.copy()
+        ok = own & ~zero
+        for i in np.flatnonzero(own):
             if poisoned(page + int(i) * LINE_SIZE):
-                ok[i] = False
+                ok[i] = zero[i] = False
         idx = np.flatnonzero(ok)
         start = 0
         while start < len(idx):  # contiguous runs, one batch each
@@ -289,11 +291,10 @@ class _Mmu:
                     except MachineCheck:
                         ok[j] = False
             start = end + 1
-        own = self.owner[first:first + LINES_PER_PAGE] == keyid
-        zero = own & self.fresh[first:first + LINES_PER_PAGE]
         bad = ~(ok | zero)
         if bad.any():
             self.bad[frame] = int(np.packbits(bad, bitorder="little").view("<u8")[0])
+        return zero
 
     def _take_frame(self) -> int:
         if not self.free_frames:
