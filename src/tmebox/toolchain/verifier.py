@@ -166,6 +166,7 @@ _IMPLICIT_MEMORY = frozenset((
     ix.OpKind.MEMORY_SEG_DI, ix.OpKind.MEMORY_SEG_EDI, ix.OpKind.MEMORY_SEG_RDI,
     ix.OpKind.MEMORY_ESDI, ix.OpKind.MEMORY_ESEDI, ix.OpKind.MEMORY_ESRDI))
 _SYSTEM_CALLS = _mnemonics("SYSCALL SYSENTER INT INT1 INTO")
+_REGISTER, _MEMORY = ix.OpKind.REGISTER, ix.OpKind.MEMORY
 _INFO = ix.InstructionInfoFactory()
 
 
@@ -176,6 +177,7 @@ class Insn:
     ins: ix.Instruction
     raw: bytes
     mode: str
+    mnemonic: int
     prefixes: bytes  # legacy prefix bytes
     written: frozenset[int]  # registers (any width) written, implicitly or explicitly
     regs: tuple[int, ...]  # register operands
@@ -183,11 +185,15 @@ class Insn:
 
     @classmethod
     def of(cls, ins: ix.Instruction, raw: bytes, mode: str) -> Insn:
-        ops = [ins.op_kind(i) for i in range(ins.op_count)]
-        return cls(ins, raw, mode, _prefixes(raw), _written(ins),
-                   tuple(ins.op_register(i) for i, k in enumerate(ops)
-                         if k == ix.OpKind.REGISTER),
-                   tuple(k for k in ops if k == ix.OpKind.MEMORY or k in _IMPLICIT_MEMORY))
+        regs, memory = [], []
+        for i in range(ins.op_count):
+            kind = ins.op_kind(i)
+            if kind == _REGISTER:
+                regs.append(ins.op_register(i))
+            elif kind == _MEMORY or kind in _IMPLICIT_MEMORY:
+                memory.append(kind)
+        return cls(ins, raw, mode, ins.mnemonic, _prefixes(raw), _written(ins), tuple(regs),
+                   tuple(memory))
 
 
 def _prefixes(raw: bytes) -> bytes:
@@ -205,7 +211,7 @@ def _written(ins: ix.Instruction) -> frozenset[int]:
 
 def _is(x: Insn, mnemonic: int, op0: int, op1: int) -> bool:
     """`mnemonic op0, op1` with two register operands."""
-    return x.ins.mnemonic == mnemonic and x.ins.op_count == 2 and x.regs == (op0, op1)
+    return x.mnemonic == mnemonic and x.ins.op_count == 2 and x.regs == (op0, op1)
 
 
 # --- per-instruction rules: each returns a role (or None) or raises Reject -----------------
@@ -219,8 +225,7 @@ def rule_decodes(x: Insn) -> None:
 
 def rule_runtime_call(x: Insn) -> None:
     """A system call would reach the kernel with the host's privileges."""
-    ins = x.ins
-    if ins.mnemonic in _SYSTEM_CALLS:
+    if x.mnemonic in _SYSTEM_CALLS:
         raise Reject("runtime-call", "system call instruction; must be call __tmebox_rt_syscall")
 
 
@@ -235,12 +240,12 @@ def rule_allowed_instruction(x: Insn) -> None:
     if ins.flow_control != ix.FlowControl.NEXT and 0x66 in x.prefixes:
         # Intel ignores 0x66 on near branches, AMD truncates to 16 bits: decoders disagree.
         raise Reject("allowed-instruction", "operand-size prefix on a branch")
-    if ins.mnemonic == ix.Mnemonic.RET and ins.op_count:
+    if x.mnemonic == ix.Mnemonic.RET and ins.op_count:
         raise Reject("allowed-instruction", "ret imm16 moves %rsp by up to 64 KiB")
-    if ins.mnemonic in ALLOWED_MNEMONICS:
+    if x.mnemonic in ALLOWED_MNEMONICS:
         return
     features = ins.cpuid_features()
-    if features and set(features) <= SIMD_FEATURES and ins.mnemonic not in SIMD_DENIED:
+    if features and set(features) <= SIMD_FEATURES and x.mnemonic not in SIMD_DENIED:
         return
     raise Reject("allowed-instruction", "instruction is not in the allowlist")
 
@@ -253,8 +258,7 @@ def rule_segment_register(x: Insn) -> None:
 
 def rule_fs_segment(x: Insn) -> None:
     """%fs points at the host's thread data; sandboxes use __tmebox_tp instead."""
-    ins = x.ins
-    if 0x64 in x.prefixes and x.memory and ins.mnemonic not in _NO_ACCESS:
+    if 0x64 in x.prefixes and x.memory and x.mnemonic not in _NO_ACCESS:
         raise Reject("fs-segment", "%fs-segment memory access")
 
 
@@ -262,7 +266,7 @@ def rule_memory_operand(x: Insn) -> bool:
     """An access outside %gs + 32-bit offset could reach any address; returns: is %rip-relative."""
     ins = x.ins
     ops = x.memory
-    if not ops or ins.mnemonic in _NO_ACCESS or ins.is_string_instruction:
+    if not ops or x.mnemonic in _NO_ACCESS or ins.is_string_instruction:
         return False
     if any(k != ix.OpKind.MEMORY for k in ops):
         raise Reject("memory-operand", "implicit memory operand through a 64-bit register")
@@ -302,11 +306,11 @@ def rule_stack_pointer(x: Insn) -> int | None:
     if not x.written & _RSP_FAMILY:
         return None
     stack_regs = [r for r in x.regs if r in _RSP_FAMILY]
-    if ins.mnemonic in _IMPLICIT_STACK and not (ins.mnemonic == ix.Mnemonic.POP and stack_regs):
+    if x.mnemonic in _IMPLICIT_STACK and not (x.mnemonic == ix.Mnemonic.POP and stack_regs):
         return None
     if stack_regs and all(r == ix.Register.ESP for r in stack_regs):
         return ESP_WRITE
-    if ins.mnemonic == ix.Mnemonic.AND and stack_regs == [ix.Register.RSP] \
+    if x.mnemonic == ix.Mnemonic.AND and stack_regs == [ix.Register.RSP] \
             and ins.op1_kind in (ix.OpKind.IMMEDIATE8TO64, ix.OpKind.IMMEDIATE32TO64) \
             and ins.immediate(1) >> 63:
         return None
@@ -318,8 +322,7 @@ def rule_stack_pointer(x: Insn) -> int | None:
 
 def rule_no_ret(x: Insn) -> None:
     """code+data: a return address on the stack is tenant data; ret would jump to it unmasked."""
-    ins = x.ins
-    if x.mode == "code+data" and ins.mnemonic == ix.Mnemonic.RET:
+    if x.mode == "code+data" and x.mnemonic == ix.Mnemonic.RET:
         raise Reject("no-ret", "plain ret; must be pop %r11 + masked jmp *%r11")
 
 
@@ -339,7 +342,7 @@ def _group_role(x: Insn) -> int:
     """Roles of the group members that are ordinary instructions on their own."""
     ins = x.ins
     r = ix.Register
-    if len(x.regs) == 0 or x.ins.mnemonic not in _GROUP_MNEMONICS:
+    if len(x.regs) == 0 or x.mnemonic not in _GROUP_MNEMONICS:
         return PLAIN
     for role, mnemonic, op0, op1 in (
             (CONF_EDI, ix.Mnemonic.MOV, r.EDI, r.EDI), (OR_RDI, ix.Mnemonic.OR, r.RDI, r.R14),
@@ -347,7 +350,7 @@ def _group_role(x: Insn) -> int:
             (OR_R11, ix.Mnemonic.OR, r.R11, r.R14)):
         if _is(x, mnemonic, op0, op1):
             return role
-    if ins.mnemonic == ix.Mnemonic.AND and x.regs == (r.R11D,) \
+    if x.mnemonic == ix.Mnemonic.AND and x.regs == (r.R11D,) \
             and ins.op1_kind in (ix.OpKind.IMMEDIATE8TO32, ix.OpKind.IMMEDIATE32) \
             and ins.immediate(1) & 0xFFFFFFFF == abi.BUNDLE_MASK & 0xFFFFFFFF:
         return AND_R11
@@ -360,12 +363,12 @@ def classify(raw: bytes, mode: str) -> Kind:
     The result depends only on `raw` and `mode`: targets are kept relative (`disp`).
     """
     ins = next(iter(ix.Decoder(64, raw, ip=0)))
+    x = Insn.of(ins, raw, mode)
     try:
-        rule_decodes(Insn(ins, raw, mode, b"", frozenset(), (), ()))
+        rule_decodes(x)
         if ins.len != len(raw):
             raise Reject("decodes", f"iced-x86 decodes {ins.len} bytes here, capstone "
                          f"{len(raw)}: the decoders disagree on the boundaries")
-        x = Insn.of(ins, raw, mode)
         for rule in (rule_runtime_call, rule_segment_register, rule_allowed_instruction,
                      rule_fs_segment, rule_base_register, rule_no_ret):
             rule(x)
@@ -410,14 +413,15 @@ def _scan(code: bytes, code_offset: int, image_size: int, mode: str) -> _Scan:
     interior = bytearray(len(code))
     branches: list[tuple[int, int, int]] = []
     run: list[tuple[int, int, int]] = []  # the current run of consecutive group-member roles
-    for off, n in zip(addresses.tolist(), sizes.tolist(), strict=True):
+    # bundle: the first instruction that crosses a boundary ends the walk.
+    crossing = np.flatnonzero((addresses & (abi.BUNDLE_SIZE - 1)) + sizes > abi.BUNDLE_SIZE)
+    stop = int(crossing[0]) if bundled and len(crossing) else len(addresses)
+    for off, n in zip(addresses[:stop].tolist(), sizes[:stop].tolist(), strict=True):
         rel = off - code_offset
         raw = code[rel:rel + n]
         kind = get(raw)
         if kind is None:
             kind = kinds[raw] = classify(raw, mode)
-        if bundled and (off & (abi.BUNDLE_SIZE - 1)) + n > abi.BUNDLE_SIZE:
-            raise Reject("bundle", "instruction crosses a 32-byte bundle boundary", off, n)
         if kind is _PLAIN and not run:
             continue
         if kind.rule:
@@ -437,6 +441,9 @@ def _scan(code: bytes, code_offset: int, image_size: int, mode: str) -> _Scan:
         elif kind.rip and not 0 <= target < image_size:
             raise Reject("rip-target", f"%rip-relative target {target:#x} outside the image "
                          f"[0, {image_size:#x})", off, n)
+    if stop < len(addresses):
+        raise Reject("bundle", "instruction crosses a 32-byte bundle boundary",
+                     int(addresses[stop]), int(sizes[stop]))
     if run and run[-1][2] == ESP_WRITE:
         raise Reject("stack-pointer", "32-bit write to %esp not followed by or %r14, %rsp",
                      run[-1][0], run[-1][1])
