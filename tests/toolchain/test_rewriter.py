@@ -349,6 +349,7 @@ ERROR_CASES = [
     ("xbegin .L1", "transactional"),
     ("rep movsb (%esi), (%edi)", "is not (%rsi)/(%rdi)"),
     ("movsb %fs:(%rsi), %es:(%rdi)", "is not (%rsi)/(%rdi)"),
+    ("lock movsb", "prefix `lock` on a string instruction"),
     ("movq %r11, %fs:8", "needs as scratch"),
     ("movl %fs:(%eax), %eax", "must be a 64-bit register"),
     ("rex64 call __tls_get_addr@PLT", "prefix `rex64`"),

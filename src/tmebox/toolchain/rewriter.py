@@ -6,8 +6,8 @@ instruction has one of the forms of docs/design.md. Anything the rewriter cannot
 make safe raises :class:`~tmebox.errors.RewriteError` naming the input file,
 line, instruction and reason.
 
-The libc build runs this once per file in a fresh interpreter, so the module
-imports nothing heavier than ``re``.
+The libc build may run this once per file in a fresh interpreter, so the module
+imports only ``sys`` and tmebox's ABI constants and exception types.
 """
 
 from __future__ import annotations
@@ -67,7 +67,6 @@ _PREFIXES = frozenset((
     "rex.w", "rex.r", "rex.x", "rex.b",
 ))  # fmt: skip
 _REP_PREFIXES = frozenset(("rep", "repe", "repz", "repne", "repnz"))
-_SEGMENT_PREFIXES = frozenset(("cs", "ds", "es", "fs", "gs", "ss"))
 _BRANCH_DROP_PREFIXES = frozenset(("notrack", "bnd"))
 
 _FORBIDDEN = {
@@ -170,7 +169,8 @@ class _Mem:
         self.index = index
         self.scale = scale
 
-    def regs32(self, base: str | None, index: str | None) -> str:
+    def with_regs(self, base: str | None, index: str | None) -> str:
+        """The operand text with `base`/`index` in place of its own registers."""
         if base is None and index is None:
             return self.disp
         inner = f"%{base}" if base else ""
@@ -622,7 +622,7 @@ class _Rewriter:
                 raise self.error(insn.lineno, insn.text,
                                  f"prefix `{p}` is not supported (for TLS, compile with -fPIE "
                                  "so that no general-dynamic sequences are emitted)")
-            if p in _SEGMENT_PREFIXES and not mn.startswith("nop"):
+            if p in _SEGMENT_REGS and not mn.startswith("nop"):
                 raise self.error(insn.lineno, insn.text,
                                  f"segment prefix `{p}` is only allowed on nops")
         for op in ops:
@@ -739,9 +739,9 @@ class _Rewriter:
             # A TLS offset (negative) does not fit a 32-bit-address displacement field:
             # form the full address in the scratch register first.
             self.uses_scratch(insn)
-            lea = f"\tleaq\t{m.regs32(_to64(base), _to64(index))}, {_SCRATCH}"
+            lea = f"\tleaq\t{m.with_regs(_to64(base), _to64(index))}, {_SCRATCH}"
             return [lea], f"%gs:({_SCRATCH32})", False
-        return [], "%gs:" + m.regs32(base, index), False
+        return [], "%gs:" + m.with_regs(base, index), False
 
     def rewrite_fs(self, insn: _Insn, m: _Mem) -> tuple[list[str], str, bool]:
         self.uses_scratch(insn)
@@ -858,7 +858,7 @@ class _Rewriter:
                 raise self.error(insn.lineno, insn.text,
                                  f"string instruction operand {op} is not (%rsi)/(%rdi)")
         for p in insn.prefixes:
-            if p not in _REP_PREFIXES and p != "lock":
+            if p not in _REP_PREFIXES:
                 raise self.error(insn.lineno, insn.text,
                                  f"prefix `{p}` on a string instruction")
         lines = []
