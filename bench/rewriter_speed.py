@@ -51,7 +51,8 @@ def in_process(files: list[Path], mode: str) -> list[tuple[float, int]]:
     return out
 
 
-def per_process(typical: Path, mode: str, rounds: int) -> dict[str, list[float]]:
+def per_process(typical: Path, mode: str,
+                rounds: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Wall times of: the bare interpreter; `python -m` on the rewriter with its bytecode
     cached (the normal case after installation); the rewriter compiled from source in
     every process (PYTHONDONTWRITEBYTECODE=1 and no cached bytecode for tmebox)."""
@@ -65,20 +66,34 @@ def per_process(typical: Path, mode: str, rounds: int) -> dict[str, list[float]]
             "rewriter, bytecode cached": dict(env, PYTHONPATH=str(REPO / "src"),
                                               PYTHONPYCACHEPREFIX=cached),
             "rewriter, no bytecode": dict(env, PYTHONPATH=fresh, PYTHONDONTWRITEBYTECODE="1"),
+            "main() via -c, cached": dict(env, PYTHONPATH=str(REPO / "src"),
+                                          PYTHONPYCACHEPREFIX=cached),
         }
         rw_cmd = [sys.executable, "-m", "tmebox.toolchain.rewriter", "--isolation", mode,
                   str(typical), "-o", os.devnull]
         cmds = {"python -c pass": [sys.executable, "-c", "pass"]}
-        cmds |= {k: rw_cmd for k in envs if k != "python -c pass"}
+        cmds |= {k: rw_cmd for k in envs if k.startswith("rewriter")}
+        # Without `-m`: runpy and importlib.util are not imported.
+        cmds["main() via -c, cached"] = [
+            sys.executable, "-c", "import sys; from tmebox.toolchain.rewriter import main; "
+            f"sys.exit(main({rw_cmd[3:]!r}))"]
         for k in envs:  # warm-up (writes the cached bytecode)
             subprocess.run(cmds[k], env=envs[k], check=True)
-        times: dict[str, list[float]] = {k: [] for k in envs}
+        wall: dict[str, list[float]] = {k: [] for k in envs}
+        cpu: dict[str, list[float]] = {k: [] for k in envs}
         for _ in range(rounds):  # interleaved, so drift hits every variant equally
             for k in envs:
                 t0 = time.perf_counter()
-                subprocess.run(cmds[k], env=envs[k], check=True)
-                times[k].append(time.perf_counter() - t0)
-        return times
+                proc = subprocess.Popen(cmds[k], env=envs[k])
+                _, status, usage = os.wait4(proc.pid, 0)
+                wall[k].append(time.perf_counter() - t0)
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                if proc.returncode:
+                    sys.exit(f"{cmds[k]} failed with status {proc.returncode}")
+                # CPU time is what the process itself costs; wall time also counts
+                # waiting for a core when the machine is busy.
+                cpu[k].append(usage.ru_utime + usage.ru_stime)
+        return wall, cpu
 
 
 def main() -> None:
@@ -99,17 +114,17 @@ def main() -> None:
     sizes = sorted(files, key=lambda f: f.stat().st_size)
     typical = sizes[len(sizes) // 2]
     for mode in ("data", "code+data"):
-        times = per_process(typical, mode, args.rounds)
+        wall, cpu = per_process(typical, mode, args.rounds)
         print(f"[{mode}] per process on {typical.name} ({typical.stat().st_size} bytes), "
-              f"{args.rounds} interleaved runs, median / minimum:")
-        base_med = statistics.median(times["python -c pass"])
-        base_min = min(times["python -c pass"])
-        for k, v in times.items():
-            med, lo = statistics.median(v), min(v)
+              f"medians of {args.rounds} interleaved runs, wall / CPU (user+sys):")
+        base_wall = statistics.median(wall["python -c pass"])
+        base_cpu = statistics.median(cpu["python -c pass"])
+        for k in wall:
+            w, c = statistics.median(wall[k]), statistics.median(cpu[k])
             extra = "" if k == "python -c pass" else (
-                f"  ratio {med / base_med:.2f}; own cost {(med - base_med) * 1e3:.1f}"
-                f" / {(lo - base_min) * 1e3:.1f} ms")
-            print(f"    {k:26s} {med * 1e3:6.1f} / {lo * 1e3:5.1f} ms{extra}")
+                f"  ratio {w / base_wall:.2f} / {c / base_cpu:.2f}; own cost "
+                f"{(w - base_wall) * 1e3:.1f} / {(c - base_cpu) * 1e3:.1f} ms")
+            print(f"    {k:26s} {w * 1e3:6.1f} / {c * 1e3:5.1f} ms{extra}")
 
 
 if __name__ == "__main__":
