@@ -91,7 +91,7 @@ def main() -> int:
         for sb in sbs:
             sb.destroy()
         destroy_s = time.perf_counter() - t
-        maps2 = window_mappings()
+    maps2 = window_mappings()  # the Runtime is closed: its image's warm windows are back
     n = args.count
     res = {
         "sandboxes": n,

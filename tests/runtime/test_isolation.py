@@ -11,6 +11,7 @@ from programs import basic, scribbler
 
 from tmebox.errors import SandboxError
 from tmebox.runtime import layout as lay
+from tmebox.runtime.native_backend import MAPS_PER_WINDOW, WARM_WINDOWS
 
 CANARY = bytes(random.Random(7).randrange(256) for _ in range(4096))
 
@@ -76,6 +77,10 @@ def test_many_sandboxes_alive_at_once_and_no_leaks(rt):
     for sb in sbs[550:] + again:
         sb.destroy()
     assert rt.sandboxes == 0
+    # destroyed windows stay mapped for the image's next spawns, boundedly ...
+    assert len(lay.read_host_maps()) <= maps_before + MAPS_PER_WINDOW * WARM_WINDOWS + 2
+    rt.close()
+    # ... and are given back with the image
     assert len(lay.read_host_maps()) <= maps_before + 2
 
 
@@ -122,3 +127,18 @@ def test_one_sandbox_shared_by_threads_is_serialised(rt):
     for t in threads:
         t.join()
     assert results == [3] * 1500
+
+
+def test_a_reused_window_starts_clean(rt):
+    img = rt.load_unverified(basic())
+    first = rt.spawn(img)
+    p = first.alloc(8192)
+    first.memory.write(p, b"secret!!" * 1024)
+    first.call("store64", first.base + 0x10000 + 0x12000 + 64, 0x5EC2E7)  # its data
+    base = first.base
+    first.destroy()
+    second = rt.spawn(img)
+    assert second.base == base  # the warm window of the same image
+    assert second.memory.read(p, 8192) == bytes(8192)
+    assert second.call("load64", base + 0x10000 + 0x12000 + 64) == 0
+    assert second.run() == 42

@@ -36,6 +36,7 @@ MAP_NORESERVE, MAP_FIXED_NOREPLACE = 0x4000, 0x100000
 MADV_DONTNEED = 4
 MAP_FAILED = (1 << 64) - 1
 RESERVE_CHUNK = 64  # windows reserved at once beyond what is asked for
+WARM_WINDOWS = 256  # per image: destroyed windows kept mapped for its next spawns
 MAPS_PER_WINDOW = 3  # code, RW, and the PROT_NONE guard between windows
 MAP_COUNT_SLACK = 2000  # mappings the host itself may still create
 
@@ -189,8 +190,14 @@ class NativeImage:
         rel = [off - plan.data_start for off in plan.relocs]
         self.relocs = ffi.new("uint32_t[]", rel) if rel else ffi.NULL
         self.n_relocs = len(rel)
+        # Windows of destroyed sandboxes that still map this image's code and an
+        # emptied RW area: spawning into one skips both mmaps and the code page faults.
+        self.warm: list[int] = []
 
     def close(self) -> None:
+        for window in self.warm:
+            POOL.release(window)
+        self.warm.clear()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -222,16 +229,18 @@ class NativeMemory(SandboxMemory):
 class NativeEngine:
     """One sandbox on the CPU: window k, its mappings, its register context."""
 
-    def __init__(self, image: NativeImage, window: int) -> None:
+    def __init__(self, image: NativeImage, window: int, warm: bool = False) -> None:
+        self.image = image
         self.window = window
         self.base = base = lay.window_base(window)
         L = image.layout
         self.layout = L
         self.bundle = 1 if image.plan.isolation == "code+data" else 0
-        _mmap(base + L.code_lo, image.code_size, PROT_READ | PROT_EXEC,
-              MAP_SHARED | MAP_FIXED, image.fd)
-        _mmap(base + L.rw_lo, L.rw_hi - L.rw_lo, PROT_READ | PROT_WRITE,
-              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED)
+        if not warm:
+            _mmap(base + L.code_lo, image.code_size, PROT_READ | PROT_EXEC,
+                  MAP_SHARED | MAP_FIXED, image.fd)
+            _mmap(base + L.rw_lo, L.rw_hi - L.rw_lo, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED)
         data_at = ffi.cast("uint8_t *", base + L.data)
         ffi.memmove(data_at, image.data, len(image.data))
         if image.n_relocs:
@@ -293,10 +302,19 @@ class NativeEngine:
         ffi.memmove(self.ctx, snapshot, len(snapshot))
 
     def destroy(self) -> None:
-        if self.ctx is not None:
-            lib.tmebox_ctx_free(self.ctx)
-            self.ctx = None
-            POOL.release(self.window)
+        if self.ctx is None:
+            return
+        lib.tmebox_ctx_free(self.ctx)
+        self.ctx = None
+        image, L = self.image, self.layout
+        # Zap every page the tenant touched: the next tenant finds the same zero-filled
+        # RW area a fresh mapping gives (mprotect never changed it).
+        if (image.fd >= 0 and len(image.warm) < WARM_WINDOWS
+                and lib.madvise(ffi.cast("void *", self.base + L.rw_lo), L.rw_hi - L.rw_lo,
+                                MADV_DONTNEED) == 0):
+            image.warm.append(self.window)
+            return
+        POOL.release(self.window)
 
 
 class NativeBackend:
@@ -311,10 +329,13 @@ class NativeBackend:
         return NativeImage(plan)
 
     def new_engine(self, image: NativeImage) -> NativeEngine:
-        POOL.ensure(1)
-        window = POOL.acquire()
+        if image.warm:
+            window, warm = image.warm.pop(), True
+        else:
+            POOL.ensure(1)
+            window, warm = POOL.acquire(), False
         try:
-            return NativeEngine(image, window)
+            return NativeEngine(image, window, warm)
         except BaseException:
             POOL.release(window)
             raise
