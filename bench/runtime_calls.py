@@ -8,7 +8,8 @@ measured in the same round:
 - sb.call from Python: `sb.call("nop", 1)`, vs. one cffi call of an empty C function with
   the same 10 arguments the fast path passes, and vs. an empty Python function call;
 - spawn (map the window, copy and relocate data, run musl's start-up up to the park) and
-  destroy of the tenant image.
+  destroy of the tenant image, into fresh windows and into warm ones (a destroyed
+  sandbox's window still mapping the same image).
 
 Usage: bench/runtime_calls.py [--rounds N] [--json OUT]
 """
@@ -22,6 +23,7 @@ import sys
 import time
 
 import tmebox
+from tmebox.runtime import native_backend as nb
 from tmebox.runtime.native_backend import lib
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -29,7 +31,7 @@ from runtime_common import tenant_image  # noqa: E402
 
 N_NATIVE = 1_000_000
 N_PY = 100_000
-N_SPAWN = 300
+N_SPAWN = 200  # <= WARM_WINDOWS, so the warm case reuses every window
 
 
 def empty(a, b):
@@ -59,14 +61,21 @@ def measure_round(sb, rt, img) -> dict[str, float]:
         empty("nop", 1)
     r["  baseline: empty Python call (ns)"] = (time.perf_counter_ns() - t) / N_PY
 
-    t = time.perf_counter_ns()
-    sbs = [rt.spawn(img) for _ in range(N_SPAWN)]
-    t1 = time.perf_counter_ns()
-    for s in sbs:
-        s.destroy()
-    t2 = time.perf_counter_ns()
-    r["spawn (us)"] = (t1 - t) / N_SPAWN / 1000
-    r["destroy (us)"] = (t2 - t1) / N_SPAWN / 1000
+    for label, warm in (("fresh window", 0), ("warm window", nb.WARM_WINDOWS)):
+        saved, nb.WARM_WINDOWS = nb.WARM_WINDOWS, warm
+        try:
+            for s in [rt.spawn(img) for _ in range(N_SPAWN)]:
+                s.destroy()  # leaves N_SPAWN warm windows (or none)
+            t = time.perf_counter_ns()
+            sbs = [rt.spawn(img) for _ in range(N_SPAWN)]
+            t1 = time.perf_counter_ns()
+            for s in sbs:
+                s.destroy()
+            t2 = time.perf_counter_ns()
+        finally:
+            nb.WARM_WINDOWS = saved
+        r[f"spawn, {label} (us)"] = (t1 - t) / N_SPAWN / 1000
+        r[f"destroy, {label} (us)"] = (t2 - t1) / N_SPAWN / 1000
     return r
 
 
