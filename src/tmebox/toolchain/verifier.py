@@ -234,12 +234,15 @@ def rule_allowed_instruction(x: Insn) -> None:
     ins = x.ins
     if ins.encoding != ix.EncodingKind.LEGACY:
         raise Reject("allowed-instruction", "VEX/EVEX/XOP/3DNow! encodings are not allowed")
-    if ins.is_privileged or ins.is_jmp_far or ins.is_call_far or ins.is_jmp_far_indirect \
-            or ins.is_call_far_indirect:
-        raise Reject("allowed-instruction", "privileged instruction or far branch")
-    if ins.flow_control != ix.FlowControl.NEXT and 0x66 in x.prefixes:
-        # Intel ignores 0x66 on near branches, AMD truncates to 16 bits: decoders disagree.
-        raise Reject("allowed-instruction", "operand-size prefix on a branch")
+    if ins.is_privileged:
+        raise Reject("allowed-instruction", "privileged instruction")
+    if ins.flow_control != ix.FlowControl.NEXT:
+        if ins.is_jmp_far or ins.is_call_far or ins.is_jmp_far_indirect \
+                or ins.is_call_far_indirect:
+            raise Reject("allowed-instruction", "far branch")
+        if 0x66 in x.prefixes:
+            # Intel ignores 0x66 on near branches, AMD truncates to 16 bits.
+            raise Reject("allowed-instruction", "operand-size prefix on a branch")
     if x.mnemonic == ix.Mnemonic.RET and ins.op_count:
         raise Reject("allowed-instruction", "ret imm16 moves %rsp by up to 64 KiB")
     if x.mnemonic in ALLOWED_MNEMONICS:
@@ -338,19 +341,23 @@ def rule_indirect_branch(x: Insn) -> int | None:
     return None
 
 
+_R = ix.Register
+# (role, mnemonic, op0, op1) of the two-register group members.
+_GROUP_MEMBERS = (
+    (CONF_EDI, ix.Mnemonic.MOV, _R.EDI, _R.EDI), (OR_RDI, ix.Mnemonic.OR, _R.RDI, _R.R14),
+    (CONF_ESI, ix.Mnemonic.MOV, _R.ESI, _R.ESI), (OR_RSI, ix.Mnemonic.OR, _R.RSI, _R.R14),
+    (OR_R11, ix.Mnemonic.OR, _R.R11, _R.R14))
+
+
 def _group_role(x: Insn) -> int:
     """Roles of the group members that are ordinary instructions on their own."""
     ins = x.ins
-    r = ix.Register
-    if len(x.regs) == 0 or x.mnemonic not in _GROUP_MNEMONICS:
+    if not x.regs or x.mnemonic not in _GROUP_MNEMONICS:
         return PLAIN
-    for role, mnemonic, op0, op1 in (
-            (CONF_EDI, ix.Mnemonic.MOV, r.EDI, r.EDI), (OR_RDI, ix.Mnemonic.OR, r.RDI, r.R14),
-            (CONF_ESI, ix.Mnemonic.MOV, r.ESI, r.ESI), (OR_RSI, ix.Mnemonic.OR, r.RSI, r.R14),
-            (OR_R11, ix.Mnemonic.OR, r.R11, r.R14)):
+    for role, mnemonic, op0, op1 in _GROUP_MEMBERS:
         if _is(x, mnemonic, op0, op1):
             return role
-    if x.mnemonic == ix.Mnemonic.AND and x.regs == (r.R11D,) \
+    if x.mnemonic == ix.Mnemonic.AND and x.regs == (_R.R11D,) \
             and ins.op1_kind in (ix.OpKind.IMMEDIATE8TO32, ix.OpKind.IMMEDIATE32) \
             and ins.immediate(1) & 0xFFFFFFFF == abi.BUNDLE_MASK & 0xFFFFFFFF:
         return AND_R11
