@@ -124,3 +124,29 @@ class AliasDiscipline(RuleBasedStateMachine):
 AliasDiscipline.TestCase.settings = settings(max_examples=60, stateful_step_count=50,
                                              deadline=None)
 test_alias_discipline = AliasDiscipline.TestCase
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=st.lists(st.tuples(st.integers(0, MEM - 1), st.binary(min_size=1, max_size=300)),
+                    min_size=1, max_size=12),
+       integrity=st.booleans())
+def test_cache_is_invisible_in_dram_after_wbinvd(ops: list[tuple[int, bytes]],
+                                                 integrity: bool) -> None:
+    """With fixed keys and one owner per line, DRAM after WBINVD is the same byte for byte
+    whether the cache was on (tiny, evicting) or off."""
+    dram = []
+    for cache in (True, False):
+        p = Platform(memory_size=MEM, cache=cache, integrity=integrity, cache_size=4 * 64)
+        for k in (1, 2):
+            assert p.pconfig(k, "set_key_direct", key=bytes([k]) * 16,
+                             tweak_key=bytes([k + 16]) * 16) == 0
+        half = MEM // 2
+        p.write_lines(0, bytes(half), 1)  # KeyID 1 owns the first half, 2 the second
+        p.write_lines(half, bytes(half), 2)
+        for offset, data in ops:
+            keyid = 1 if offset < half else 2
+            data = data[:(half if keyid == 1 else MEM) - offset]
+            p.write(offset, data, keyid)
+        p.wbinvd()
+        dram.append(p.dram(0, MEM))
+    assert dram[0] == dram[1]
