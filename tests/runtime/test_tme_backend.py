@@ -8,6 +8,7 @@ emulator's plaintext cache) and compare real C programs' output with the native 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -237,3 +238,13 @@ def test_tmebox_run_backend_tme(tmp_path, sandbox_libc):
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.stdout == "hi there\n", r.stderr
     assert r.returncode == 5
+
+
+def test_doc_examples_run(tmp_path, monkeypatch, sandbox_libc):
+    doc = Path(__file__).resolve().parents[2] / "docs" / "tme-backend.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)
+    assert len(blocks) >= 2
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"{doc}:block{i}", "exec"), namespace)  # noqa: S102
