@@ -350,12 +350,16 @@ def _instrument_one(job: tuple[str, str, str]) -> str | None:
 
 
 def _instrument(objects: list[Path], tree: Path, mode: str, progress: bool, jobs: int) -> None:
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     work = [(str(o), _source_of(o, tree), mode) for o in objects]
     errors: list[str] = []
+    # spawn, not fork: the caller may be a process with threads and signal
+    # handlers of its own (a runtime, a test session).
+    ctx = multiprocessing.get_context("spawn")
     with _progress_bar(progress, len(work), f"instrumenting sandbox libc ({mode})") as tick, \
-            ProcessPoolExecutor(max_workers=jobs) as pool:
+            ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         for err in pool.map(_instrument_one, work, chunksize=16):
             tick()
             if err:
