@@ -67,13 +67,18 @@ def test_paired_ratios_pair_rounds() -> None:
         stats.paired_ratios([1.0], [1.0, 2.0])
 
 
-def _samples(times: dict[str, dict[str, list[int]]], checksum: int = 7) -> list[Sample]:
+def _samples(times: dict[str, dict[str, list[int]]], checksum: int = 7,
+             wall_factor: int = 3) -> list[Sample]:
+    """CPU times as given; wall times wall_factor times the CPU time, plus 1 ms for the
+    baseline only (so the two metrics give different ratios)."""
     out = []
     for w, per_variant in times.items():
         rounds = len(next(iter(per_variant.values())))
         for r in range(rounds):
             for v in VARIANTS:
-                out.append(Sample(w, v, r, per_variant[v][r], checksum))
+                cpu = per_variant[v][r]
+                wall = cpu * wall_factor + (1_000_000 if v == BASELINE else 0)
+                out.append(Sample(w, v, r, wall, cpu, checksum))
     return out
 
 
@@ -90,15 +95,22 @@ def test_overhead_summary_and_geomean_from_samples() -> None:
     assert by[("w2", "data")].overhead_pct == pytest.approx(0.0)
     assert by[("w2", "code+data")].ratio_q1 == pytest.approx(1.2)
     assert by[("w1", "data")].baseline_ms == pytest.approx(100e-6)
+    assert {r.metric for r in rows} == {"cpu"}
     geo = overhead.geomeans(rows)
     assert geo["data"] == pytest.approx(math.sqrt(1.1 * 1.0))
     assert geo["code+data"] == pytest.approx(math.sqrt(1.2 * 1.2))
+    wall = {(r.workload, r.variant): r for r in overhead.summarize(samples, "wall")}
+    assert wall[("w1", "data")].ratio == pytest.approx(330 / (300 + 1_000_000))
+    with pytest.raises(ValueError):
+        overhead.geomeans(rows + list(wall.values()))
+    with pytest.raises(ValueError):
+        overhead.summarize(samples, "cycles")
 
 
 def test_disagreeing_checksums_are_an_error() -> None:
     samples = _samples({"w": {v: [1] for v in VARIANTS}})
     overhead.check_checksums(samples)
-    bad = [s if s.variant != "data" else Sample(s.workload, s.variant, s.round, s.ns, 8)
+    bad = [s if s.variant != "data" else Sample(s.workload, s.variant, s.round, s.ns, s.cpu_ns, 8)
            for s in samples]
     with pytest.raises(BenchError, match=r"w \(data\) computed checksum 0000000000000008"):
         overhead.check_checksums(bad)

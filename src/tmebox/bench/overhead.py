@@ -4,7 +4,8 @@ The baseline is a native static executable kept running in `serve` mode (one
 timed run per byte on its stdin); the instrumented builds are sandboxes of one
 tmebox.Runtime (native backend) whose exported bench_iter() is called. Either
 way the time is taken in C around workload_run() (kernels/harness.c), so spawn,
-libc start-up and the Python call path are not part of it.
+libc start-up and the Python call path are not part of it. Both the wall time and
+the thread's CPU time are kept; ratios are computed for each (METRICS).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from tmebox.bench.workloads import BASELINE, VARIANTS
 from tmebox.errors import TmeboxError
 
 _MASK64 = (1 << 64) - 1
+# cpu: CLOCK_THREAD_CPUTIME_ID, blind to time spent descheduled (the headline on a shared
+# machine); wall: CLOCK_MONOTONIC.
+METRICS = ("cpu", "wall")
 
 
 @dataclass(frozen=True)
@@ -30,12 +34,13 @@ class Sample:
     workload: str
     variant: str
     round: int
-    ns: int
+    ns: int  # wall time
+    cpu_ns: int
     checksum: int
 
 
 class BaselineRunner:
-    """The native executable in serve mode: write a byte, read "NS CHECKSUM"."""
+    """The native executable in serve mode: write a byte, read "WALL_NS CPU_NS CHECKSUM"."""
 
     def __init__(self, exe: Path, scale: int) -> None:
         self.exe = exe
@@ -45,7 +50,7 @@ class BaselineRunner:
         except OSError as e:
             raise BenchError(f"cannot start the baseline {exe}: {e.strerror}") from None
 
-    def run_once(self) -> tuple[int, int]:
+    def run_once(self) -> tuple[int, int, int]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
             self.proc.stdin.write(b"r")
@@ -53,13 +58,13 @@ class BaselineRunner:
         except BrokenPipeError:
             pass
         line = self.proc.stdout.readline().split()
-        if len(line) != 2:
+        if len(line) != 3:
             self.proc.kill()
             err = self.proc.stderr.read().decode(errors="replace").strip() if \
                 self.proc.stderr else ""
             raise BenchError(f"baseline {self.exe.name} stopped answering "
                              f"(exit {self.proc.wait()}): {err or 'no message'}")
-        return int(line[0]), int(line[1], 16)
+        return int(line[0]), int(line[1]), int(line[2], 16)
 
     def close(self) -> None:
         if self.proc.stdin:
@@ -84,9 +89,9 @@ class SandboxRunner:
             raise BenchError(f"{image.name}: bench_init({scale}) failed: "
                              f"{self.stdout.decode(errors='replace').strip()}")
 
-    def run_once(self) -> tuple[int, int]:
+    def run_once(self) -> tuple[int, int, int]:
         ns = self.sb.call("bench_iter")
-        return ns, self.sb.call("bench_checksum") & _MASK64
+        return ns, self.sb.call("bench_cpu"), self.sb.call("bench_checksum") & _MASK64
 
     def close(self) -> None:
         self.sb.destroy()
@@ -113,10 +118,10 @@ def measure(built: Built, scale: int, rounds: int, runtime: object,
         samples = []
         for r, v in stats.interleave(VARIANTS, rounds):
             try:
-                ns, checksum = runners[v].run_once()
+                ns, cpu_ns, checksum = runners[v].run_once()
             except TmeboxError as e:
                 raise BenchError(f"{name} ({v}), round {r}: {e}") from None
-            samples.append(Sample(name, v, r, ns, checksum))
+            samples.append(Sample(name, v, r, ns, cpu_ns, checksum))
             if tick:
                 tick(f"{name} {v} round {r + 1}/{rounds}")
     finally:
@@ -137,10 +142,11 @@ def check_checksums(samples: list[Sample]) -> None:
 
 @dataclass(frozen=True)
 class Overhead:
-    """One workload, one instrumented variant, against the baseline."""
+    """One workload, one instrumented variant, against the baseline, by one metric."""
 
     workload: str
     variant: str
+    metric: str  # "cpu" or "wall"
     baseline_ms: float
     variant_ms: float
     ratio: float  # median variant time / median baseline time
@@ -154,11 +160,14 @@ class Overhead:
         return stats.overhead_pct(self.ratio)
 
 
-def summarize(samples: list[Sample]) -> list[Overhead]:
+def summarize(samples: list[Sample], metric: str = "cpu") -> list[Overhead]:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}")
     out = []
     workloads = list(dict.fromkeys(s.workload for s in samples))
     for w in workloads:
-        times = {v: [s.ns for s in sorted(samples, key=lambda s: s.round)
+        times = {v: [s.cpu_ns if metric == "cpu" else s.ns
+                     for s in sorted(samples, key=lambda s: s.round)
                      if s.workload == w and s.variant == v] for v in VARIANTS}
         base = stats.summarize(times[BASELINE])
         for v in VARIANTS:
@@ -166,13 +175,15 @@ def summarize(samples: list[Sample]) -> list[Overhead]:
                 continue
             var = stats.summarize(times[v])
             paired = stats.summarize(stats.paired_ratios(times[v], times[BASELINE]))
-            out.append(Overhead(w, v, base.median / 1e6, var.median / 1e6,
+            out.append(Overhead(w, v, metric, base.median / 1e6, var.median / 1e6,
                                 stats.ratio(var.median, base.median), paired.q1, paired.q3,
                                 base.rel_spread, var.rel_spread))
     return out
 
 
 def geomeans(rows: list[Overhead]) -> dict[str, float]:
-    """Geomean ratio per variant over the workloads."""
+    """Geomean ratio per variant over the workloads (rows of one metric)."""
+    if len({r.metric for r in rows}) > 1:
+        raise ValueError("geomeans() of rows of different metrics")
     variants = list(dict.fromkeys(r.variant for r in rows))
     return {v: stats.geomean([r.ratio for r in rows if r.variant == v]) for v in variants}

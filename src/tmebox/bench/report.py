@@ -83,7 +83,7 @@ def plot_overhead(path: Path, rows: Sequence[Any], geo: dict[str, float]) -> Pat
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(workloads)), workloads, rotation=30, ha="right")
     ax.set_ylabel(f"run time overhead vs. {BASELINE} (%)")
-    ax.set_title("Instrumentation overhead (native backend)")
+    ax.set_title(f"Instrumentation overhead (native backend, {rows[0].metric} time)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -138,6 +138,19 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _overhead_table(rows: Sequence[Any], geo: dict[str, float]) -> str:
+    variants = list(dict.fromkeys(r.variant for r in rows))
+    body = []
+    for w in dict.fromkeys(r.workload for r in rows):
+        rs = {r.variant: r for r in rows if r.workload == w}
+        first = next(iter(rs.values()))
+        body.append([w, f"{first.baseline_ms:.1f}"] + [
+            f"{rs[v].overhead_pct:+.1f} % [{(rs[v].ratio_q1 - 1) * 100:+.1f}, "
+            f"{(rs[v].ratio_q3 - 1) * 100:+.1f}]" for v in variants])
+    body.append(["**geomean**", ""] + [f"**{(geo[v] - 1) * 100:+.1f} %**" for v in variants])
+    return _table(["workload", "baseline ms"] + variants, body)
+
+
 def summary_markdown(results: dict[str, Any]) -> str:
     """The tables docs/evaluation.md quotes, in Markdown."""
     out = []
@@ -147,20 +160,12 @@ def summary_markdown(results: dict[str, Any]) -> str:
                f"{m.get('load_before', '?')} before, {m.get('load_after', '?')} after; "
                f"{'quick' if results.get('config', {}).get('quick') else 'full'} mode, "
                f"{results.get('config', {}).get('rounds', '?')} rounds.\n")
-    rows = results.get("overhead", [])
-    if rows:
-        variants = list(dict.fromkeys(r.variant for r in rows))
-        body = []
-        for w in dict.fromkeys(r.workload for r in rows):
-            rs = {r.variant: r for r in rows if r.workload == w}
-            first = next(iter(rs.values()))
-            body.append([w, f"{first.baseline_ms:.1f}"] + [
-                f"{rs[v].overhead_pct:+.1f} % [{(rs[v].ratio_q1 - 1) * 100:+.1f}, "
-                f"{(rs[v].ratio_q3 - 1) * 100:+.1f}]" for v in variants])
-        geo = results.get("geomean", {})
-        body.append(["**geomean**", ""] + [f"**{(geo[v] - 1) * 100:+.1f} %**" for v in variants])
-        out.append("### Overhead (median; [q1, q3] of per-round ratios)\n")
-        out.append(_table(["workload", "baseline ms"] + variants, body) + "\n")
+    for key, geo_key, label in (("overhead", "geomean", "thread CPU time"),
+                                ("overhead_wall", "geomean_wall", "wall time")):
+        rows = results.get(key, [])
+        if rows:
+            out.append(f"### Overhead by {label} (median; [q1, q3] of per-round ratios)\n")
+            out.append(_overhead_table(rows, results.get(geo_key, {})) + "\n")
     sw = results.get("switch", [])
     if sw:
         out.append("### Switch cost\n")
