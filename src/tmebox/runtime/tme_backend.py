@@ -115,6 +115,24 @@ class _RegBatch:
         return self.vals[:]
 
 
+class _Reg:
+    """One 64-bit register, read and written without the binding's per-call dispatch."""
+
+    def __init__(self, uc: Uc, reg: int) -> None:
+        self.handle = uc._uch
+        self.reg = reg
+        self.val = ctypes.c_uint64()
+        self.ref = ctypes.byref(self.val)
+
+    def get(self) -> int:
+        uclib.uc_reg_read(self.handle, self.reg, self.ref)
+        return self.val.value
+
+    def set(self, value: int) -> None:
+        self.val.value = value
+        uclib.uc_reg_write(self.handle, self.reg, self.ref)
+
+
 @dataclass
 class _Window:
     """The emulator-side state of one window: its page tables and resident pages."""
@@ -531,7 +549,7 @@ class TmeEngine:
             be._take_cpu(self, fresh=True)
             if return_to is not None:
                 rsp -= 8
-                self.memory.write_u64(rsp, return_to)
+                be._push_word(self, rsp, return_to)
             vals = [v & _MASK64 for v in args]
             vals += [0] * (6 - len(vals))
             be.entry_regs.write([*vals, rsp, self.base, self.base])
@@ -556,16 +574,15 @@ class TmeEngine:
         be = self.backend
         with be.lock:
             be._take_cpu(self)
-            uc = be.uc
-            uc.reg_write(_RAX, result & _MASK64)
-            rsp = uc.reg_read(_RSP)
+            be.rax.set(result & _MASK64)
+            rsp = be.rsp.get()
             off = rsp & OFFSET_MASK
             if rsp >> abi.WINDOW_SHIFT != self.keyid or not (
                     self.layout.rw_lo <= off and off + 8 <= self.layout.rw_hi):
                 self._fault = FaultInfo(signal.SIGSEGV, off, 0, off)
                 return STOP_BADSTACK
             ret = self.memory.read_u64(rsp) & OFFSET_MASK
-            uc.reg_write(_RSP, rsp + 8)
+            be.rsp.set(rsp + 8)
             if self.bundle:
                 ret &= ~(abi.BUNDLE_SIZE - 1)
             return be._run(self, self.base + ret)
@@ -573,7 +590,7 @@ class TmeEngine:
     def result(self) -> int:
         with self.backend.lock:
             self.backend._take_cpu(self)
-            return self.backend.uc.reg_read(_RAX)
+            return self.backend.rax.get()
 
     def syscall(self) -> tuple[int, tuple[int, int, int, int, int, int]]:
         with self.backend.lock:
@@ -584,7 +601,7 @@ class TmeEngine:
     def stack_pointer(self) -> int:
         with self.backend.lock:
             self.backend._take_cpu(self)
-            return self.backend.uc.reg_read(_RSP)
+            return self.backend.rsp.get()
 
     def fault(self) -> FaultInfo:
         return self._fault
@@ -664,6 +681,8 @@ class TmeBackend:
         self.entry_regs = _RegBatch(self.uc, (*_ARG_REGS, _RSP, x86.UC_X86_REG_R14,
                                               x86.UC_X86_REG_GS_BASE))
         self.syscall_regs = _RegBatch(self.uc, (_RAX, *_SYSCALL_REGS))
+        self.rax, self.rsp, self.rip = _Reg(self.uc, _RAX), _Reg(self.uc, _RSP), _Reg(self.uc, _RIP)
+        self.cr2 = _Reg(self.uc, x86.UC_X86_REG_CR2)
 
     # -- the CPU ----------------------------------------------------------------------------
 
@@ -756,7 +775,7 @@ class TmeBackend:
         while True:
             if engine.deadline_ns and time.monotonic_ns() >= engine.deadline_ns:
                 engine._fault = FaultInfo(0, 0, rip & OFFSET_MASK,
-                                          uc.reg_read(_RSP) & OFFSET_MASK)
+                                          self.rsp.get() & OFFSET_MASK)
                 return STOP_TIMEOUT
             mmu.apply_stale()
             self._stop = None
@@ -771,7 +790,7 @@ class TmeBackend:
                 self._running = None
             if self._stop is not None:
                 return self._stop
-            rip = uc.reg_read(_RIP)
+            rip = self.rip.get()
             if err is not None:
                 return self._emu_error(engine, err, rip)
             if self._timed_out:
@@ -792,15 +811,15 @@ class TmeBackend:
         else:
             signo = signal.SIGILL  # an exception unicorn could not handle (e.g. a privileged op)
         engine._fault = FaultInfo(signo, rip & OFFSET_MASK, rip & OFFSET_MASK,
-                                  self.uc.reg_read(_RSP) & OFFSET_MASK)
+                                  self.rsp.get() & OFFSET_MASK)
         return STOP_FAULT
 
     def _on_interrupt(self, uc: Uc, intno: int, _: object) -> None:
         engine = self._running
         assert engine is not None
-        rip = uc.reg_read(_RIP)
+        rip = self.rip.get()
         if intno in (EXC_PF, EXC_DF):
-            addr = uc.reg_read(x86.UC_X86_REG_CR2)
+            addr = self.cr2.get()
             if self._page_in(engine, addr):
                 if self._stop is None:
                     self._reset_exception_state()
@@ -824,7 +843,7 @@ class TmeBackend:
 
     def _fault_stop(self, engine: TmeEngine, signo: int, addr: int, rip: int) -> None:
         engine._fault = FaultInfo(signo, addr & OFFSET_MASK, rip & OFFSET_MASK,
-                                  self.uc.reg_read(_RSP) & OFFSET_MASK)
+                                  self.rsp.get() & OFFSET_MASK)
         self._stop = STOP_FAULT
         self.uc.emu_stop()
 
@@ -846,7 +865,7 @@ class TmeBackend:
             mmu.evict(frame)
             with contextlib.suppress(MachineCheck):
                 self.platform.read(line, LINE_SIZE, engine.keyid)
-            self._fault_stop(engine, MACHINE_CHECK, addr, self.uc.reg_read(_RIP))
+            self._fault_stop(engine, MACHINE_CHECK, addr, self.rip.get())
             return True
         mmu.apply_stale()
         return True
@@ -972,6 +991,19 @@ class TmeBackend:
                     mmu.mark_dirty(k, page)
                 pos += take
             return bytes(out) if out is not None else b""
+
+    def _push_word(self, engine: TmeEngine, addr: int, value: int) -> None:
+        """Write the 8-byte word at addr (a call's return address) in engine's window."""
+        off = addr & OFFSET_MASK
+        page = off & ~(PAGE - 1)
+        mmu = self.mmu
+        frame = mmu.resident(engine.keyid, page)
+        if frame is None or off - page > PAGE - 8 or off < engine.layout.rw_lo:
+            engine.memory.write_u64(addr, value)
+            return
+        mmu.arena[frame, off - page:off - page + 8] = np.frombuffer(
+            (value & _MASK64).to_bytes(8, "little"), np.uint8)
+        mmu.mark_dirty(engine.keyid, page)
 
     def _unreadable(self, engine: TmeEngine, off: int, n: int) -> bool:
         """Integrity mode: whether [off, off+n) has a line KeyID k cannot verify."""
