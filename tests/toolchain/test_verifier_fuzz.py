@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent / "verifier_corpus"))
 import asmkit  # noqa: E402
 
 from tmebox.toolchain import abi, verifier  # noqa: E402
+from tmebox.toolchain.image import Image  # noqa: E402
 
 BASE = 5 << abi.WINDOW_SHIFT
 IMAGE = BASE + abi.IMAGE_WINDOW_OFFSET  # image offset 0
@@ -144,10 +145,10 @@ class Monitor:
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self.on_fault)
         self.code_end = CODE + len(code)
 
-    def run(self) -> None:
+    def run(self, start: int = CODE) -> None:
         # A fault ends the sandbox call; what it touched before is what matters.
         with contextlib.suppress(UcError):
-            self.uc.emu_start(CODE, self.code_end, count=STEPS)
+            self.uc.emu_start(start, self.code_end, count=STEPS)
 
     def on_code(self, uc: Uc, address: int, size: int, _: object) -> None:
         if not BASE <= address < BASE + abi.WINDOW_SIZE:
@@ -175,9 +176,9 @@ def registers() -> st.SearchStrategy[list[int]]:
     return st.lists(near | near | anywhere | window, min_size=14, max_size=14)
 
 
-def check_run(code: bytes, regs: list[int]) -> None:
+def check_run(code: bytes, regs: list[int], start: int = 0) -> None:
     monitor = Monitor(code, regs)
-    monitor.run()
+    monitor.run(CODE + start)
     assert not monitor.violations, (code.hex(), monitor.violations)
 
 
@@ -246,6 +247,28 @@ def test_accepted_straight_line_data_samples_stay_inside(pool: dict[str, bytes],
     code = b"".join(pool[n] for n in names)
     if verify(code, "data").ok:
         check_run(code, data.draw(registers()))
+
+
+@pytest.fixture
+def compiled_code(build_image) -> bytes:
+    """The code (after the runtime page) of a real code+data program built by tmebox cc."""
+    image = Image.load(build_image(Path(__file__).parent / "programs" / "qsort.c"))
+    return image.code.data[image.rt_range[1]:]
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_compiled_code(compiled_code: bytes, data: st.DataObject) -> None:
+    """Compiled code with bytes flipped: verdicts only; when it still passes, running it from
+    any bundle start (where a masked branch may land) stays inside."""
+    code = bytearray(compiled_code)
+    for _ in range(data.draw(st.integers(1, 3))):
+        code[data.draw(st.integers(0, len(code) - 1))] = data.draw(st.integers(0, 255))
+    verdict = verify(bytes(code), "code+data")
+    assert verdict.ok or verdict.rule in verifier.RULES
+    if verdict.ok:
+        start = data.draw(st.integers(0, len(code) // abi.BUNDLE_SIZE - 1)) * abi.BUNDLE_SIZE
+        check_run(bytes(code), data.draw(registers()), start)
 
 
 def test_fuzz_pool_accepts_enough_to_matter(pool: dict[str, bytes]) -> None:

@@ -35,7 +35,7 @@ CACHE_DIR = Path(os.environ.get("TMEBOX_CACHE") or Path.home() / ".cache" / "tme
 RULES = {
     "decodes": "every byte decodes, and iced-x86 and capstone agree on every boundary",
     "allowed-instruction": "only unprivileged computation: integer, x87, MMX, SSE-SSE4.2",
-    "runtime-call": "system calls go through call __tmebox_rt_syscall, never syscall/int",
+    "runtime-call": "no syscall/int; direct branches into the runtime page only at its entries",
     "segment-register": "segment registers are never written (a selector load resets gs)",
     "fs-segment": "%fs is the host's thread pointer: no %fs access",
     "memory-operand": "memory access only as %gs with 32-bit addressing, or %rip-relative",
@@ -491,10 +491,14 @@ def _valid_target(scan: _Scan, target: int, code_offset: int, code_end: int) -> 
     return code_offset <= target < code_end and scan.starts[rel] and not scan.interior[rel]
 
 
-def _check_targets(scan: _Scan, code_offset: int, code_end: int, rt_entries: set[int],
-                   entries: dict[str, int]) -> None:
-    """direct-branch-target and entry-point: every way in lands on a checked instruction."""
+def _check_targets(scan: _Scan, code_offset: int, code_end: int, rt_range: tuple[int, int],
+                   rt_entries: set[int], entries: dict[str, int]) -> None:
+    """runtime-call, direct-branch-target, entry-point: every way in lands on checked code."""
+    rt_start, rt_end = rt_range
     for off, n, target in scan.branches:
+        if rt_start <= target < rt_end and target not in rt_entries:
+            raise Reject("runtime-call", f"direct branch to {target:#x} in the runtime page, "
+                         "not one of its two entries", off, n)
         if target not in rt_entries and not _valid_target(scan, target, code_offset, code_end):
             raise Reject("direct-branch-target", f"direct branch to {target:#x}, not a checked "
                          "instruction start outside a group nor a runtime entry", off, n)
@@ -517,7 +521,7 @@ def verify_code(code: bytes, *, code_offset: int, image_size: int,
         if isolation == "code+data" and code_offset % abi.BUNDLE_SIZE:
             raise Reject("bundle", f"code starts at {code_offset:#x}, not on a bundle boundary")
         scan = _scan(code, code_offset, image_size, isolation)
-        _check_targets(scan, code_offset, code_end, rt_entries, entries or {})
+        _check_targets(scan, code_offset, code_end, rt_range, rt_entries, entries or {})
     except Reject as e:
         return _rejected(name, isolation, code, code_offset, e)
     return Verdict(name=name, ok=True, isolation=isolation, instructions=scan.count,

@@ -12,8 +12,6 @@
     .bundle_unlock
 # case: jump out of the image
     jmp outside_image
-# case: call into a trapping slot of the runtime page
-    call __tmebox_rt_other
 # case: jump into the middle of a masking group
 # mode: code+data
     jmp 1f
