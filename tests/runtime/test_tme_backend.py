@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,27 @@ def test_doc_examples_run(tmp_path, monkeypatch, sandbox_libc):
     namespace: dict = {}
     for i, block in enumerate(blocks):
         exec(compile(block, f"{doc}:block{i}", "exec"), namespace)  # noqa: S102
+
+
+def test_threads_share_the_emulator_safely(rt, basic_plan):
+    image = rt.load_unverified(basic_plan)
+    sbs = [rt.spawn(image) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            sb = sbs[i]
+            p = sb.alloc(8192)
+            for r in range(40):
+                sb.call("fill", p, i * 10 + r % 7, 8192)
+                assert sb.call("getpid_loop", 3) == 3
+                assert sb.call("sum_bytes", p, 8192) == 8192 * (i * 10 + r % 7)
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
