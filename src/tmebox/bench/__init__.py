@@ -106,7 +106,8 @@ def run(opts: Options) -> Path:
     if unknown:
         raise BenchError(f"unknown section(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(SECTIONS)}")
-    rounds = opts.rounds or (QUICK_ROUNDS if opts.quick else FULL_ROUNDS)
+    rounds = opts.rounds if opts.rounds is not None else (QUICK_ROUNDS if opts.quick
+                                                          else FULL_ROUNDS)
     if rounds < 1:
         raise BenchError(f"--rounds must be at least 1, not {rounds}")
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
