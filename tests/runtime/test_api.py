@@ -69,3 +69,22 @@ def test_free_window_runs_keep_a_margin():
     assert runs[1] == (13, 499)
     assert runs[2][0] == 502
     assert lay.host_mapped_windows(["100000000-200000001 r-xp 0 0:0 0 x"]) == {1, 2}
+
+
+def test_faults_stay_contained_after_faulthandler_is_enabled_again():
+    import faulthandler
+
+    was = faulthandler.is_enabled()
+    with tmebox.Runtime() as rt:
+        img = rt.load_unverified(basic())
+        faulthandler.disable()  # puts back the handler it found (not ours) ...
+        faulthandler.enable()  # ... and takes SIGSEGV over again ...
+        try:
+            with tmebox.Runtime() as rt2:  # ... and a new Runtime chains to it
+                with pytest.raises(tmebox.SandboxFault):
+                    rt2.spawn(rt2.load_unverified(basic())).call("segv_guard")
+                with pytest.raises(tmebox.SandboxFault):
+                    rt.spawn(img).call("div0")
+        finally:
+            if not was:
+                faulthandler.disable()

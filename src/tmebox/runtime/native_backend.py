@@ -321,6 +321,12 @@ class NativeBackend:
     name = "native"
 
     def __init__(self, max_sandboxes: int) -> None:
+        # Handlers installed since the module was imported (faulthandler.enable(), ...)
+        # would take sandbox faults for the host's: chain to them instead.
+        status = lib.tmebox_init()
+        if status != 0:
+            raise TmeboxError(f"cannot install the sandbox signal handlers: "
+                              f"{os.strerror(-status)}")
         check_map_count(max_sandboxes)
         POOL.ensure(min(max_sandboxes, RESERVE_CHUNK))
         self.max_sandboxes = max_sandboxes

@@ -410,6 +410,46 @@ static int ensure_timer(struct thread_state *t)
 
 static int init_error;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct sigaction our_action = {
+    .sa_sigaction = on_signal,
+    .sa_flags = SA_SIGINFO | SA_ONSTACK,
+};
+
+static int is_ours(const struct sigaction *a)
+{
+    return (a->sa_flags & SA_SIGINFO) && a->sa_sigaction == on_signal;
+}
+
+/* (Re)install the fault handlers, chaining to whatever is there now that is not
+ * ours: someone (faulthandler.enable(), a library) may have replaced them since. */
+static int install_handlers(void)
+{
+    int err = 0;
+    struct sigaction cur;
+    pthread_mutex_lock(&install_lock);
+    for (size_t i = 0; i < N_FAULT_SIGNALS; i++) {
+        if (sigaction(fault_signals[i], NULL, &cur) != 0) {
+            err = -errno;
+            break;
+        }
+        if (is_ours(&cur))
+            continue;
+        old_actions[i] = cur;
+        if (sigaction(fault_signals[i], &our_action, NULL) != 0) {
+            err = -errno;
+            break;
+        }
+    }
+    /* Only take over SIGINT from a handler we can chain to (Python's). */
+    if (!err && sigaction(SIGINT, NULL, &cur) == 0 && !is_ours(&cur)
+        && cur.sa_handler != SIG_IGN) {
+        old_sigint = cur;
+        sigaction(SIGINT, &our_action, NULL);
+    }
+    pthread_mutex_unlock(&install_lock);
+    return err;
+}
 
 static void do_init(void)
 {
@@ -435,32 +475,20 @@ static void do_init(void)
         init_error = -EAGAIN;
         return;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = on_signal;
-    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
-    sigfillset(&sa.sa_mask);
-    for (size_t i = 0; i < N_FAULT_SIGNALS; i++)
-        if (sigaction(fault_signals[i], &sa, &old_actions[i]) != 0) {
-            init_error = -errno;
-            return;
-        }
-    if (sigaction(timer_signal, &sa, NULL) != 0) {
+    sigfillset(&our_action.sa_mask);
+    if (sigaction(timer_signal, &our_action, NULL) != 0) {
         init_error = -errno;
         return;
     }
-    /* Only take over SIGINT from a handler we can chain to (Python's). */
-    struct sigaction cur;
-    if (sigaction(SIGINT, NULL, &cur) == 0 && cur.sa_handler != SIG_IGN) {
-        old_sigint = cur;
-        sigaction(SIGINT, &sa, NULL);
-    }
+    init_error = install_handlers();
 }
 
 int tmebox_init(void)
 {
     pthread_once(&init_once, do_init);
-    return init_error;
+    if (init_error)
+        return init_error;
+    return install_handlers();
 }
 
 struct tmebox_ctx *tmebox_ctx_new(uint64_t base)
