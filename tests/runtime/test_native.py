@@ -175,3 +175,23 @@ def test_ctrl_c_leaves_a_spinning_sandbox(rt, img):
     assert sb.state == "dead"
     assert rt.spawn(img).call("args6", 3) == 3
     assert os.getpid() > 0
+
+
+def test_start_up_that_returns_instead_of_parking_is_refused(rt):
+    from asm_image import assemble
+
+    plan = assemble("""
+    .globl main
+main:
+    ret
+""")
+    # _start jumps straight to __tmebox_rt_exit instead of parking
+    code = bytearray(plan.code)
+    jmp = 0x20 - (plan.entry + 5)
+    code[plan.entry:plan.entry + 5] = b"\xe9" + jmp.to_bytes(4, "little", signed=True)
+    from dataclasses import replace
+
+    img = rt.load_unverified(replace(plan, code=bytes(code)))
+    with pytest.raises(SandboxError, match="instead of parking"):
+        rt.spawn(img)
+    assert rt.sandboxes == 0

@@ -272,10 +272,13 @@ class Sandbox:
                 outcome = self._drive(stop)
             except _Exited:
                 return  # the program ended during start-up; run() reports its status
-        if outcome is syscalls.Park:
-            self.state = "parked"
-            self._parked = self._engine.save()
-            self._call_rsp = (self._engine.stack_pointer() - CALL_FRAME_GAP) & ~15
+        if outcome is not syscalls.Park:
+            self.state = "dead"
+            raise SandboxError(f"{self.image.name}: start-up jumped to {abi.RT_EXIT_SYMBOL} "
+                               "instead of parking")
+        self.state = "parked"
+        self._parked = self._engine.save()
+        self._call_rsp = (self._engine.stack_pointer() - CALL_FRAME_GAP) & ~15
 
     def run(self) -> int:
         """Run main(argc, argv, envp) to its end; returns the exit status."""
