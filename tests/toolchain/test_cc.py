@@ -461,3 +461,14 @@ def test_check_image_rejects_misaligned_exports_in_code_data(tmp_path: Path) -> 
     with pytest.raises(ToolchainError, match="not 32-byte aligned in code\\+data mode: odd$"):
         link.check_image(elf, isolation="code+data", export_names=["_start", "odd"],
                          stack_size=abi.DEFAULT_STACK_SIZE)
+
+
+def test_preprocessed_assembly_input(tmp_path: Path, sandbox_libc) -> None:
+    src = tmp_path / "k.S"
+    src.write_text("#define VALUE 42\n\t.text\n\t.globl k\n\t.type k,@function\n\t.p2align 5\n"
+                   "k:\n\tmovl $VALUE, %eax\n\tmovq %rax, 8(%rdi)\n\tret\n")
+    (obj,) = cc.build([src], tmp_path / "k.o", "code+data", compile_only=True)
+    dis = subprocess.run(["objdump", "-d", str(obj)], capture_output=True, text=True).stdout
+    assert "mov    $0x2a,%eax" in dis
+    assert "%gs:0x8(%edi)" in dis  # the store went through the rewriter
+    assert "ret" not in dis.split("<k>:")[1]  # code+data: ret became a masked jump

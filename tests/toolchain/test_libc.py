@@ -87,11 +87,16 @@ def test_build_key_follows_the_rewriter(tmp_path: Path, monkeypatch: pytest.Monk
         dest = tool / f.relative_to(libc._TOOLCHAIN_DIR)
         dest.write_bytes(f.read_bytes())
     monkeypatch.setattr(libc, "_TOOLCHAIN_DIR", tool)
-    before = libc.build_key()
+    before, native_before = libc.build_key(), libc.build_key(libc.NATIVE)
     assert libc.build_key() == before
     rewriter = tool / "rewriter.py"
     rewriter.write_text(rewriter.read_text() + "\n# changed\n")
     assert libc.build_key() != before
+    assert libc.build_key(libc.NATIVE) == native_before  # plain musl needs no rebuild
+    crt = tool / "data" / "crt.c"
+    crt.write_text(crt.read_text() + "\n")
+    changed = libc.build_key()
+    assert changed != before and libc.build_key("code+data") == changed
     monkeypatch.setenv("TMEBOX_CACHE", str(tmp_path / "cache"))
     assert libc.libc_dir("data") == tmp_path / "cache" / "libc" / \
         f"{libc.MUSL_VERSION}-{libc.build_key()}" / "data"
@@ -174,9 +179,11 @@ def test_failed_build_leaves_nothing_usable(tmp_path: Path,
         raise LibcError("compiler exploded")
 
     monkeypatch.setattr(libc, "_build", broken_build)
+    dest = libc.libc_dir("data")
+    stale = dest.parent / ".build-data-killed"  # a build killed half way
+    (stale / "prefix" / "lib").mkdir(parents=True)
     with pytest.raises(LibcError, match="exploded"):
         libc.ensure_libc("data")
-    dest = libc.libc_dir("data")
     assert not dest.exists()
     assert [p.name for p in dest.parent.iterdir()] == [".data.lock"]
 

@@ -170,28 +170,32 @@ def _key_files() -> list[Path]:
     return [f for f in files if f.is_file()]
 
 
-def build_key() -> str:
+def build_key(mode: str = "data") -> str:
     """Hash of everything a built libc depends on; a change means a rebuild.
 
     Of cc.py only the functions the libc build runs count, so that work on the
-    `tmebox cc` front end does not force a rebuild.
+    `tmebox cc` front end does not force a rebuild. Plain musl (native) depends
+    on neither the rewriter nor the crt.
     """
     import inspect
 
     h = hashlib.sha256()
     h.update(MUSL_SHA256.encode())
+    if mode == NATIVE:
+        h.update((_TOOLCHAIN_DIR / "libc.py").read_bytes())
+        return "native-" + h.hexdigest()[:16]
     for f in _key_files():
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     for fn in (cc.sandbox_cflags, cc.assemble, cc._run, cc.compile_unit):
         h.update(inspect.getsource(fn).encode())
-    for mode in BUILD_MODES:
-        h.update(" ".join(cc.sandbox_cflags(mode)).encode())
+    for m in MODES:
+        h.update(" ".join(cc.sandbox_cflags(m)).encode())
     return h.hexdigest()[:16]
 
 
 def libc_dir(mode: str) -> Path:
     """Where the libc of a mode lives in the cache (built or not)."""
-    return cache_dir() / "libc" / f"{MUSL_VERSION}-{build_key()}" / mode
+    return cache_dir() / "libc" / f"{MUSL_VERSION}-{build_key(mode)}" / mode
 
 
 @contextlib.contextmanager
@@ -217,8 +221,11 @@ def ensure_libc(mode: str, progress: bool = False) -> Path:
             return dest
         tarball = fetch_musl(progress)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f".build-{mode.replace('+', '_')}-",
-                                         dir=dest.parent) as tmp:
+        build_prefix = f".build-{mode.replace('+', '_')}-"
+        # Left by a build that was killed; under the lock nobody else is using them.
+        for stale in dest.parent.glob(build_prefix + "*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        with tempfile.TemporaryDirectory(prefix=build_prefix, dir=dest.parent) as tmp:
             prefix = _build(tarball, Path(tmp), mode, progress)
             os.replace(prefix, dest)
     return dest
