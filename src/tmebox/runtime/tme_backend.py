@@ -72,6 +72,8 @@ DEFAULT_POOL_SIZE = 512 << 20
 DEFAULT_HEAP_SIZE = 4 << 20
 DEFAULT_RESIDENT_PAGES = 16384  # 64 MiB of plaintext frames in the emulator
 PT_CHUNK_FRAMES = 1024  # page-table frames are mapped 4 MiB at a time
+MMIO_BASE = 1 << 38  # physical address of the integrity mode's checked pages
+MMIO_SLOTS = 256
 MAX_WINDOW = (1 << 15) - 1  # windows 1..32767 fill the 47-bit address space
 WATCHDOG_PERIOD = 0.005
 
@@ -168,6 +170,16 @@ class _Mmu:
         self.owner = np.zeros(nlines, dtype=np.uint16)  # 0: free or host
         self.fresh = np.zeros(nlines, dtype=bool)  # owner's view is zero; nothing written
         self.bad: dict[int, int] = {}  # integrity mode: frame -> mask of unreadable lines
+        # Integrity mode: a page with unreadable lines is mapped through a checked slot
+        # (unicorn MMIO), so every access to it comes to `check_read`/`check_write`.
+        self.slot_frame: dict[int, int] = {}
+        self.frame_slot: dict[int, int] = {}
+        self.free_slots = list(range(MMIO_SLOTS - 1, -1, -1))
+        self.on_machine_check: Callable[[int, int], None] | None = None
+        self.stopped: Callable[[], bool] = lambda: False
+        if platform.integrity:
+            uc.mmio_map(MMIO_BASE, MMIO_SLOTS * PAGE, self.check_read, None, self.check_write,
+                        None)
         self.tlb_stale = False
         self.tb_stale = False
 
@@ -264,8 +276,14 @@ class _Mmu:
         table = self._pte_table(w, page, True)
         assert table is not None
         if lo <= page < hi:
-            table[(page >> 12) & 511] = frame << 12 | PTE_P  # own code: read + execute
+            # Own code: read + execute (QEMU cannot execute from a checked page, so a
+            # poisoned line of a code page is executed as zeros: it faults, it leaks nothing).
+            table[(page >> 12) & 511] = frame << 12 | PTE_P
             w.has_code_frames = True
+        elif frame in self.bad:
+            slot = self._take_slot(frame)
+            table[(page >> 12) & 511] = np.uint64(MMIO_BASE + slot * PAGE | PTE_P | PTE_RW
+                                                  | PTE_NX)
         else:
             table[(page >> 12) & 511] = np.uint64(frame << 12 | PTE_P | PTE_RW | PTE_NX)
         w.pages[page] = frame
@@ -313,6 +331,46 @@ class _Mmu:
         if bad.any():
             self.bad[frame] = int(np.packbits(bad, bitorder="little").view("<u8")[0])
         return zero
+
+    def _take_slot(self, frame: int) -> int:
+        if not self.free_slots:
+            self.evict(self.slot_frame[min(self.slot_frame)])
+        slot = self.free_slots.pop()
+        self.slot_frame[slot] = frame
+        self.frame_slot[frame] = slot
+        return slot
+
+    def _checked(self, offset: int, size: int) -> tuple[int, int, int, bool]:
+        """(frame, byte in page, pool offset, touches a bad line) of a checked access."""
+        frame = self.slot_frame[offset // PAGE]
+        at = offset % PAGE
+        bad = self.bad[frame]
+        lines = ((1 << ((at + size - 1) // LINE_SIZE + 1)) - 1) >> (at // LINE_SIZE)
+        keyid, page = self.frame_owner[frame]
+        return frame, at, page + at, bool(bad >> (at // LINE_SIZE) & lines)
+
+    def check_read(self, uc: Uc, offset: int, size: int, _: object) -> int:
+        frame, at, pool_off, bad = self._checked(offset, size)
+        if bad:
+            keyid = self.frame_owner[frame][0]
+            with contextlib.suppress(MachineCheck):  # the read poisons the line, as on hardware
+                self.platform.read(pool_off & ~(LINE_SIZE - 1), LINE_SIZE, keyid)
+            if self.on_machine_check is not None:
+                self.on_machine_check(keyid, pool_off)
+            return 0
+        return int.from_bytes(self.arena[frame, at:at + size].tobytes(), "little")
+
+    def check_write(self, uc: Uc, offset: int, size: int, value: int, _: object) -> None:
+        if self.stopped():
+            return  # the rest of a block after a machine check: nothing more lands
+        frame, at, pool_off, bad = self._checked(offset, size)
+        data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        if bad:
+            # A store into a line this KeyID cannot verify: the platform's read-for-
+            # ownership fails, the store is dropped and the line poisoned. No fault here.
+            self.platform.write(pool_off, data, self.frame_owner[frame][0])
+            return
+        self.arena[frame, at:at + size] = np.frombuffer(data, np.uint8)
 
     def _take_frame(self) -> int:
         if not self.free_frames:
@@ -372,6 +430,10 @@ class _Mmu:
         del self.frame_owner[frame]
         self.fifo.pop(frame, None)
         self.bad.pop(frame, None)
+        slot = self.frame_slot.pop(frame, None)
+        if slot is not None:
+            del self.slot_frame[slot]
+            self.free_slots.append(slot)
         self.free_frames.append(frame)
         self.tlb_stale = True
         if w.code[0] <= page < w.code[1]:
@@ -678,6 +740,8 @@ class TmeBackend:
         self._closed = threading.Event()
         self._setup_cpu()
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        self.mmu.on_machine_check = self._machine_check
+        self.mmu.stopped = lambda: self._stop is not None
         self.entry_regs = _RegBatch(self.uc, (*_ARG_REGS, _RSP, x86.UC_X86_REG_R14,
                                               x86.UC_X86_REG_GS_BASE))
         self.syscall_regs = _RegBatch(self.uc, (_RAX, *_SYSCALL_REGS))
@@ -841,6 +905,17 @@ class TmeBackend:
             intno, signal.SIGILL)
         self._fault_stop(engine, signo, rip, rip)
 
+    def _machine_check(self, keyid: int, pool_off: int) -> None:
+        """A checked read hit a line that does not verify: stop the reader with a #MC.
+
+        The emulator stops at the end of the current block; the loaded value is 0, and
+        stores to checked pages are dropped from here on.
+        """
+        engine = self._running
+        if engine is None or self._stop is not None:
+            return
+        self._fault_stop(engine, MACHINE_CHECK, engine.base + pool_off, self.rip.get())
+
     def _fault_stop(self, engine: TmeEngine, signo: int, addr: int, rip: int) -> None:
         engine._fault = FaultInfo(signo, addr & OFFSET_MASK, rip & OFFSET_MASK,
                                   self.rsp.get() & OFFSET_MASK)
@@ -857,16 +932,7 @@ class TmeBackend:
         mmu = self.mmu
         if mmu.resident(engine.keyid, page) is not None:
             return False  # present: a protection fault (write to code, fetch from data)
-        frame = mmu.fill(engine.keyid, page)
-        bad = mmu.bad.get(frame, 0)
-        if bad and bad >> ((addr & (PAGE - 1)) // LINE_SIZE) & 1:
-            # The access itself is to a line that does not verify under this key.
-            line = (addr & OFFSET_MASK) & ~(LINE_SIZE - 1)
-            mmu.evict(frame)
-            with contextlib.suppress(MachineCheck):
-                self.platform.read(line, LINE_SIZE, engine.keyid)
-            self._fault_stop(engine, MACHINE_CHECK, addr, self.rip.get())
-            return True
+        mmu.fill(engine.keyid, page)
         mmu.apply_stale()
         return True
 
