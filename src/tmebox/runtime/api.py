@@ -61,6 +61,10 @@ def as_int32(value: int) -> int:
     return value - (1 << 32) if value >> 31 else value
 
 
+def _through(invoke: Any, *args: int) -> int:
+    return invoke(*args)
+
+
 def _signed_args(name: str, args: tuple[int, ...]) -> list[int]:
     out = []
     for i, a in enumerate(args):
@@ -248,7 +252,9 @@ class Sandbox:
         self._ret = self.base + self._layout.code_lo + abi.RT_EXIT_OFFSET
         self._proc: syscalls.ProcessState | None = None
         self._ran = False
-        self._invoke = engine.invoker()
+        # The fast path of call(): fn(handle, rip, rsp, return_to, a0..a5).
+        raw = getattr(engine, "raw_invoker", None)
+        self._fn, self._handle = raw() if raw else (_through, engine.invoker())
 
     def __repr__(self) -> str:
         return f"<Sandbox {self.image.name} at {self.base:#x} {self.state}>"
@@ -305,19 +311,23 @@ class Sandbox:
 
         Returns %rax as a signed 64-bit int (as_int32() gives a C int result).
         """
-        rip = self._rips.get(name) or self._lookup(name)
-        if len(args) > 6:
-            raise TypeError(f"call({name!r}) takes at most 6 arguments, got {len(args)}")
+        rip = self._rips.get(name)
+        if rip is None:
+            rip = self._lookup(name)
         with self._lock:
             if self.state != "parked":
                 self._check_state(f"call({name!r})")
             if self.timeout is not None:
                 self._engine.set_deadline(self.timeout)
             try:
-                v = self._invoke(rip, self._call_rsp, self._ret, *args, *_PAD[len(args)])
-            except (OverflowError, TypeError):
-                v = self._invoke(rip, self._call_rsp, self._ret, *_signed_args(name, args),
-                                 *_PAD[len(args)])
+                v = self._fn(self._handle, rip, self._call_rsp, self._ret, *args,
+                             *_PAD[len(args)])
+            except (OverflowError, TypeError, IndexError):
+                if len(args) > 6:
+                    raise TypeError(f"call({name!r}) takes at most 6 arguments, got "
+                                    f"{len(args)}") from None
+                v = self._fn(self._handle, rip, self._call_rsp, self._ret,
+                             *_signed_args(name, args), *_PAD[len(args)])
             except KeyboardInterrupt:
                 self.state = "dead"  # Ctrl-C stopped it somewhere in the middle
                 raise

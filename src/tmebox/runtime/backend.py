@@ -78,6 +78,9 @@ class Engine(Protocol):
         simply return (then, or if rax happened to equal STOPPED, last_stop() says why).
         """
 
+    # Optional: raw_invoker() -> (fn, handle), called as fn(handle, rip, rsp, return_to,
+    # a0, ..., a5) with invoker()'s meaning, saves a call layer (the native backend has it).
+
     def last_stop(self) -> int:
         """The STOP_* code of the last invoker call."""
 

@@ -14,6 +14,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tmebox.errors import OutOfSandboxes, TmeboxError
 from tmebox.runtime import layout as lay
@@ -267,6 +268,10 @@ class NativeEngine:
 
     def invoker(self) -> Callable[..., int]:
         return functools.partial(lib.tmebox_invoke, self.ctx)
+
+    def raw_invoker(self) -> tuple[Callable[..., int], Any]:
+        """invoker() without the partial: (tmebox_invoke, ctx), one call layer less."""
+        return lib.tmebox_invoke, self.ctx
 
     def last_stop(self) -> int:
         return self.ctx.reason
