@@ -16,6 +16,7 @@ from tmebox.errors import RewriteError, ToolchainError, VerificationError
 from tmebox.toolchain import abi, cc, link
 
 PROGRAMS = Path(__file__).parent / "programs"
+IO_PROGRAM = PROGRAMS / "echo_io.c"  # needs argv, env and stdin: not in the plain runs
 MODES = abi.ISOLATION_MODES
 
 LIB_SOURCE = """
@@ -306,7 +307,7 @@ def test_linker_script_has_no_unfilled_placeholders() -> None:
 # end-to-end programs: sandboxed output == the same program built natively
 
 
-PROGRAM_NAMES = sorted(p.stem for p in PROGRAMS.glob("*.c"))
+PROGRAM_NAMES = sorted(p.stem for p in PROGRAMS.glob("*.c") if p != IO_PROGRAM)
 
 
 @pytest.fixture(scope="module")
@@ -472,3 +473,25 @@ def test_preprocessed_assembly_input(tmp_path: Path, sandbox_libc) -> None:
     assert "mov    $0x2a,%eax" in dis
     assert "%gs:0x8(%edi)" in dis  # the store went through the rewriter
     assert "ret" not in dis.split("<k>:")[1]  # code+data: ret became a masked jump
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_argv_env_stdin_stderr_and_exit_status(mode: str, build_image, runtime,
+                                               tmp_path: Path) -> None:
+    """The crt hands argv/envp to main; exit status, stdout and stderr match native."""
+    src = IO_PROGRAM
+    argv = ["echo_io", "first arg", "ü-ñ"]
+    stdin = b"alpha\nbeta gamma\ndelta\n"
+    native = link.build_native([src], tmp_path / "echo_native")
+    ref = subprocess.run([str(native), *argv[1:]], input=stdin, capture_output=True,
+                         env={"TMEBOX_WHO": "tenant-7"}, timeout=60)
+    assert ref.returncode == 7
+    out, err = bytearray(), bytearray()
+    sb = runtime.spawn(runtime.load(build_image(src, mode)), argv=argv,
+                       envp=["TMEBOX_WHO=tenant-7"], stdin=stdin, stdout=out, stderr=err)
+    try:
+        assert sb.run() == 7
+    finally:
+        sb.destroy()
+    assert bytes(out) == ref.stdout
+    assert bytes(err) == ref.stderr == b"read 3 lines\n"
