@@ -96,7 +96,7 @@ def timed(fn: Callable[[], object]) -> float:
 
 def one_round(e: tuple, sizes: tuple[int, ...], shared_case: bool) -> dict[str, float]:
     """One sample of every case for one backend's sandboxes."""
-    _rt, a, b, sbuf, cbuf, pa, pb, shared = e
+    rt, a, b, sbuf, cbuf, pa, pb, shared = e
     alu_iters, sweep_bytes, sweep_rounds, chase_steps, calls = sizes
     lines = sweep_bytes // 64 * sweep_rounds
     out = {
@@ -109,6 +109,8 @@ def one_round(e: tuple, sizes: tuple[int, ...], shared_case: bool) -> dict[str, 
         "switch_us": timed(lambda: [(a.call("touch", pa, 16), b.call("touch", pb, 16))
                                     for _ in range(calls // 2)]) / (calls // 2 * 2) * 1e6,
     }
+    img = a.image
+    out["spawn_us"] = timed(lambda: [rt.spawn(img).destroy() for _ in range(20)]) / 20 * 1e6
     if shared_case:
         # Both sandboxes write the same 16 pool pages (b through its own key, so it corrupts
         # a's lines: this measures the mechanism, not a sane program): every switch writes
@@ -179,7 +181,8 @@ def main() -> int:
         tm, nat = med[f"tme.{key}"] / 1e6, med[f"native.{key}"] / 1e6
         t.add_row(label, f"{tm:,.1f}", f"{nat:,.1f}", f"{tm / nat:.3f}")
     for key, label in (("call_us", "call touching 16 pages, us"),
-                       ("switch_us", "call that switches sandbox, us")):
+                       ("switch_us", "call that switches sandbox, us"),
+                       ("spawn_us", "spawn + destroy, us")):
         t.add_row(label, f"{med[f'tme.{key}']:.1f}", f"{med[f'native.{key}']:.1f}",
                   f"{med[f'tme.{key}'] / med[f'native.{key}']:.1f}")
     switch = med["tme.switch_us"] - med["tme.call_us"]
