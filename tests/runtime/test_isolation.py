@@ -142,3 +142,31 @@ def test_a_reused_window_starts_clean(rt):
     assert second.memory.read(p, 8192) == bytes(8192)
     assert second.call("load64", base + 0x10000 + 0x12000 + 64) == 0
     assert second.run() == 42
+
+
+def test_timeouts_on_several_threads_hit_only_their_own_sandbox(rt):
+    import time
+
+    from tmebox.errors import SandboxTimeout
+
+    img = rt.load_unverified(basic())
+    outcome: dict[int, str] = {}
+
+    def spinner(k: int) -> None:
+        sb = rt.spawn(img, timeout=0.3)
+        try:
+            sb.call("spin_calls" if k % 2 else "spin")
+        except SandboxTimeout:
+            outcome[k] = "timeout"
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=spinner, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    worker = rt.spawn(img, timeout=10.0)
+    while any(t.is_alive() for t in threads):
+        assert worker.call("getpid_loop", 50) == 50  # never hit by their timers
+    for t in threads:
+        t.join()
+    assert outcome == {k: "timeout" for k in range(4)}
+    assert time.monotonic() - t0 < 10
