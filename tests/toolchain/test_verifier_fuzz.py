@@ -36,6 +36,7 @@ from unicorn import x86_const as r
 sys.path.insert(0, str(Path(__file__).parent / "verifier_corpus"))
 import asmkit  # noqa: E402
 
+from tmebox.errors import ImageError  # noqa: E402
 from tmebox.toolchain import abi, verifier  # noqa: E402
 from tmebox.toolchain.image import Image  # noqa: E402
 
@@ -269,6 +270,36 @@ def test_mutated_compiled_code(compiled_code: bytes, data: st.DataObject) -> Non
     if verdict.ok:
         start = data.draw(st.integers(0, len(code) // abi.BUNDLE_SIZE - 1)) * abi.BUNDLE_SIZE
         check_run(bytes(code), data.draw(registers()), start)
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory) -> bytes:
+    program = """
+    .text
+    .bundle_align_mode 5
+    .globl _start
+    .p2align 5
+_start:
+    mov rax, qword ptr [rip + self_pointer]
+    mov qword ptr gs:[esp + 8], rax
+    jmp _start
+"""
+    return asmkit.link_image(program, tmp_path_factory.mktemp("img")).read_bytes()
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_image_files_give_image_errors_or_verdicts(image_file: bytes,
+                                                           data: st.DataObject) -> None:
+    blob = bytearray(image_file)
+    for _ in range(data.draw(st.integers(1, 6))):
+        blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    try:
+        image = Image.from_bytes(bytes(blob), "fuzz.box")
+    except ImageError:
+        return
+    verdict = verifier.verify_image(image)
+    assert verdict.ok or verdict.rule in verifier.RULES
 
 
 def test_fuzz_pool_accepts_enough_to_matter(pool: dict[str, bytes]) -> None:
