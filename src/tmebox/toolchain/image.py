@@ -192,7 +192,7 @@ class _Reader:
         for i in range(elf.num_segments()):
             ph = elf.get_segment(i).header
             kind = ph["p_type"]
-            if kind in ("PT_INTERP",):
+            if kind == "PT_INTERP":
                 raise self.fail("has an interpreter (PT_INTERP): not a static PIE")
             if kind not in ("PT_LOAD", "PT_TLS"):
                 continue
