@@ -768,7 +768,16 @@ __attribute__((noinline)) static long with_vla(long n, const char *src) {
     for (long i = 0; i < n; i += 3) t += v[i];
     return t;
 }
+__attribute__((noinline)) static long interp(const unsigned char *code, long acc) {
+    void *ops[] = { &&op_add, &&op_mul, &&op_neg, &&op_end };  /* labels as values */
+    goto *ops[*code];
+op_add: acc += 3; code++; goto *ops[*code];
+op_mul: acc *= 5; code++; goto *ops[*code];
+op_neg: acc = -acc; code++; goto *ops[*code];
+op_end: return acc;
+}
 long work(long *p, long n, char *dst, const char *src) {
+    unsigned char prog[8] = { 0, 1, 2, 0, 1, 3 };
     volatile fn_t fp = helper;
     long s = helper(n) + fp(n + 1) + with_vla(n * 13, src);
     for (long i = 0; i < n; i++) s += p[i] * (i + 1);
@@ -781,7 +790,7 @@ long work(long *p, long n, char *dst, const char *src) {
     char tmp[300];
     for (int i = 0; i < 300; i++) tmp[i] = (char)(src[i % 64] + i);
     for (int i = 0; i < 300; i += 7) s += tmp[i];
-    return s + q->a;
+    return s + q->a + interp(prog, n);
 }
 """
 

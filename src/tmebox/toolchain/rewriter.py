@@ -151,6 +151,8 @@ _CONDITIONS = (
 )  # fmt: skip
 _JCC = frozenset(["j" + c for c in _CONDITIONS]
                  + ["jcxz", "jecxz", "jrcxz", "loop", "loope", "loopz", "loopne", "loopnz"])
+_DATA_DIRECTIVES = frozenset((".quad", ".long", ".int", ".8byte", ".4byte", ".dc.a", ".word",
+                              ".short", ".2byte", ".value"))
 _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.$@")
 
 
@@ -257,6 +259,27 @@ def _function_symbols(text: str) -> set[str]:
             name, _, kind = rest.partition(",")
             if "function" in kind or "STT_FUNC" in kind:
                 out.add(name.strip().strip('"'))
+
+
+def _symbols(expr: str) -> list[str]:
+    """The symbol names in an expression such as `.L3-.L2` or `foo+8` (not `1f`, `%rax`)."""
+    names = []
+    i = 0
+    n = len(expr)
+    while i < n:
+        c = expr[i]
+        if c in _LABEL_CHARS and not c.isdigit() and (i == 0 or expr[i - 1] != "%"):
+            j = i
+            while j < n and expr[j] in _LABEL_CHARS:
+                j += 1
+            names.append(expr[i:j].split("@", 1)[0])
+            i = j
+        elif c in _LABEL_CHARS:  # a number or a register name: skip it whole
+            while i < n and expr[i] in _LABEL_CHARS:
+                i += 1
+        else:
+            i += 1
+    return names
 
 
 def _is_fs_zero(op: str) -> bool:
@@ -374,6 +397,10 @@ class _Rewriter:
         self.functions = _function_symbols(text)
         # Set when a rewrite clobbered %r11: (line number, instruction text).
         self.r11_clobber: tuple[int, str] | None = None
+        # code+data: where each code label was emitted, and the symbols whose address
+        # the code or data takes (computed-goto targets among them must be aligned).
+        self.code_labels: dict[str, int] = {}
+        self.address_taken: set[str] = set()
 
     # -- errors -------------------------------------------------------------------
 
@@ -413,8 +440,18 @@ class _Rewriter:
         if self.pending_prefixes:
             raise self.error(self.pending_line, " ".join(self.pending_prefixes),
                              "prefix without an instruction at the end of the file")
+        if self.cfi:
+            self.align_address_taken_labels()
         out.append("")
         return "\n".join(out)
+
+    def align_address_taken_labels(self) -> None:
+        """Put code labels whose address is taken (`leaq .L3(%rip)`, `.quad .L3`: C's
+        labels as values) on bundle starts, where a masked indirect jump lands."""
+        where = sorted((self.code_labels[n] for n in self.address_taken
+                        if n in self.code_labels and n not in self.functions), reverse=True)
+        for i in where:
+            self.out.insert(i, "\t.p2align 5")
 
     @staticmethod
     def split_statements(line: str) -> tuple[list[str], bool]:
@@ -464,9 +501,11 @@ class _Rewriter:
             if self.pending_prefixes:
                 raise self.error(lineno, stmt, "label between a prefix and its instruction")
             name, rest = label
-            if self.cfi and self.exec_section and name.strip('"') in self.functions:
-                # Functions are the supported indirect-branch targets: bundle starts.
-                out.append("\t.p2align 5")
+            if self.cfi and self.exec_section:
+                if name.strip('"') in self.functions:
+                    # Functions are the supported indirect-branch targets: bundle starts.
+                    out.append("\t.p2align 5")
+                self.code_labels[name] = len(out)
             out.append(name + ":")
             self.r11_clobber = None
             stmt = rest
@@ -491,6 +530,8 @@ class _Rewriter:
         parts = s.split(None, 1)
         name = parts[0].lower()
         arg = parts[1] if len(parts) > 1 else ""
+        if self.cfi and name in _DATA_DIRECTIVES and not self.section.startswith(".debug"):
+            self.address_taken.update(_symbols(arg))
         if name in (".addrsig", ".addrsig_sym"):
             # clang's hints for its own linker's code folding; GNU as does not know them.
             return False
@@ -689,6 +730,8 @@ class _Rewriter:
         ops = insn.operands
         for op in ops:
             if op.startswith("$") or (_is_register(op)):
+                if self.cfi and op.startswith("$"):
+                    self.address_taken.update(_symbols(op[1:]))
                 out.append(op)
                 continue
             if op.startswith("*"):
@@ -697,6 +740,8 @@ class _Rewriter:
                 m = _parse_mem(op)
                 if m.seg is not None:
                     raise self.error(insn.lineno, insn.text, "segment override on lea")
+                if self.cfi:
+                    self.address_taken.update(_symbols(m.disp))
                 out.append(op)
                 continue
             if mn.startswith("movabs"):

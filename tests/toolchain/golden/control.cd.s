@@ -143,6 +143,50 @@ ctl:
 	.bundle_unlock
 	.size	ctl, .-ctl
 
+# Labels as values (computed goto) and a hand-written jump table: code labels whose
+# address is taken are aligned in code+data mode, numeric and data labels are not.
+	.globl	cgoto
+	.type	cgoto, @function
+	.p2align 5
+cgoto:
+	leaq	.L9(%rip), %rax
+	movq	$.L10, %rdx
+	leaq	.LC0(%rip), %rcx
+	leaq	1f(%rip), %rcx
+	movq	%rax, %r11
+	.bundle_lock
+	andl	$-32, %r11d
+	orq	%r14, %r11
+	jmp	*%r11
+	.bundle_unlock
+	.p2align 5
+.L9:
+	nop
+	.p2align 5
+.L10:
+	movq	%gs:.Ltab(,%edi,8), %r11
+	.bundle_lock
+	andl	$-32, %r11d
+	orq	%r14, %r11
+	jmp	*%r11
+	.bundle_unlock
+	.p2align 5
+.L11:
+1:
+	popq	%r11
+	.bundle_lock
+	andl	$-32, %r11d
+	orq	%r14, %r11
+	jmp	*%r11
+	.bundle_unlock
+	.size	cgoto, .-cgoto
+	.section	.rodata
+.LC0:
+	.quad	.L11
+.Ltab:
+	.quad	.L11-.L9, .L10
+	.text
+
 # A function whose .type comes after the label, and one that is not typed.
 	.globl	late
 	.p2align 5

@@ -34,6 +34,31 @@ ctl:
 	ret
 	.size	ctl, .-ctl
 
+# Labels as values (computed goto) and a hand-written jump table: code labels whose
+# address is taken are aligned in code+data mode, numeric and data labels are not.
+	.globl	cgoto
+	.type	cgoto, @function
+cgoto:
+	leaq	.L9(%rip), %rax
+	movq	$.L10, %rdx
+	leaq	.LC0(%rip), %rcx
+	leaq	1f(%rip), %rcx
+	jmp	*%rax
+.L9:
+	nop
+.L10:
+	jmp	*%gs:.Ltab(,%edi,8)
+.L11:
+1:
+	ret
+	.size	cgoto, .-cgoto
+	.section	.rodata
+.LC0:
+	.quad	.L11
+.Ltab:
+	.quad	.L11-.L9, .L10
+	.text
+
 # A function whose .type comes after the label, and one that is not typed.
 	.globl	late
 late:
