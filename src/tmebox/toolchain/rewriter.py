@@ -219,6 +219,8 @@ def _split_segment(op: str) -> tuple[str | None, str]:
 
 def _split_label(stmt: str) -> tuple[str, str] | None:
     """'  foo: movl ...' -> ('foo', ' movl ...'); None if the statement has no label."""
+    if ":" not in stmt:  # most statements; keeps the common path cheap
+        return None
     s = stmt.lstrip()
     if not s:
         return None
