@@ -284,7 +284,7 @@ class NativeEngine:
         return self.ctx.gpr[0]
 
     def syscall(self) -> tuple[int, tuple[int, int, int, int, int, int]]:
-        g = self.ctx.gpr
+        g = ffi.unpack(self.ctx.gpr, 11)  # one conversion instead of seven
         return g[0], (g[7], g[6], g[2], g[10], g[8], g[9])
 
     def stack_pointer(self) -> int:
