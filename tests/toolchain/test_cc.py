@@ -495,3 +495,27 @@ def test_argv_env_stdin_stderr_and_exit_status(mode: str, build_image, runtime,
         sb.destroy()
     assert bytes(out) == ref.stdout
     assert bytes(err) == ref.stderr == b"read 3 lines\n"
+
+
+def test_compiler_warnings_are_shown(tmp_path: Path, sandbox_libc,
+                                     capfd: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "w.c"
+    src.write_text("int f(void) { int unused; return 0; }\n")
+    cc.build([src], tmp_path / "w.o", "data", compile_only=True)
+    assert "w.c:1" not in capfd.readouterr().err  # no warnings asked for, none shown
+    src.write_text('#warning "careful"\nint f(void) { return 0; }\n')
+    cc.build([src], tmp_path / "w.o", "data", compile_only=True)
+    assert f"{src}:1:2: warning: #warning" in capfd.readouterr().err
+
+
+def test_assembler_errors_keep_the_rewritten_text(tmp_path: Path, sandbox_libc) -> None:
+    src = tmp_path / "a.s"
+    src.write_text("\t.text\nf:\n\tmovl $1, %eax\n\t.bogus_directive 3\n")
+    with pytest.raises(ToolchainError, match="assembling .*a.s") as e:
+        cc.build([src], tmp_path / "a.o", "data", compile_only=True)
+    kept = Path(str(e.value).rsplit("kept in ", 1)[1].rstrip(")"))
+    try:
+        assert ".bogus_directive" in kept.read_text()
+    finally:
+        kept.unlink()
+    assert _leftovers(tmp_path) == []

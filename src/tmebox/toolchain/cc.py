@@ -15,7 +15,9 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +74,8 @@ def sandbox_cflags(isolation: str) -> list[str]:
 # one translation unit
 
 
-def _run(cmd: list[str], what: str, *, stdin: str | None = None) -> str:
+def _run(cmd: list[str], what: str, *, stdin: str | None = None,
+         show_warnings: bool = False) -> str:
     try:
         res = subprocess.run(cmd, input=stdin, capture_output=True, text=True)
     except OSError as e:
@@ -81,6 +84,8 @@ def _run(cmd: list[str], what: str, *, stdin: str | None = None) -> str:
         detail = res.stderr.strip()
         first = _first_error_line(detail) or f"{cmd[0]} exited with status {res.returncode}"
         raise ToolchainError(f"{what}: {first}\n{detail}" if detail else f"{what}: {first}")
+    if show_warnings and res.stderr:
+        sys.stderr.write(res.stderr)  # the compiler's warnings, as it prints them
     return res.stdout
 
 
@@ -140,10 +145,11 @@ def compile_unit(src: Path, obj: Path, *, isolation: str, flags: list[str],
     suffix = src.suffix
     mode_flags = sandbox_cflags(isolation)
     if suffix in C_SUFFIXES:
-        asm = _run([cc.path, *mode_flags, *flags, "-S", "-o", "-", str(src)], f"compiling {src}")
+        asm = _run([cc.path, *mode_flags, *flags, "-S", "-o", "-", str(src)], f"compiling {src}",
+                   show_warnings=True)
     elif suffix in CPP_ASM_SUFFIXES:
         asm = _run([cc.path, *mode_flags, *flags, "-E", "-P", "-o", "-", str(src)],
-                   f"preprocessing {src}")
+                   f"preprocessing {src}", show_warnings=True)
     elif suffix in ASM_SUFFIXES:
         try:
             asm = src.read_text()
@@ -162,10 +168,13 @@ def assemble(asm: str, obj: Path, *, isolation: str, source: str) -> None:
         _run(["as", "--64", "--noexecstack", "-o", str(obj), "-"], f"assembling {source}",
              stdin=asm)
     except ToolchainError as e:
-        # Keep the rewritten text: `as` only names "{standard input}:LINE".
-        keep = obj.with_suffix(obj.suffix + ".failed.s")
+        # Keep the rewritten text (`as` only names "{standard input}:LINE") where
+        # neither a cleaned-up build directory nor the user's output directory is.
         try:
-            keep.write_text(asm)
+            fd, keep = tempfile.mkstemp(prefix=f"tmebox-{Path(source).stem}-",
+                                        suffix=".failed.s")
+            with os.fdopen(fd, "w") as f:
+                f.write(asm)
         except OSError:
             raise e from None
         raise ToolchainError(f"{e}\n(rewritten assembly kept in {keep})") from None
@@ -237,14 +246,14 @@ def build(sources: list[Path], output: Path | None, isolation: str, opt: str = "
     if output is None:
         output = Path(sources[0].with_suffix(".box").name)
     with tempfile.TemporaryDirectory(prefix="tmebox-cc-") as tmp:
-        objects: list[Path] = []
-        for i, src in enumerate(sources):
-            if src.suffix == ".o":
-                objects.append(src)
-                continue
-            obj = Path(tmp) / f"{i}-{src.stem}.o"
-            compile_unit(src, obj, isolation=isolation, flags=flags, compiler=compiler)
-            objects.append(obj)
+        objects = [src if src.suffix == ".o" else Path(tmp) / f"{i}-{src.stem}.o"
+                   for i, src in enumerate(sources)]
+        todo = [(src, obj) for src, obj in zip(sources, objects, strict=True) if src != obj]
+        # The compiler runs in a subprocess, so threads compile files in parallel;
+        # map() re-raises the first failure in source order.
+        with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1) or 1) as pool:
+            list(pool.map(lambda job: compile_unit(job[0], job[1], isolation=isolation,
+                                                   flags=flags, compiler=compiler), todo))
         try:
             link.link_image(objects, output, isolation=isolation, libs=libs,
                             stack_size=stack_size)
