@@ -73,6 +73,7 @@ DEFAULT_HEAP_SIZE = 4 << 20
 DEFAULT_RESIDENT_PAGES = 16384  # 64 MiB of plaintext frames in the emulator
 PT_CHUNK_FRAMES = 1024  # page-table frames are mapped 4 MiB at a time
 MMIO_BASE = 1 << 38  # physical address of the integrity mode's checked pages
+MAX_RESIDENT_PAGES = 1 << 24  # frames and page tables stay below MMIO_BASE
 MMIO_SLOTS = 256
 MAX_WINDOW = (1 << 15) - 1  # windows 1..32767 fill the 47-bit address space
 WATCHDOG_PERIOD = 0.005
@@ -470,7 +471,6 @@ class _Pool:
 
     def __init__(self, lo: int, hi: int) -> None:
         self.free: list[tuple[int, int]] = [(lo, hi)]
-        self.size = hi - lo
 
     def take(self, n: int, align: int, from_top: bool) -> int | None:
         spans = reversed(self.free) if from_top else self.free
@@ -513,10 +513,6 @@ class _Pool:
     @property
     def largest(self) -> int:
         return max((e - s for s, e in self.free), default=0)
-
-    @property
-    def available(self) -> int:
-        return sum(e - s for s, e in self.free)
 
 
 class TmeImage:
@@ -718,8 +714,9 @@ class TmeBackend:
         if pool_size <= abi.GUARD_SIZE:
             raise TmeboxError(f"pool_size {pool_size:#x} leaves nothing above the "
                               f"{abi.GUARD_SIZE // 1024} KiB guard")
-        if resident_pages < 64:
-            raise TmeboxError(f"resident_pages must be at least 64, not {resident_pages}")
+        if not 64 <= resident_pages <= MAX_RESIDENT_PAGES:
+            raise TmeboxError(f"resident_pages must be 64..{MAX_RESIDENT_PAGES}, not "
+                              f"{resident_pages}")
         self.platform = Platform(memory_size=pool_size, keyid_bits=keyid_bits,
                                  algorithm=algorithm, integrity=integrity, cache=cache)
         self.pool_size = pool_size
@@ -1196,10 +1193,6 @@ class TmeBackend:
         """Write every changed line held by the emulator back to the pool (encrypted)."""
         with self.lock:
             self.mmu.sync()
-
-    def pool_offset(self, addr: int) -> int:
-        """The pool offset of a sandbox address (window offset = pool offset)."""
-        return addr & OFFSET_MASK
 
     def close(self) -> None:
         self._closed.set()
