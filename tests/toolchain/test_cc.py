@@ -519,3 +519,18 @@ def test_assembler_errors_keep_the_rewritten_text(tmp_path: Path, sandbox_libc) 
     finally:
         kept.unlink()
     assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("opt", ["0", "3", "s"])
+@pytest.mark.parametrize("name", ["printf", "setjmp", "funcptr"])
+def test_other_optimisation_levels(name: str, opt: str, build_image, native_outputs,
+                                   runtime) -> None:
+    """gcc emits different forms at -O0/-O3/-Os (frame pointers, leave, vector code)."""
+    image = build_image(PROGRAMS / f"{name}.c", "code+data", opt=opt, name=f"{name}-O{opt}")
+    out = bytearray()
+    sb = runtime.spawn(runtime.load(image), argv=[name], stdout=out, timeout=60)
+    try:
+        assert sb.run() == 0
+    finally:
+        sb.destroy()
+    assert bytes(out) == native_outputs[name]
