@@ -732,7 +732,7 @@ class TmeBackend:
         self._cpu: TmeEngine | None = None  # whose registers the Uc holds
         self._running: TmeEngine | None = None
         self._stop: int | None = None
-        self._timed_out = False
+        self._watchdog_hit = False
         self._watchdog: threading.Thread | None = None
         self._closed = threading.Event()
         self._setup_cpu()
@@ -832,7 +832,6 @@ class TmeBackend:
     def _run(self, engine: TmeEngine, rip: int) -> int:
         """Run the guest from rip until it stops; returns a STOP_* code."""
         uc, mmu = self.uc, self.mmu
-        idle = 0
         while True:
             if engine.deadline_ns and time.monotonic_ns() >= engine.deadline_ns:
                 engine._fault = FaultInfo(0, 0, rip & OFFSET_MASK,
@@ -840,7 +839,6 @@ class TmeBackend:
                 return STOP_TIMEOUT
             mmu.apply_stale()
             self._stop = None
-            self._timed_out = False
             self._running = engine
             try:
                 uc.emu_start(rip, 0)
@@ -854,13 +852,13 @@ class TmeBackend:
             rip = self.rip.get()
             if err is not None:
                 return self._emu_error(engine, err, rip)
-            if self._timed_out:
-                continue  # the loop head reports it
-            # Stopped with no reason: a stale stop request (carry on from rip), or an
-            # instruction that halts the emulator without an exception (hlt).
-            idle += 1
-            if idle > 3:
-                return self._emu_error(engine, UcError(UC_ERR_INSN_INVALID), rip)
+            if self._watchdog_hit:
+                # The watchdog stopped us: the loop head reports a timeout, or carries on
+                # if the stop was meant for a sandbox that ran before this one.
+                self._watchdog_hit = False
+                continue
+            # Stopped with no reason of ours: an instruction that halts the CPU (hlt).
+            return self._emu_error(engine, UcError(UC_ERR_INSN_INVALID), rip)
 
     def _emu_error(self, engine: TmeEngine, err: UcError, rip: int) -> int:
         code = err.errno
@@ -945,7 +943,7 @@ class TmeBackend:
         while not self._closed.wait(WATCHDOG_PERIOD):
             eng = self._running
             if eng is not None and eng.deadline_ns and time.monotonic_ns() >= eng.deadline_ns:
-                self._timed_out = True
+                self._watchdog_hit = True
                 self.uc.emu_stop()
 
     # -- sandboxes --------------------------------------------------------------------------
