@@ -64,6 +64,17 @@ leak:
     orq %rdx, %rax
     ret
 
+    .globl mmx_dirty         # leaves MMX state (full x87 tags) and odd control words
+mmx_dirty:
+    movq %rdi, %mm0
+    movq %rdi, %mm7
+    movl $0xc00, %gs:-64(%esp)
+    fldcw %gs:-64(%esp)
+    movl $0x7f80, %gs:-64(%esp)
+    ldmxcsr %gs:-64(%esp)
+    xorl %eax, %eax
+    ret
+
     .globl get_r14
 get_r14:
     movq %r14, %rax

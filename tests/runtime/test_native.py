@@ -195,3 +195,18 @@ main:
     with pytest.raises(SandboxError, match="instead of parking"):
         rt.spawn(img)
     assert rt.sandboxes == 0
+
+
+def test_sandbox_fpu_state_does_not_reach_the_host(rt, img):
+    import math
+
+    sb = rt.spawn(img)
+    before = (1.0 / 3.0, math.fsum([0.1] * 10), 2.0 ** 0.5)
+    assert sb.call("mmx_dirty", 0x7FF0_0000_0000_0001) == 0  # MMX on, round-to-zero, FTZ
+    assert (1.0 / 3.0, math.fsum([0.1] * 10), 2.0 ** 0.5) == before
+    import ctypes
+
+    libm = ctypes.CDLL("libm.so.6")
+    libm.expl.restype = ctypes.c_longdouble
+    libm.expl.argtypes = [ctypes.c_longdouble]
+    assert abs(float(libm.expl(1.0)) - math.e) < 1e-15  # x87 code works in the host

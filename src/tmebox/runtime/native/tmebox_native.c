@@ -218,6 +218,9 @@ __asm__(
     "    movq 0x98(%r11), %rax\n"
     "    wrgsbase %rax\n"
     "    cld\n"
+    /* the x87 stack empty again (the ABI's state at a return) whatever MMX or
+       x87 code the sandbox left, then the host's control words */
+    "    emms\n"
     "    ldmxcsr 0xa0(%r11)\n"
     "    fldcw 0xa4(%r11)\n"
     "    cmpl $0, tmebox_vec_level(%rip)\n"
