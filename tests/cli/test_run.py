@@ -12,7 +12,7 @@ PROG = r"""
 #include <stdio.h>
 int main(int argc, char **argv) {
     char buf[64];
-    printf("%d:%s\n", argc, argc > 1 ? argv[1] : "");
+    printf("%s %d:%s\n", argv[0], argc, argc > 1 ? argv[1] : "");
     if (argc > 2 && argv[2][0] == 'f') { volatile int *p = 0; *p = 1; }
     if (argc > 2 && argv[2][0] == 'l') for (;;) {}
     if (fgets(buf, sizeof buf, stdin)) printf("in:%s", buf);
@@ -40,7 +40,7 @@ def test_run_a_c_file_compiles_once_and_runs_main(source, capfd, monkeypatch):
 
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
     assert cli.main(["run", str(source), "hi"]) == 12
-    assert capfd.readouterr().out == "2:hi\n"
+    assert capfd.readouterr().out == "prog 2:hi\n"
     cached = list((source.parent.parent / "cache" / "tmebox" / "run").glob("prog-*.box"))
     assert len(cached) == 1
     mtime = cached[0].stat().st_mtime_ns
@@ -66,7 +66,7 @@ def test_run_an_image_with_stdin(source, tmp_path, capfd):
         os.dup2(saved, 0)
         os.close(saved)
         os.close(r)
-    assert capfd.readouterr().out == "1:\nin:line\n"
+    assert capfd.readouterr().out == "prog.box 1:\nin:line\n"
 
 
 def test_run_reports_a_fault_in_one_line(source, capfd):

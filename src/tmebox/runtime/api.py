@@ -495,13 +495,14 @@ def run_command(target: Path, argv: Sequence[str], backend: str = "native",
                 timeout: float | None = None) -> int:
     """`tmebox run`: run IMAGE (or compile FILE.c first) with the terminal's stdio."""
     target = Path(target)
+    argv0 = target.stem if target.suffix == ".c" else target.name
     if target.suffix == ".c":
         target = compile_cached(target)
     elif not target.exists():
         raise ImageError(f"{target}: no such image")
     with Runtime(backend=backend, max_sandboxes=1) as rt:
         img = rt.load(target)
-        sb = rt.spawn(img, argv=[target.name, *argv], timeout=timeout)
+        sb = rt.spawn(img, argv=[argv0, *argv], timeout=timeout)
         return sb.run()
 
 
