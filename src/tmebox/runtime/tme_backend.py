@@ -6,16 +6,16 @@ stack, heap and host buffers as ciphertext. Sandbox k runs on KeyID k, and windo
 unicorn, one per backend, shared by all sandboxes.
 
 Speed comes from never calling Python on an ordinary guest access. The emulated CPU
-runs with x86 paging on; its page tables and every mapped page live in one host
-array (`_Mmu.arena`) mapped once as unicorn RAM. A page of window k is filled on its
-first touch (a #PF reaches `_Mmu.fault`): it is decrypted through KeyID k into a free
-frame, which becomes plain emulator RAM; its first 4 KiB of plaintext are kept as a
-baseline. When the page leaves the emulator (another KeyID touches the same pool page,
-the frame is needed, a transfer or a sync), the lines that differ from the baseline
-are encrypted back through KeyID k. That is a write-back cache holding plaintext,
-which is what the hardware's cache does; pages of different windows stay resident
-side by side (they are at different virtual addresses) and a pool page is resident in
-at most one window at a time, so the aliases stay coherent.
+runs with x86 paging on; its page tables and every mapped page live in host arrays
+(`_Mmu.arena`, the page-table chunks) mapped once as unicorn RAM. A page of window k is
+filled on its first touch (the page fault reaches `TmeBackend._page_in`): it is decrypted
+through KeyID k into a free frame, which becomes plain emulator RAM, and a copy of that
+plaintext is kept as the frame's baseline. When the page leaves the emulator (another
+KeyID touches the same pool page, the frame is needed, a transfer or a sync), the lines
+that differ from the baseline are encrypted back through KeyID k. That is a write-back
+cache holding plaintext, which is what the hardware's cache does; pages of different
+windows stay resident side by side (they are at different virtual addresses) and a pool
+page is resident in at most one window at a time, so the aliases stay coherent.
 """
 
 from __future__ import annotations
