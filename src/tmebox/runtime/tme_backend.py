@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import heapq
 import signal
 import struct
 import threading
@@ -728,7 +729,7 @@ class TmeBackend:
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         self.mmu = _Mmu(self.uc, self.platform, resident_pages)
         self._pool = _Pool(abi.GUARD_SIZE, pool_size)
-        self._free_keyids = list(range(self.max_keyid, 0, -1))
+        self._free_keyids = list(range(1, self.max_keyid + 1))  # a heap: lowest first
         self.engines: dict[int, TmeEngine] = {}
         self._cpu: TmeEngine | None = None  # whose registers the Uc holds
         self._running: TmeEngine | None = None
@@ -978,7 +979,7 @@ class TmeBackend:
                     f"{size >> 10} KiB, the largest free extent is {self._pool.largest >> 10} "
                     f"KiB of {self.pool_size >> 20} MiB ({len(self.engines)} sandboxes alive; "
                     "raise pool_size or lower heap_size)")
-            keyid = self._free_keyids.pop()
+            keyid = heapq.heappop(self._free_keyids)
             try:
                 status = self.platform.pconfig(keyid, "set_key_random")
                 if status != PconfigStatus.PROG_SUCCESS:
@@ -988,7 +989,7 @@ class TmeBackend:
                 self._install(engine)
             except BaseException:
                 self._pool.give(region, region + size)
-                self._free_keyids.append(keyid)
+                heapq.heappush(self._free_keyids, keyid)
                 raise
             self.engines[keyid] = engine
             return engine
@@ -1033,8 +1034,7 @@ class TmeBackend:
                 self._pool.give(off, off + n)
             engine.buffers.clear()
             del self.engines[k]
-            self._free_keyids.append(k)
-            self._free_keyids.sort(reverse=True)
+            heapq.heappush(self._free_keyids, k)
 
     # -- host access ------------------------------------------------------------------------
 
