@@ -283,107 +283,166 @@ def _mprotect(st: ProcessState, mem: SandboxMemory, addr: int, length: int, prot
     return 0
 
 
-def handle(nr: int, args: tuple[int, int, int, int, int, int], mem: SandboxMemory,
-           st: ProcessState) -> int | Exit | Park:
-    """Service one runtime call; the result is what `syscall` would leave in %rax."""
-    a0, a1, a2, a3, a4, a5 = args
-    if nr == SYS_WRITE:
-        return _write(st, mem, a0, [(a1, a2)]) if a2 >> 63 == 0 else -errno.EINVAL
-    if nr == SYS_WRITEV:
-        vecs = _iovecs(mem, a1, a2 & OFFSET_MASK if a2 >> 31 == 0 else -1)
-        return vecs if isinstance(vecs, int) else _write(st, mem, a0, vecs)
-    if nr == SYS_READ:
-        return _read(st, mem, a0, [(a1, a2)]) if a2 >> 63 == 0 else -errno.EINVAL
-    if nr == SYS_READV:
-        vecs = _iovecs(mem, a1, a2 & OFFSET_MASK if a2 >> 31 == 0 else -1)
-        return vecs if isinstance(vecs, int) else _read(st, mem, a0, vecs)
-    if nr in (SYS_EXIT, SYS_EXIT_GROUP):
-        return Exit(a0 & 0xFF)
-    if nr == SYS_BRK:
-        return _brk(st, mem, a0)
-    if nr == SYS_MMAP:
-        return _mmap(st, mem, a0, a1, a2, a3)
-    if nr == SYS_MUNMAP:
-        return _munmap(st, mem, a0, a1)
-    if nr == SYS_MPROTECT:
-        return _mprotect(st, mem, a0, a1, a2)
-    if nr == SYS_MADVISE:
-        if a2 == MADV_DONTNEED:
-            lo = a0 & OFFSET_MASK
-            if lo % PAGE or not mem.ok(lo, page_up(a1), True):
-                return -errno.EINVAL
-            mem.release(lo, page_up(a1))
-        return 0
-    if nr == SYS_CLOCK_GETTIME:
-        if a0 in _CPU_CLOCKS:
-            ns = time.thread_time_ns()
-        elif a0 in _CLOCKS:
-            ns = time.clock_gettime_ns(_CLOCKS[a0])
-        else:
+Args = tuple[int, int, int, int, int, int]
+Result = int | Exit | Park
+
+
+def _sys_write(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
+    return _write(st, mem, a[0], [(a[1], a[2])]) if a[2] >> 63 == 0 else -errno.EINVAL
+
+
+def _sys_writev(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
+    vecs = _iovecs(mem, a[1], a[2] if a[2] >> 31 == 0 else -1)
+    return vecs if isinstance(vecs, int) else _write(st, mem, a[0], vecs)
+
+
+def _sys_read(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
+    return _read(st, mem, a[0], [(a[1], a[2])]) if a[2] >> 63 == 0 else -errno.EINVAL
+
+
+def _sys_readv(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
+    vecs = _iovecs(mem, a[1], a[2] if a[2] >> 31 == 0 else -1)
+    return vecs if isinstance(vecs, int) else _read(st, mem, a[0], vecs)
+
+
+def _sys_exit(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
+    return Exit(a[0] & 0xFF)
+
+
+def _sys_madvise(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
+    if a[2] == MADV_DONTNEED:
+        lo = a[0] & OFFSET_MASK
+        if lo % PAGE or not mem.ok(lo, page_up(a[1]), True):
             return -errno.EINVAL
-        if not mem.ok(a1, 16, True):
-            return -errno.EFAULT
-        mem.write(a1, _timespec(ns))
-        return 0
-    if nr == SYS_CLOCK_GETRES:
-        if a0 not in _CLOCKS and a0 not in _CPU_CLOCKS:
-            return -errno.EINVAL
-        if a1:
-            if not mem.ok(a1, 16, True):
-                return -errno.EFAULT
-            mem.write(a1, _timespec(1))
-        return 0
-    if nr == SYS_GETTIMEOFDAY:
-        if a0:
-            if not mem.ok(a0, 16, True):
-                return -errno.EFAULT
-            us = time.time_ns() // 1000
-            mem.write(a0, (us // 1_000_000).to_bytes(8, "little")
-                      + (us % 1_000_000).to_bytes(8, "little"))
-        return 0
-    if nr == SYS_GETRANDOM:
-        n = min(a1, IO_CHUNK)
-        if not mem.ok(a0, n, True):
-            return -errno.EFAULT
-        mem.write(a0, os.urandom(n))
-        return n
-    if nr == SYS_IOCTL:
-        if a0 not in (0, 1, 2):
-            return -errno.EBADF
-        return -errno.ENOTTY if a1 == TIOCGWINSZ else -errno.EINVAL
-    if nr == SYS_ARCH_PRCTL:
-        if a0 == ARCH_SET_FS:
-            mem.write_u64(st.tp_slot, a1)
-            return 0
-        if a0 == ARCH_GET_FS:
-            if not mem.ok(a1, 8, True):
-                return -errno.EFAULT
-            mem.write_u64(a1, mem.read_u64(st.tp_slot))
-            return 0
+        mem.release(lo, page_up(a[1]))
+    return 0
+
+
+def _sys_clock_gettime(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
+    if a[0] in _CPU_CLOCKS:
+        ns = time.thread_time_ns()
+    elif a[0] in _CLOCKS:
+        ns = time.clock_gettime_ns(_CLOCKS[a[0]])
+    else:
         return -errno.EINVAL
-    if nr in (SYS_SET_TID_ADDRESS, SYS_GETPID, SYS_GETTID):
-        return SANDBOX_PID
-    if nr == SYS_RT_SIGPROCMASK:
-        # Signals never reach sandbox code; an empty old mask is the truth.
-        if a2:
-            if not mem.ok(a2, 8, True):
-                return -errno.EFAULT
-            mem.write(a2, bytes(8))
+    if not mem.ok(a[1], 16, True):
+        return -errno.EFAULT
+    mem.write(a[1], _timespec(ns))
+    return 0
+
+
+def _sys_clock_getres(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
+    if a[0] not in _CLOCKS and a[0] not in _CPU_CLOCKS:
+        return -errno.EINVAL
+    if a[1]:
+        if not mem.ok(a[1], 16, True):
+            return -errno.EFAULT
+        mem.write(a[1], _timespec(1))
+    return 0
+
+
+def _sys_gettimeofday(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
+    if a[0]:
+        if not mem.ok(a[0], 16, True):
+            return -errno.EFAULT
+        us = time.time_ns() // 1000
+        mem.write(a[0], (us // 1_000_000).to_bytes(8, "little")
+                  + (us % 1_000_000).to_bytes(8, "little"))
+    return 0
+
+
+def _sys_getrandom(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
+    n = min(a[1], IO_CHUNK)
+    if not mem.ok(a[0], n, True):
+        return -errno.EFAULT
+    mem.write(a[0], os.urandom(n))
+    return n
+
+
+def _sys_ioctl(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
+    if a[0] not in (0, 1, 2):
+        return -errno.EBADF
+    return -errno.ENOTTY if a[1] == TIOCGWINSZ else -errno.EINVAL
+
+
+def _sys_arch_prctl(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
+    if a[0] == ARCH_SET_FS:
+        mem.write_u64(st.tp_slot, a[1])
         return 0
-    if nr in (SYS_RT_SIGACTION, SYS_SIGALTSTACK, SYS_SCHED_YIELD, SYS_CLOSE):
+    if a[0] == ARCH_GET_FS:
+        if not mem.ok(a[1], 8, True):
+            return -errno.EFAULT
+        mem.write_u64(a[1], mem.read_u64(st.tp_slot))
         return 0
-    if nr == SYS_FUTEX:
-        # One thread per sandbox: nobody to wake, nothing to wait for.
-        return 0
-    if nr == SYS_LSEEK:
-        return -errno.ESPIPE if a0 in (0, 1, 2) else -errno.EBADF
-    if nr in (SYS_KILL, SYS_TKILL, SYS_TGKILL):
-        target = a1 if nr == SYS_TGKILL else a0
-        sig = a2 if nr == SYS_TGKILL else a1
-        if target != SANDBOX_PID:
-            return -errno.ESRCH
-        return Exit(128 + sig, signal=sig) if sig else 0
-    if nr == abi.SYS_TMEBOX_PARK and not st.parked:
-        st.parked = True
-        return Park()
+    return -errno.EINVAL
+
+
+def _sys_pid(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
+    return SANDBOX_PID
+
+
+def _sys_sigprocmask(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
+    # Signals never reach sandbox code; an empty old mask is the truth.
+    if a[2]:
+        if not mem.ok(a[2], 8, True):
+            return -errno.EFAULT
+        mem.write(a[2], bytes(8))
+    return 0
+
+
+def _sys_nothing(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
+    # sigaction, sigaltstack, sched_yield, close, and futex: one thread per
+    # sandbox has nobody to wake and nothing to wait for.
+    return 0
+
+
+def _sys_lseek(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
+    return -errno.ESPIPE if a[0] in (0, 1, 2) else -errno.EBADF
+
+
+def _kill(target: int, sig: int) -> Result:
+    if target != SANDBOX_PID:
+        return -errno.ESRCH
+    return Exit(128 + sig, signal=sig) if sig else 0
+
+
+def _sys_kill(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
+    return _kill(a[0], a[1])
+
+
+def _sys_tgkill(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
+    return _kill(a[1], a[2])
+
+
+def _sys_park(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
+    if st.parked:
+        return -errno.ENOSYS
+    st.parked = True
+    return Park()
+
+
+_HANDLERS = {
+    SYS_WRITE: _sys_write, SYS_WRITEV: _sys_writev, SYS_READ: _sys_read,
+    SYS_READV: _sys_readv, SYS_EXIT: _sys_exit, SYS_EXIT_GROUP: _sys_exit,
+    SYS_BRK: lambda a, mem, st: _brk(st, mem, a[0]),
+    SYS_MMAP: lambda a, mem, st: _mmap(st, mem, a[0], a[1], a[2], a[3]),
+    SYS_MUNMAP: lambda a, mem, st: _munmap(st, mem, a[0], a[1]),
+    SYS_MPROTECT: lambda a, mem, st: _mprotect(st, mem, a[0], a[1], a[2]),
+    SYS_MADVISE: _sys_madvise, SYS_CLOCK_GETTIME: _sys_clock_gettime,
+    SYS_CLOCK_GETRES: _sys_clock_getres, SYS_GETTIMEOFDAY: _sys_gettimeofday,
+    SYS_GETRANDOM: _sys_getrandom, SYS_IOCTL: _sys_ioctl, SYS_ARCH_PRCTL: _sys_arch_prctl,
+    SYS_SET_TID_ADDRESS: _sys_pid, SYS_GETPID: _sys_pid, SYS_GETTID: _sys_pid,
+    SYS_RT_SIGPROCMASK: _sys_sigprocmask, SYS_RT_SIGACTION: _sys_nothing,
+    SYS_SIGALTSTACK: _sys_nothing, SYS_SCHED_YIELD: _sys_nothing, SYS_CLOSE: _sys_nothing,
+    SYS_FUTEX: _sys_nothing, SYS_LSEEK: _sys_lseek, SYS_KILL: _sys_kill,
+    SYS_TKILL: _sys_kill, SYS_TGKILL: _sys_tgkill, abi.SYS_TMEBOX_PARK: _sys_park,
+}
+
+
+def _enosys(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
     return -errno.ENOSYS
+
+
+def handle(nr: int, args: Args, mem: SandboxMemory, st: ProcessState) -> Result:
+    """Service one runtime call; the result is what `syscall` would leave in %rax."""
+    return _HANDLERS.get(nr, _enosys)(args, mem, st)
