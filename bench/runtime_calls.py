@@ -7,6 +7,8 @@ measured in the same round:
   sandbox -> `__tmebox_rt_exit` -> host), vs. the two `wrgsbase` it cannot avoid;
 - sb.call from Python: `sb.call("nop", 1)`, vs. one cffi call of an empty C function with
   the same 10 arguments the fast path passes, and vs. an empty Python function call;
+- a runtime call: `getpid()` in a loop inside the sandbox (exit to the host, Python's
+  runtime-call dispatch, resume);
 - spawn (map the window, copy and relocate data, run musl's start-up up to the park) and
   destroy of the tenant image, into fresh windows and into warm ones (a destroyed
   sandbox's window still mapping the same image).
@@ -31,6 +33,7 @@ from runtime_common import tenant_image  # noqa: E402
 
 N_NATIVE = 1_000_000
 N_PY = 100_000
+N_RTCALL = 20_000
 N_SPAWN = 200  # <= WARM_WINDOWS, so the warm case reuses every window
 
 
@@ -60,6 +63,10 @@ def measure_round(sb, rt, img) -> dict[str, float]:
     for _ in range(N_PY):
         empty("nop", 1)
     r["  baseline: empty Python call (ns)"] = (time.perf_counter_ns() - t) / N_PY
+
+    t = time.perf_counter_ns()
+    assert sb.call("getpids", N_RTCALL) == N_RTCALL
+    r["runtime call from the sandbox: getpid (ns)"] = (time.perf_counter_ns() - t) / N_RTCALL
 
     for label, warm in (("fresh window", 0), ("warm window", nb.WARM_WINDOWS)):
         saved, nb.WARM_WINDOWS = nb.WARM_WINDOWS, warm

@@ -9,7 +9,15 @@ from tmebox.runtime.api import compile_cached
 
 TENANT_C = r"""
 #include <stdio.h>
+#include <unistd.h>
 long nop(long a) { return a; }
+long getpids(long n)
+{
+    long s = 0;
+    for (long i = 0; i < n; i++)
+        s += getpid();
+    return s;
+}
 long touch(char *p, long n)
 {
     long s = 0;
