@@ -325,3 +325,29 @@ def test_plaintext_cache_agrees_with_a_model_under_random_traffic(basic_plan, se
         for off in lines:
             sb = sbs[owner[off]]
             assert sb.memory.read(sb.base + off, 64) == model[off]
+
+
+def test_a_destroyed_sandboxs_memory_is_gone(rt, basic_plan):
+    sb = rt.spawn(rt.load_unverified(basic_plan))
+    p = sb.alloc(64)
+    sb.destroy()
+    with pytest.raises(SandboxMemoryError, match="destroyed"):
+        sb.memory.read(p, 8)
+    with pytest.raises(SandboxMemoryError, match="destroyed"):
+        sb.memory.write(p, b"x")
+
+
+def test_closing_a_runtime_frees_its_pool_without_the_cycle_collector(basic_plan):
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        rt = tmebox.Runtime(backend="tme", max_sandboxes=2, pool_size=POOL)
+        rt.spawn(rt.load_unverified(basic_plan)).run()
+        backend = weakref.ref(rt.backend)
+        rt.close()
+        del rt
+        assert backend() is None  # freed by reference counting alone
+    finally:
+        gc.enable()

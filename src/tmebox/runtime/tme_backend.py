@@ -27,6 +27,7 @@ import signal
 import struct
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,6 +121,22 @@ class _RegBatch:
         return self.vals[:]
 
 
+def _weakly(method: Callable[..., object]) -> Callable[..., object]:
+    """A callback for the Uc that does not keep the backend alive.
+
+    The Uc keeps its callbacks; a bound method there would make a reference cycle, and the
+    pool (hundreds of MiB) would live until the cycle collector ran, not until the Runtime
+    is dropped.
+    """
+    ref = weakref.WeakMethod(method)  # type: ignore[arg-type]
+
+    def call(*args: object) -> object:
+        m = ref()
+        return None if m is None else m(*args)
+
+    return call
+
+
 class _Reg:
     """One 64-bit register, read and written without the binding's per-call dispatch."""
 
@@ -178,11 +195,11 @@ class _Mmu:
         self.slot_frame: dict[int, int] = {}
         self.frame_slot: dict[int, int] = {}
         self.free_slots = list(range(MMIO_SLOTS - 1, -1, -1))
-        self.on_machine_check: Callable[[int, int], None] | None = None
-        self.stopped: Callable[[], bool] = lambda: False
+        self.on_machine_check: Callable[..., object] | None = None
+        self.stopped: Callable[..., object] = lambda: False
         if platform.integrity:
-            uc.mmio_map(MMIO_BASE, MMIO_SLOTS * PAGE, self.check_read, None, self.check_write,
-                        None)
+            uc.mmio_map(MMIO_BASE, MMIO_SLOTS * PAGE, _weakly(self.check_read), None,
+                        _weakly(self.check_write), None)
         self.tlb_stale = False
         self.tb_stale = False
 
@@ -541,11 +558,15 @@ class TmeMemory(SandboxMemory):
     def __init__(self, engine: TmeEngine) -> None:
         L = engine.layout
         super().__init__(abi.GUARD_SIZE, abi.GUARD_SIZE, engine.backend.pool_size)
-        self.engine = engine
+        # A proxy: engine -> memory -> engine would be a cycle keeping the pool alive.
+        self.engine = weakref.proxy(engine)
         self.code_lo, self.code_hi = L.code_lo, L.code_hi
 
     def check(self, addr: int, n: int, write: bool) -> int:
         off = addr & OFFSET_MASK
+        if not self.engine.alive:
+            raise SandboxMemoryError(f"host access at window offset {off:#x}: sandbox "
+                                     f"{self.engine.keyid} was destroyed (its key is cleared)")
         if not self.ok(addr, n, write):
             what = "write" if write else "read"
             raise SandboxMemoryError(
@@ -558,7 +579,7 @@ class TmeMemory(SandboxMemory):
 
     def ok(self, addr: int, n: int, write: bool) -> bool:
         off = addr & OFFSET_MASK
-        if n < 0 or off < self.read_lo or off + n > self.hi:
+        if n < 0 or off < self.read_lo or off + n > self.hi or not self.engine.alive:
             return False
         if write and off < self.code_hi and off + n > self.code_lo:
             return False
@@ -738,9 +759,9 @@ class TmeBackend:
         self._watchdog: threading.Thread | None = None
         self._closed = threading.Event()
         self._setup_cpu()
-        self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
-        self.mmu.on_machine_check = self._machine_check
-        self.mmu.stopped = lambda: self._stop is not None
+        self.uc.hook_add(UC_HOOK_INTR, _weakly(self._on_interrupt))
+        self.mmu.on_machine_check = _weakly(self._machine_check)
+        self.mmu.stopped = _weakly(self._stopped)
         self.entry_regs = _RegBatch(self.uc, (*_ARG_REGS, _RSP, x86.UC_X86_REG_R14,
                                               x86.UC_X86_REG_GS_BASE))
         self.syscall_regs = _RegBatch(self.uc, (_RAX, *_SYSCALL_REGS))
@@ -908,6 +929,9 @@ class TmeBackend:
             intno, signal.SIGILL)
         self._fault_stop(engine, signo, rip, rip)
 
+    def _stopped(self) -> bool:
+        return self._stop is not None
+
     def _machine_check(self, keyid: int, pool_off: int) -> None:
         """A checked read hit a line that does not verify: stop the reader with a #MC.
 
@@ -1041,6 +1065,9 @@ class TmeBackend:
     def _host_access(self, engine: TmeEngine, off: int, n: int, data: bytes | None) -> bytes:
         """Read n bytes (data None) or write data at window offset off of engine's window."""
         with self.lock:
+            if not engine.alive:
+                raise SandboxError(f"window {engine.keyid}: the sandbox was destroyed; its "
+                                   "memory is gone (its key is cleared)")
             mmu, k = self.mmu, engine.keyid
             out = bytearray() if data is None else None
             pos = 0
