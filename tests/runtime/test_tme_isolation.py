@@ -255,3 +255,18 @@ def test_the_host_sees_only_ciphertext_of_code_and_data(basic_plan):
         assert code[:64] not in rt.backend.platform.dram(0, POOL)
         assert sb.memory.read(sb.base + L.code_lo + 4096, 4096) == code
         assert sb.run() == 42
+
+
+@pytest.mark.parametrize("algorithm", ["aes-xts-128", "aes-xts-256"])
+def test_integrity_transfer_hands_over_readability(basic_plan, algorithm):
+    with _runtime(integrity=True, algorithm=algorithm) as rt:
+        img = rt.load_unverified(basic_plan)
+        a, b = rt.spawn(img), rt.spawn(img)
+        msg = bytes(range(64, 128))
+        p = _provision(a, msg)
+        q = a.transfer(p, 64, to=b)
+        assert _read_words(b, q, 64) == msg
+        with pytest.raises(SandboxFault) as e:
+            a.call("load64", p)  # no longer a's: a machine check, not the plaintext
+        assert e.value.kind == "machine-check"
+        assert b.run() == 42
