@@ -99,7 +99,7 @@ def demo(tenants: int = 1000, requests: int = 10000, backend: str = "native",
     with console.status("compiling the tenant programs (cached after the first run)"):
         images = build_tenants()
 
-    with tmebox.Runtime(backend=backend) as rt, Progress(console=console,
+    with tmebox.Runtime(backend=backend, max_sandboxes=tenants) as rt, Progress(console=console,
                                                           transient=True) as progress:
         service = rt.load(images["service"])
         buggy_image = rt.load(images["heartbleed"])
