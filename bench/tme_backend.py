@@ -6,6 +6,7 @@ switch between sandboxes, against a call that does not switch, measured in the s
 Cases run interleaved (round-robin, `--rounds` times); each figure is the median.
 
     .venv/bin/python bench/tme_backend.py [--rounds 7] [--quick]
+    .venv/bin/python bench/tme_backend.py --density 32767   # every KeyID at once
 """
 
 from __future__ import annotations
@@ -164,12 +165,71 @@ def run(rounds: int, quick: bool) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in res.items()}
 
 
+TINY = r"""
+    .globl main
+main:
+    movl $42, %eax
+    ret
+
+    .globl bump             # *(long *)p += v, returns the new value
+bump:
+    movq %gs:(%edi), %rax
+    addq %rsi, %rax
+    movq %rax, %gs:(%edi)
+    ret
+"""
+
+
+def density(n: int) -> dict[str, float]:
+    """Spawn n sandboxes of a tiny image (16 KiB stack, 4 KiB heap) on one pool, each on
+    its own KeyID; check a sample of them still work, then that one more is refused."""
+    import asm_image
+
+    asm_image.STACK = 16 << 10
+    plan = assemble(TINY, name="tiny")
+    t0 = time.perf_counter()
+    rt = tmebox.Runtime(backend="tme", max_sandboxes=n + 1, pool_size=5 << 28, heap_size=4096,
+                        resident_pages=4096)
+    img = rt.load_unverified(plan)
+    setup = time.perf_counter() - t0
+    sbs = []
+    t0 = time.perf_counter()
+    for _ in range(n):
+        sbs.append(rt.spawn(img))
+    spawn = time.perf_counter() - t0
+    ok = 0
+    sample = sbs[::max(1, n // 500)]
+    for sb in sample:
+        q = sb.alloc(64)
+        sb.call("bump", q, 5)
+        ok += sb.call("bump", q, 0) == 5
+    assert ok == len(sample), f"{len(sample) - ok} sandboxes lost their data"
+    try:
+        rt.spawn(img)
+        refused = ""
+    except tmebox.OutOfSandboxes as e:
+        refused = str(e)
+    rss = int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) << 10
+    keyids = len({sb.base >> 32 for sb in sbs})
+    rt.close()
+    Console().print(f"{n:,} sandboxes, {keyids:,} distinct KeyIDs, spawned in {spawn:.1f} s "
+                    f"({spawn / n * 1e6:.0f} us each, runtime set-up {setup:.1f} s), "
+                    f"{rss / 2**30:.2f} GiB resident; {ok} sampled still work; one more: "
+                    f"{refused or 'accepted'}")
+    return {"sandboxes": n, "keyids": keyids, "spawn_s": spawn, "rss_bytes": rss}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--density", type=int, metavar="N",
+                    help="instead: spawn N tiny sandboxes at once (32767 = every KeyID)")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "tme_backend.json")
     args = ap.parse_args()
+    if args.density:
+        density(args.density)
+        return 0
     med = run(args.rounds, args.quick)
     t = Table(title=f"tme backend ({args.rounds} interleaved rounds, medians)")
     t.add_column("case")
