@@ -534,3 +534,13 @@ def test_other_optimisation_levels(name: str, opt: str, build_image, native_outp
     finally:
         sb.destroy()
     assert bytes(out) == native_outputs[name]
+
+
+def test_objects_cannot_add_to_the_runtime_page(tmp_path: Path, sandbox_libc) -> None:
+    src = tmp_path / "rt.s"
+    src.write_text('\t.section .tmebox_rt,"ax",@progbits\n\t.globl sneaky\n'
+                   "sneaky:\n\tnop\n\tret\n")
+    out = tmp_path / "rt.box"
+    with pytest.raises(ToolchainError, match="one page of int3"):
+        cc.build([src], out, "data")
+    assert not out.exists()

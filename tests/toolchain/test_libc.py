@@ -229,3 +229,12 @@ def test_patches_apply_to_pristine_musl(tmp_path: Path) -> None:
         "\t.text")[1]
     assert '"hlt"' not in (tree / "arch/x86_64/atomic_arch.h").read_text()
     assert (tree / "src/tmebox/builtins.c").is_file()
+
+
+def test_tmebox_setup_reports_both_modes(sandbox_libc: dict[str, Path],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from tmebox import cli
+
+    assert cli.main(["setup"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == [f"sandbox libc ({m}): {sandbox_libc[m]}" for m in libc.MODES]

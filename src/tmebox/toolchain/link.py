@@ -159,6 +159,12 @@ def check_image(path: Path, *, isolation: str, export_names: list[str],
                                 f"dynamic relocation of type {rel['r_info_type']} at "
                                 f"{rel['r_offset']:#x}: only R_X86_64_RELATIVE may remain in "
                                 "a sandbox image")
+            rt = elf.get_section_by_name(abi.RT_SECTION)
+            # Objects may not add to the runtime page: it must stay one page of int3.
+            if (rt is None or rt["sh_addr"] != 0 or rt["sh_size"] != abi.RT_PAGE_SIZE
+                    or rt.data() != b"\xcc" * abi.RT_PAGE_SIZE):
+                raise ToolchainError(f"{abi.RT_SECTION} is not exactly one page of int3 at "
+                                     "image offset 0 (an object put something into it)")
             symtab = elf.get_section_by_name(".symtab")
             if symtab is None:
                 raise ToolchainError("linked image has no symbol table")
