@@ -158,6 +158,8 @@ def test_result_files_are_written(tmp_path: Path) -> None:
     assert doc["x"] is None and doc["overhead"][1]["variant"] == "code+data"
     md = report.summary_markdown(results)
     assert "| w1 |" in md and "**geomean**" in md
+    results["failures"] = [{"workload": "w2", "stage": "overhead", "error": "fault"}]
+    assert "**w2 left out** (overhead): fault" in report.summary_markdown(results)
 
 
 # -- fetching --------------------------------------------------------------------------------

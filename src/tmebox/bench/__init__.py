@@ -137,7 +137,10 @@ def run(opts: Options) -> Path:
         builds = []
         if need_builds:
             for w in chosen:
-                builds.append(build.build(w, progress=None, rebuild=opts.rebuild))
+                try:
+                    builds.append(build.build(w, progress=None, rebuild=opts.rebuild))
+                except BenchError as e:
+                    _failed(results, prog, w.name, "build", e)
                 prog.tick(f"built {w.name}")
         if "toolchain" in opts.sections:
             from tmebox.bench import toolchain
@@ -160,6 +163,14 @@ def run(opts: Options) -> Path:
     return out
 
 
+def _failed(results: dict[str, Any], prog: _Progress, workload: str, stage: str,
+            error: BenchError) -> None:
+    """A workload that cannot be built or run is reported and left out, not fatal."""
+    results.setdefault("failures", []).append(
+        {"workload": workload, "stage": stage, "error": str(error)})
+    prog.note(f"{workload}: {stage} failed, left out: {error}")
+
+
 def _overhead(builds: list, opts: Options, rounds: int, results: dict[str, Any], out: Path,
               prog: _Progress) -> list[Path]:
     from tmebox.bench import overhead, report
@@ -169,7 +180,14 @@ def _overhead(builds: list, opts: Options, rounds: int, results: dict[str, Any],
     with Runtime(backend="native", max_sandboxes=8) as rt:
         for b in builds:
             scale = b.workload.quick_scale if opts.quick else b.workload.scale
-            samples += overhead.measure(b, scale, rounds, rt, tick=prog.tick)
+            try:
+                samples += overhead.measure(b, scale, rounds, rt, tick=prog.tick)
+            except BenchError as e:
+                _failed(results, prog, b.workload.name, "overhead", e)
+    if not samples:
+        raise BenchError("no workload could be measured: "
+                         + "; ".join(f"{f['workload']}: {f['error']}"
+                                     for f in results.get("failures", [])))
     rows = overhead.summarize(samples, "cpu")
     wall = overhead.summarize(samples, "wall")
     results["overhead"] = rows
