@@ -63,7 +63,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tmebox import demo
 
-    return demo.run_demo(tenants=args.tenants, requests=args.requests, backend=args.backend)
+    return demo.run_demo(tenants=args.tenants, requests=args.requests, backend=args.backend,
+                         integrity=args.integrity)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -117,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tenants", type=int, default=1000)
     s.add_argument("--requests", type=int, default=10000)
     s.add_argument("--backend", choices=["native", "tme"], default="native")
+    s.add_argument("--integrity", action="store_true",
+                   help="tme backend: TME-MK integrity (foreign reads and tampering raise "
+                        "machine checks)")
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("bench", help="evaluation: overhead, switch cost, density, tme, toolchain")

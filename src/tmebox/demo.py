@@ -23,23 +23,42 @@ from tmebox.errors import SandboxFault, TmeboxError
 
 SECRET_LEN = 32
 OVERREAD = 64 << 10
+# tme backend: one physical pool for every tenant (at most 2 GiB with 15 KeyID bits).
+TME_POOL_MAX = 2 << 30
+TME_POOL_BASE = 64 << 20
+TME_POOL_PER_TENANT = 2 << 20
+TME_HEAP = 256 << 10
 
 
 @dataclass
 class DemoResult:
+    backend: str
+    integrity: bool
     tenants: int
     requests: int
     calls_per_second: float
     bytes_per_tenant: float
-    overread_bytes: int
-    own_bytes_leaked: int
-    secrets_leaked: int
-    control_peek_works: bool
+    overread_bytes: int  # bytes the Heartbleed request returned (0 if a machine check hit it)
+    overread_nonzero: int
+    secrets_leaked: int  # neighbour secrets found anywhere in the over-read
+    control_peek_works: bool  # the peek primitive does read the attacker's own memory
     peeks: int
-    peeks_leaked: int
+    peeks_leaked: int  # peeks that returned the neighbour's secret
+    peek_bytes_matching: float  # fraction of peeked bytes equal to the secret's (chance: 1/256)
     pokes: int
-    victims_corrupted: int
+    victims_silently_changed: int  # victims that kept running but lost their secret
+    machine_checks: int  # tampering or foreign reads caught by TME-MK integrity
+    dram_secrets_visible: int  # tme: secrets found in plaintext in the raw pool
     faults_contained: int
+
+    @property
+    def safe(self) -> bool:
+        """Nothing leaked, the attack primitive itself worked, and (native) nothing changed."""
+        leaked = self.secrets_leaked or self.peeks_leaked or self.dram_secrets_visible
+        if leaked or not self.control_peek_works:
+            return False
+        # TME-MK without integrity cannot stop a write, only make it useless (docs/demo.md).
+        return self.backend == "tme" and not self.integrity or self.victims_silently_changed == 0
 
 
 def _cache_dir() -> Path:
@@ -80,27 +99,80 @@ def _memory_bytes() -> int:
 
 
 def run_demo(tenants: int = 1000, requests: int = 10000, backend: str = "native",
-             console: Console | None = None, seed: int | None = None) -> int:
-    result = demo(tenants=tenants, requests=requests, backend=backend, console=console,
-                  seed=seed)
-    safe = (result.secrets_leaked == 0 and result.peeks_leaked == 0
-            and result.victims_corrupted == 0 and result.control_peek_works)
-    return 0 if safe else 2
+             integrity: bool = False, console: Console | None = None,
+             seed: int | None = None) -> int:
+    result = demo(tenants=tenants, requests=requests, backend=backend, integrity=integrity,
+                  console=console, seed=seed)
+    return 0 if result.safe else 2
+
+
+def _runtime_options(backend: str, tenants: int, integrity: bool) -> dict:
+    if backend != "tme":
+        if integrity:
+            raise TmeboxError("--integrity needs --backend tme")
+        return {}
+    # Each tenant takes its code and data, the image's stack and a heap from the one pool.
+    pool = min(TME_POOL_MAX, TME_POOL_BASE + tenants * TME_POOL_PER_TENANT)
+    return {"pool_size": pool, "heap_size": TME_HEAP, "integrity": integrity}
+
+
+class _Attacker:
+    """The buggy tenant. A machine check ends a sandbox, so it is respawned when one hits."""
+
+    def __init__(self, rt, image) -> None:
+        self.rt, self.image = rt, image
+        self.respawns = 0
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self.sb = self.rt.spawn(self.image, stdout=bytearray(), stderr=bytearray())
+        self.req = self.sb.alloc(OVERREAD + 4096)
+        self.resp = self.sb.alloc(OVERREAD + 4096)
+        self.scratch = self.sb.alloc(4096)
+
+    def call(self, name: str, *args: int) -> bool:
+        """Run one attack step; False if TME-MK integrity stopped it with a machine check."""
+        try:
+            self.sb.call(name, *args)
+            return True
+        except SandboxFault as e:
+            if e.kind != "machine-check":
+                raise
+            self.sb.destroy()
+            self.respawns += 1
+            self._spawn()
+            return False
+
+
+def _serves(sb, buf: int, secret: bytes) -> bool | None:
+    """Does the tenant still recognise its secret? None: a machine check stopped it."""
+    sb.memory.write(buf, secret)
+    try:
+        sb.call("handle", buf, SECRET_LEN, buf + 2048, 1)
+    except SandboxFault as e:
+        if e.kind != "machine-check":
+            raise
+        return None
+    return sb.memory.read(buf + 2048, 1) == b"Y"
 
 
 def demo(tenants: int = 1000, requests: int = 10000, backend: str = "native",
-         console: Console | None = None, seed: int | None = None) -> DemoResult:
+         integrity: bool = False, console: Console | None = None,
+         seed: int | None = None) -> DemoResult:
     import tmebox
 
-    if tenants < 2:
-        raise TmeboxError(f"--tenants must be at least 2, got {tenants}")
+    if tenants < 3:
+        raise TmeboxError(f"--tenants must be at least 3, got {tenants}")
+    if requests < 1:
+        raise TmeboxError(f"--requests must be at least 1, got {requests}")
+    options = _runtime_options(backend, tenants, integrity)
     console = console or Console(stderr=True)
     rng = random.Random(seed)
     with console.status("compiling the tenant programs (cached after the first run)"):
         images = build_tenants()
 
-    with tmebox.Runtime(backend=backend, max_sandboxes=tenants) as rt, Progress(console=console,
-                                                          transient=True) as progress:
+    with tmebox.Runtime(backend=backend, max_sandboxes=tenants + 1, **options) as rt, \
+            Progress(console=console, transient=True) as progress:
         service = rt.load(images["service"])
         buggy_image = rt.load(images["heartbleed"])
 
@@ -113,13 +185,13 @@ def demo(tenants: int = 1000, requests: int = 10000, backend: str = "native",
             buf = sb.alloc(4096)
             sb.memory.write(buf, secret)
             if sb.call("provision", buf, SECRET_LEN) != 0:
-                raise RuntimeError("a tenant could not be provisioned")
+                raise TmeboxError("a tenant could not be provisioned")
             sandboxes.append(sb)
             secrets.append(secret)
             secret_addrs.append(sb.call("secret_address"))
             bufs.append(buf)
             progress.advance(task)
-        attacker = rt.spawn(buggy_image, stdout=bytearray(), stderr=bytearray())
+        attacker = _Attacker(rt, buggy_image)
         progress.advance(task)
         per_tenant = (_memory_bytes() - before) / tenants
 
@@ -132,81 +204,99 @@ def demo(tenants: int = 1000, requests: int = 10000, backend: str = "native",
             sb.memory.write(buf, guess)
             sb.call("handle", buf, SECRET_LEN, buf + 2048, 1)
             if sb.memory.read(buf + 2048, 1) != (b"Y" if guess == secrets[k] else b"N"):
-                raise RuntimeError(f"tenant {k} answered a request wrongly")
+                raise TmeboxError(f"tenant {k} answered a request wrongly")
             if i % 256 == 0:
                 progress.update(task, completed=i)
         elapsed = time.perf_counter() - start
         progress.update(task, completed=requests)
 
-        # The attack, from inside the buggy tenant.
-        req = attacker.alloc(OVERREAD + 4096)
-        resp = attacker.alloc(OVERREAD + 4096)
-        attacker.memory.write(req, b"ping")
-        attacker.call("heartbeat", req, 4, resp, OVERREAD)
-        leaked = attacker.memory.read(resp, OVERREAD)
+        # Heartbleed: the request claims 64 KiB, the payload is 4 bytes.
+        machine_checks = 0
+        attacker.sb.memory.write(attacker.req, b"ping")
+        leaked = b""
+        if attacker.call("heartbeat", attacker.req, 4, attacker.resp, OVERREAD):
+            leaked = attacker.sb.memory.read(attacker.resp, OVERREAD)
+        else:
+            machine_checks += 1
         secrets_leaked = sum(1 for s in secrets if s in leaked)
-        own_bytes = OVERREAD - leaked.count(0)
 
         # Control: the same peek does read a secret at an address the attacker owns, so a
         # zero below means isolation, not a broken attack.
         own_secret = rng.randbytes(SECRET_LEN)
-        scratch = attacker.alloc(4096)
-        attacker.memory.write(scratch + 1024, own_secret)
-        attacker.call("peek", scratch + 1024, scratch, SECRET_LEN)
-        control_ok = attacker.memory.read(scratch, SECRET_LEN) == own_secret
+        attacker.sb.memory.write(attacker.scratch + 1024, own_secret)
+        attacker.call("peek", attacker.scratch + 1024, attacker.scratch, SECRET_LEN)
+        control_ok = attacker.sb.memory.read(attacker.scratch, SECRET_LEN) == own_secret
 
-        task = progress.add_task("attacking every neighbour", total=len(sandboxes))
-        peeks_leaked = corrupted = 0
-        for k, sb in enumerate(sandboxes):
-            attacker.call("peek", secret_addrs[k], scratch, SECRET_LEN)
-            if attacker.memory.read(scratch, SECRET_LEN) == secrets[k]:
-                peeks_leaked += 1
-            attacker.memory.write(scratch, b"\0" * SECRET_LEN)
-            attacker.call("poke", secret_addrs[k], scratch, SECRET_LEN)
-            sb.memory.write(bufs[k], secrets[k])
-            sb.call("handle", bufs[k], SECRET_LEN, bufs[k] + 2048, 1)
-            if sb.memory.read(bufs[k] + 2048, 1) != b"Y":
-                corrupted += 1
+        # Every neighbour but the first (the bystander checked at the end) is attacked.
+        victims = range(1, len(sandboxes))
+        task = progress.add_task("attacking the neighbours", total=len(victims))
+        peeks_leaked = matching = changed = 0
+        for k in victims:
+            if attacker.call("peek", secret_addrs[k], attacker.scratch, SECRET_LEN):
+                got = attacker.sb.memory.read(attacker.scratch, SECRET_LEN)
+                peeks_leaked += got == secrets[k]
+                matching += sum(a == b for a, b in zip(got, secrets[k], strict=True))
+            else:
+                machine_checks += 1
+            attacker.sb.memory.write(attacker.scratch, b"\0" * SECRET_LEN)
+            attacker.call("poke", secret_addrs[k], attacker.scratch, SECRET_LEN)
+            still = _serves(sandboxes[k], bufs[k], secrets[k])
+            if still is None:
+                machine_checks += 1
+            elif not still:
+                changed += 1
             progress.advance(task)
+
+        dram_visible = 0
+        if backend == "tme":
+            platform = rt.backend.platform
+            rt.backend.sync()  # write the emulator's plaintext cache back to the pool
+            for addr, secret in zip(secret_addrs, secrets, strict=True):
+                dram_visible += platform.dram(addr & 0xFFFF_FFFF, SECRET_LEN) == secret
 
         faults = 0
         try:
-            attacker.call("crash")
+            attacker.sb.call("crash")
         except SandboxFault:
             faults += 1
-        # The host and every other tenant keep running after the fault.
-        sb = sandboxes[0]
-        sb.memory.write(bufs[0], secrets[0])
-        sb.call("handle", bufs[0], SECRET_LEN, bufs[0] + 2048, 1)
-        if sb.memory.read(bufs[0] + 2048, 1) != b"Y":
-            raise RuntimeError("a neighbour stopped working after the attacker's fault")
-
-        for sb in sandboxes:
-            sb.destroy()
-        attacker.destroy()
+        # The host and the bystander keep running after the fault.
+        if not _serves(sandboxes[0], bufs[0], secrets[0]):
+            raise TmeboxError("a neighbour stopped working after the attacker's fault")
 
     result = DemoResult(
-        tenants=tenants, requests=requests, calls_per_second=requests / elapsed,
-        bytes_per_tenant=per_tenant, overread_bytes=len(leaked), own_bytes_leaked=own_bytes,
+        backend=backend, integrity=integrity, tenants=tenants, requests=requests,
+        calls_per_second=requests / elapsed, bytes_per_tenant=per_tenant,
+        overread_bytes=len(leaked), overread_nonzero=len(leaked) - leaked.count(0),
         secrets_leaked=secrets_leaked, control_peek_works=control_ok,
-        peeks=len(sandboxes), peeks_leaked=peeks_leaked,
-        pokes=len(sandboxes), victims_corrupted=corrupted, faults_contained=faults)
-    _print_summary(console, result, backend)
+        peeks=len(victims), peeks_leaked=peeks_leaked,
+        peek_bytes_matching=matching / max(1, len(victims) * SECRET_LEN),
+        pokes=len(victims), victims_silently_changed=changed, machine_checks=machine_checks,
+        dram_secrets_visible=dram_visible, faults_contained=faults)
+    _print_summary(result)
     return result
 
 
-def _print_summary(console: Console, r: DemoResult, backend: str) -> None:
-    table = Table(title=f"tmebox demo ({backend} backend)", show_header=False)
+def _print_summary(r: DemoResult) -> None:
+    mode = f"{r.backend} backend" + (", integrity" if r.integrity else "")
+    table = Table(title=f"tmebox demo ({mode})", show_header=False)
     table.add_row("tenants in one process", f"{r.tenants:,}")
     table.add_row("requests served", f"{r.requests:,} ({r.calls_per_second:,.0f} calls/s)")
     table.add_row("memory per tenant", f"{r.bytes_per_tenant / 1024:.1f} KiB")
-    table.add_row("Heartbleed over-read", f"{r.overread_bytes:,} bytes read "
-                  f"({r.own_bytes_leaked:,} non-zero: the tenant's own memory), "
-                  f"{r.secrets_leaked} neighbour secrets in them")
+    overread = (f"{r.overread_bytes:,} bytes returned ({r.overread_nonzero:,} non-zero), "
+                f"{r.secrets_leaked} neighbour secrets in them" if r.overread_bytes else
+                "stopped by a machine check before it returned anything")
+    table.add_row("Heartbleed over-read", overread)
     table.add_row("reads of neighbours' secret addresses",
-                  f"{r.peeks:,} tried, {r.peeks_leaked} returned the secret "
-                  f"(control: own secret {'read back' if r.control_peek_works else 'NOT read'})")
+                  f"{r.peeks:,} tried, {r.peeks_leaked} returned the secret, "
+                  f"{r.peek_bytes_matching:.1%} of bytes matched (chance: 0.4%); control: "
+                  f"own secret {'read back' if r.control_peek_works else 'NOT read'}")
     table.add_row("writes to neighbours' secrets",
-                  f"{r.pokes:,} tried, {r.victims_corrupted} neighbours corrupted")
+                  f"{r.pokes:,} tried, {r.victims_silently_changed} victims' secrets changed")
+    if r.backend == "tme":
+        table.add_row("machine checks (integrity)", f"{r.machine_checks:,}")
+        table.add_row("host reading the raw pool (DRAM)",
+                      f"{r.dram_secrets_visible} secrets visible: ciphertext only")
     table.add_row("faults contained", f"{r.faults_contained} (every other tenant kept running)")
+    verdict = "[green]isolated[/]" if r.safe else "[red]ISOLATION FAILED[/]"
+    table.add_row("verdict", verdict)
     Console().print(table)
