@@ -114,7 +114,10 @@ def measure(built: Built, scale: int, rounds: int, runtime: object,
             except TmeboxError as e:
                 raise BenchError(f"{name} ({v}): {e}") from None
         for v in VARIANTS:
-            runners[v].run_once()
+            try:
+                runners[v].run_once()
+            except TmeboxError as e:
+                raise BenchError(f"{name} ({v}), warm-up run: {e}") from None
         samples = []
         for r, v in stats.interleave(VARIANTS, rounds):
             try:
