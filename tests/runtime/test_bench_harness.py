@@ -266,3 +266,29 @@ def test_density_raises_the_limit_when_root(tmp_path: Path,
     counts, note = density.fit_counts((1, 32000))
     assert counts == [1, 32000] and "raised vm.max_map_count from 1000" in note
     assert int(limit.read_text()) >= density.maps_needed(32000) - 100
+
+
+# -- the baseline runner ---------------------------------------------------------------------
+
+
+def _script(tmp_path: Path, body: str) -> Path:
+    exe = tmp_path / "fake-baseline"
+    exe.write_text("#!/bin/sh\n" + body)
+    exe.chmod(0o755)
+    return exe
+
+
+def test_baseline_runner_reads_wall_cpu_checksum(tmp_path: Path) -> None:
+    exe = _script(tmp_path, 'echo "2000 1000 00000000000000ff"\n')
+    r = overhead.BaselineRunner(exe, 1)
+    assert r.run_once() == (2000, 1000, 0xFF)
+    r.close()
+
+
+def test_baseline_that_stops_answering_is_a_bench_error(tmp_path: Path) -> None:
+    exe = _script(tmp_path, 'echo "workload_init failed" >&2; exit 3\n')
+    r = overhead.BaselineRunner(exe, 1)
+    with pytest.raises(BenchError, match=r"fake-baseline stopped answering \(exit 3\): "
+                                         r"workload_init failed"):
+        r.run_once()
+    r.close()

@@ -10,6 +10,7 @@ the thread's CPU time are kept; ratios are computed for each (METRICS).
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,7 +69,8 @@ class BaselineRunner:
 
     def close(self) -> None:
         if self.proc.stdin:
-            self.proc.stdin.close()
+            with contextlib.suppress(BrokenPipeError):  # it has exited already
+                self.proc.stdin.close()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
