@@ -121,10 +121,6 @@ WORKLOADS: dict[str, Workload] = {
                  defines=("BZ_NO_STDIO",)),
         Workload("lua", "Lua 5.4.4 interpreter: embedded script (fib, tables, strings, closures)",
                  ("drv_lua.c",), scale=1, package="lua5.4", lib_sources=_lua_sources,
-                 # lvm.c's computed gotos jump to labels the rewriter does not align to
-                 # bundles, so code+data masks them onto the wrong instruction: use the
-                 # switch dispatch in all three builds (docs/evaluation.md).
-                 defines=("LUA_USE_JUMPTABLE=0",),
                  prepare=lambda tree: tree / "src"),
         Workload("sqlite", "SQLite 3.40.1 in :memory: - 40K-row table, index, 5 queries",
                  ("drv_sqlite.c",), scale=20, package="sqlite3",
