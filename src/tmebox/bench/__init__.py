@@ -247,7 +247,8 @@ def _tme(opts: Options, rounds: int, results: dict[str, Any], out: Path,
         from tmebox.bench import build, workloads
 
         chase = build.build(workloads.WORKLOADS["chase"])
-        rows += tme.backend_slowdown(chase.paths["code+data"], 1, min(rounds, 3))
+        rows += tme.backend_slowdown(chase.paths["code+data"], 1 if opts.quick else 4,
+                                     min(rounds, 5))
     else:
         results["tme_note"] = "the tme backend is not installed: platform figures only"
     results["tme"] = rows
