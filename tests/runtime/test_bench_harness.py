@@ -292,3 +292,27 @@ def test_baseline_that_stops_answering_is_a_bench_error(tmp_path: Path) -> None:
                                          r"workload_init failed"):
         r.run_once()
     r.close()
+
+
+# -- docs/evaluation.md ----------------------------------------------------------------------
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "evaluation.md"
+
+
+def test_evaluation_doc_examples_run() -> None:
+    import re
+
+    blocks = re.findall(r"^```python\n(.*?)^```$", DOC.read_text(), flags=re.S | re.M)
+    assert blocks
+    namespace: dict[str, object] = {}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"{DOC.name} example {i + 1}", "exec"), namespace)  # noqa: S102
+
+
+def test_evaluation_doc_images_exist() -> None:
+    import re
+
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", DOC.read_text())
+    assert len(images) == 3
+    for rel in images:
+        assert (DOC.parent / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", rel
