@@ -171,19 +171,37 @@ def _failed(results: dict[str, Any], prog: _Progress, workload: str, stage: str,
     prog.note(f"{workload}: {stage} failed, left out: {error}")
 
 
+def _measure_all(builds: list, opts: Options, rounds: int, rt: Any,
+                 results: dict[str, Any], prog: _Progress) -> list:
+    from tmebox.bench import overhead
+
+    samples = []
+    for b in builds:
+        scale = b.workload.quick_scale if opts.quick else b.workload.scale
+        try:
+            samples += overhead.measure(b, scale, rounds, rt, tick=prog.tick)
+        except BenchError as e:
+            _failed(results, prog, b.workload.name, "overhead", e)
+    return samples
+
+
 def _overhead(builds: list, opts: Options, rounds: int, results: dict[str, Any], out: Path,
               prog: _Progress) -> list[Path]:
     from tmebox.bench import overhead, report
     from tmebox.runtime.api import Runtime
 
-    samples = []
-    with Runtime(backend="native", max_sandboxes=8) as rt:
-        for b in builds:
-            scale = b.workload.quick_scale if opts.quick else b.workload.scale
-            try:
-                samples += overhead.measure(b, scale, rounds, rt, tick=prog.tick)
-            except BenchError as e:
-                _failed(results, prog, b.workload.name, "overhead", e)
+    # One CPU for the harness thread (which runs the sandboxes) and the baseline processes
+    # (they inherit it): the vCPUs of a VM need not be equally fast, and a baseline that
+    # lands on the other one would skew every ratio.
+    allowed = os.sched_getaffinity(0)
+    cpu = max(allowed)
+    results["config"]["overhead_cpu"] = cpu
+    os.sched_setaffinity(0, {cpu})
+    try:
+        with Runtime(backend="native", max_sandboxes=8) as rt:
+            samples = _measure_all(builds, opts, rounds, rt, results, prog)
+    finally:
+        os.sched_setaffinity(0, allowed)
     if not samples:
         raise BenchError("no workload could be measured: "
                          + "; ".join(f"{f['workload']}: {f['error']}"
