@@ -178,6 +178,10 @@ def assemble(asm: str, obj: Path, *, isolation: str, source: str) -> None:
         except OSError:
             raise e from None
         raise ToolchainError(f"{e}\n(rewritten assembly kept in {keep})") from None
+    if isolation != NATIVE:
+        from tmebox.toolchain import nopmerge
+
+        nopmerge.merge_object(obj)  # bundle padding: one-byte nops -> multi-byte nops
 
 
 # ---------------------------------------------------------------------------

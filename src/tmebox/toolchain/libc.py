@@ -165,7 +165,8 @@ def fetch_musl(progress: bool = False) -> Path:
 
 
 def _key_files() -> list[Path]:
-    files = [_TOOLCHAIN_DIR / name for name in ("rewriter.py", "asm.py", "abi.py", "libc.py")]
+    names = ("rewriter.py", "asm.py", "abi.py", "libc.py", "nopmerge.py")
+    files = [_TOOLCHAIN_DIR / name for name in names]
     files += [_TOOLCHAIN_DIR / "data" / name for name in LIBC_DATA_FILES]
     return [f for f in files if f.is_file()]
 
