@@ -11,7 +11,8 @@ A merged nop must not swallow a position control can reach, so runs are split at
 - bundle boundaries (the verifier and masked indirect branches rely on them),
 - direct branch targets inside the section,
 - symbol addresses in the section (functions, local labels),
-- relocation targets into the section (computed-goto label addresses, jump tables);
+- %rip-relative operand targets and relocation targets into the section (computed-goto
+  label addresses, jump tables);
 and a run that a relocation patches is left alone. Anything unexpected (an object that
 does not parse or decode to the end) leaves the object untouched: this is an optimisation,
 and the verifier checks the final image anyway.
@@ -56,6 +57,9 @@ MAX_NOP = max(NOPS)
 # Direct branches whose operand capstone prints as an absolute address.
 _BRANCH = re.compile(r"^(j[a-z]+|call|loop[a-z]*)$")
 _TARGET = re.compile(r"^0x([0-9a-f]+)$")
+# %rip-relative operands to the same section need no relocation (`lea .L3(%rip)` of a
+# computed-goto label): their target is a position too.
+_RIP = re.compile(r"\[rip ([+-]) 0x([0-9a-f]+)\]")
 # Relocation types whose field is relative to its own position (P): the referenced
 # address is S + A + (end of the instruction - field).
 # PC32, PLT32, GOTPCREL, PC16, PC8, PC64, GOTPC32, GOTPCRELX, REX_GOTPCRELX.
@@ -114,10 +118,14 @@ def merge_bytes(data: bytes) -> tuple[bytes, MergeStats]:
     patched_at: dict[int, list[int]] = {i: [] for i in code}
     symbols = _symbols(sections)
     for i in code:
-        for _, _, mnemonic, op in insns[i]:  # type: ignore[union-attr]
+        for addr, size, mnemonic, op in insns[i]:  # type: ignore[union-attr]
             m = _TARGET.match(op)
             if m and _BRANCH.match(mnemonic):
                 barriers[i].add(int(m.group(1), 16))
+            r = _RIP.search(op)
+            if r:
+                disp = int(r.group(2), 16)
+                barriers[i].add(addr + size + (disp if r.group(1) == "+" else -disp))
     for sym in symbols:
         if sym[0] in barriers:
             barriers[sym[0]].add(sym[1])
