@@ -210,3 +210,114 @@ def test_sandbox_fpu_state_does_not_reach_the_host(rt, img):
     libm.expl.restype = ctypes.c_longdouble
     libm.expl.argtypes = [ctypes.c_longdouble]
     assert abs(float(libm.expl(1.0)) - math.e) < 1e-15  # x87 code works in the host
+
+
+# The window pool. These use a pool of their own (the process-wide one sees its windows as
+# host mappings) and unmap what it reserved afterwards.
+
+@pytest.fixture
+def own_pool():
+    import ctypes
+
+    from tmebox.runtime import layout as lay
+    from tmebox.runtime.native_backend import WindowPool
+    from tmebox.toolchain import abi
+
+    pool = WindowPool()
+    yield pool
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    for k in pool.windows:
+        assert libc.munmap(lay.window_base(k), abi.WINDOW_SIZE) == 0
+
+
+def _window_lines(windows):
+    from tmebox.runtime import layout as lay
+    from tmebox.toolchain import abi
+
+    return sum(int(line.split("-", 1)[0], 16) >> abi.WINDOW_SHIFT in windows
+               for line in lay.read_host_maps())
+
+
+def test_pool_grows_geometrically_instead_of_rereading_the_maps(own_pool):
+    import math
+
+    from tmebox.runtime import layout as lay
+
+    got = []
+    for _ in range(1000):
+        own_pool.ensure(1)
+        got.append(own_pool.acquire())
+    assert len(set(got)) == 1000
+    # 64 windows per read (the old pool) would have read the maps 16 times.
+    assert own_pool.maps_reads <= math.ceil(math.log2(1000 / 64)) + 1
+    host = lay.host_mapped_windows(lay.read_host_maps()) - own_pool.windows
+    for k in got:
+        assert not {k - 1, k, k + 1} & host
+        assert lay.FIRST_WINDOW <= k <= lay.LAST_WINDOW
+    # Released windows come back lowest first, and reserving more reads nothing.
+    for k in reversed(got):
+        own_pool.release(k)
+    reads = own_pool.maps_reads
+    again = [own_pool.acquire() for _ in range(3)]
+    assert again == sorted(got)[:3]
+    own_pool.ensure(own_pool.free_count)
+    assert own_pool.maps_reads == reads
+
+
+def test_pool_growth_respects_the_limit(own_pool):
+    own_pool.ensure(3, limit=5)
+    assert len(own_pool.windows) == 5
+    own_pool.ensure(1, limit=5)
+    assert own_pool.maps_reads == 1
+
+
+def test_window_the_host_maps_after_the_maps_were_read_is_not_handed_out(own_pool, monkeypatch):
+    from tmebox.runtime import layout as lay
+    from tmebox.runtime.native_backend import (
+        MAP_ANONYMOUS,
+        MAP_FIXED_NOREPLACE,
+        MAP_PRIVATE,
+        PROT_READ,
+        _mmap,
+    )
+
+    stale = lay.read_host_maps()
+    first, end = next(lay.free_window_runs(lay.host_mapped_windows(stale)))
+    assert end - first >= 8
+    taken = first + 3
+    # The host maps a page inside the run after the pool's (stale) look at the maps.
+    addr = _mmap(lay.window_base(taken) + (5 << 20), lay.PAGE, PROT_READ,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
+    try:
+        monkeypatch.setattr(lay, "read_host_maps", lambda: stale)
+        own_pool.ensure(8, limit=8)
+        assert taken not in own_pool.windows
+        assert {first, first + 1, first + 2, first + 4} <= own_pool.windows
+        handed = {own_pool.acquire() for _ in range(8)}
+        assert taken not in handed
+        monkeypatch.undo()
+        # The host's page is intact: nothing was mapped over it.
+        assert _window_lines({taken}) == 1
+    finally:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+        libc.munmap(addr, lay.PAGE)
+
+
+def test_spawn_and_destroy_many_leave_no_window_mappings():
+    import tmebox
+    from tmebox.runtime.native_backend import POOL
+
+    with tmebox.Runtime(max_sandboxes=300) as rt:
+        img = rt.load_unverified(basic())
+        POOL.ensure(300)  # the pool's own growth would add reservation lines below
+        before = _window_lines(POOL.windows)
+        sbs = [rt.spawn(img) for _ in range(300)]
+        assert _window_lines(POOL.windows) >= before + 2 * 300
+        for sb in sbs[::2] + sbs[1::2]:
+            sb.destroy()
+    # Closing the Runtime released its image's warm windows too.
+    assert _window_lines(POOL.windows) == before

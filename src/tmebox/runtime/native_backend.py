@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import functools
+import heapq
 import os
 import threading
 from collections.abc import Callable
@@ -36,7 +37,8 @@ MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x01, 0x02, 0x10, 0x20
 MAP_NORESERVE, MAP_FIXED_NOREPLACE = 0x4000, 0x100000
 MADV_DONTNEED = 4
 MAP_FAILED = (1 << 64) - 1
-RESERVE_CHUNK = 64  # windows reserved at once beyond what is asked for
+RESERVE_CHUNK = 64  # the pool's first growth step, in windows
+MAX_GROWTH = 8192  # windows (32 TiB) one growth step reserves at most
 WARM_WINDOWS = 256  # per image: destroyed windows kept mapped for its next spawns
 MAPS_PER_WINDOW = 3  # code, RW, and the PROT_NONE guard between windows
 MAP_COUNT_SLACK = 2000  # mappings the host itself may still create
@@ -60,24 +62,45 @@ def _mmap(addr: int, length: int, prot: int, flags: int, fd: int = -1) -> int:
 
 
 class WindowPool:
-    """Process-wide reservation of free windows (all Runtimes share it)."""
+    """Process-wide reservation of free windows (all Runtimes share it).
+
+    The pool grows geometrically: each growth step reserves as many windows as it
+    already holds (at least RESERVE_CHUNK, at most MAX_GROWTH), so n windows cost
+    O(log n) reads of /proc/self/maps. That read is only needed to keep away from the
+    host's mappings; the pool's own reservations are its own record (`_reserved`), and a
+    host mapping made after the read makes MAP_FIXED_NOREPLACE fail with EEXIST.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._free: list[int] = []  # descending, so pop() hands out the lowest window
+        self._free: list[int] = []  # a min-heap, so acquire() hands out the lowest window
         self._reserved: set[int] = set()
+        self._frozen: frozenset[int] = frozenset()
+        self.maps_reads = 0  # growth steps that read the host's maps (tests check it)
 
     @property
     def windows(self) -> frozenset[int]:
         """Every window reserved so far (free or in use)."""
-        return frozenset(self._reserved)
+        return self._frozen
 
-    def ensure(self, n: int) -> None:
-        """Reserve windows until at least n are free."""
+    @property
+    def free_count(self) -> int:
+        return len(self._free)
+
+    def ensure(self, n: int, limit: int | None = None) -> None:
+        """Reserve windows until at least n are free.
+
+        A growth step reserves up to `limit` windows beyond the n (the caller's
+        max_sandboxes), so a small Runtime does not take address space it cannot use.
+        """
         with self._lock:
             if len(self._free) >= n:
                 return
-            want = n - len(self._free) + RESERVE_CHUNK
+            extra = min(max(RESERVE_CHUNK, len(self._reserved)), MAX_GROWTH)
+            if limit is not None:
+                extra = min(extra, max(limit - n, 0))
+            want = n - len(self._free) + extra
+            self.maps_reads += 1
             used = lay.host_mapped_windows(lay.read_host_maps()) - self._reserved
             got: list[int] = []
             for start, end in lay.free_window_runs(used):
@@ -88,8 +111,11 @@ class WindowPool:
                 got += self._reserve_run(run)
                 if len(got) >= want:
                     break
-            self._reserved.update(got)
-            self._free = sorted(set(self._free) | set(got), reverse=True)
+            if got:
+                self._reserved.update(got)
+                self._frozen = frozenset(self._reserved)
+                self._free += got
+                heapq.heapify(self._free)
             if len(self._free) < n:
                 raise OutOfSandboxes(
                     f"only {len(self._free)} windows of 4 GiB are free in this process's "
@@ -136,7 +162,7 @@ class WindowPool:
         with self._lock:
             if not self._free:
                 raise OutOfSandboxes("no reserved window is free")
-            return self._free.pop()
+            return heapq.heappop(self._free)
 
     def release(self, k: int) -> None:
         """Drop everything mapped in window k and hand it out again later."""
@@ -144,8 +170,7 @@ class WindowPool:
         _mmap(base + abi.GUARD_SIZE, abi.WINDOW_SIZE - 2 * abi.GUARD_SIZE, PROT_NONE,
               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED)
         with self._lock:
-            self._free.append(k)
-            self._free.sort(reverse=True)
+            heapq.heappush(self._free, k)
 
 
 POOL = WindowPool()
@@ -333,8 +358,8 @@ class NativeBackend:
             raise TmeboxError(f"cannot install the sandbox signal handlers: "
                               f"{os.strerror(-status)}")
         check_map_count(max_sandboxes)
-        POOL.ensure(min(max_sandboxes, RESERVE_CHUNK))
         self.max_sandboxes = max_sandboxes
+        POOL.ensure(min(max_sandboxes, RESERVE_CHUNK), max_sandboxes)
 
     def prepare(self, plan: ImagePlan) -> NativeImage:
         return NativeImage(plan)
@@ -343,7 +368,7 @@ class NativeBackend:
         if image.warm:
             window, warm = image.warm.pop(), True
         else:
-            POOL.ensure(1)
+            POOL.ensure(1, self.max_sandboxes)
             window, warm = POOL.acquire(), False
         try:
             return NativeEngine(image, window, warm)
