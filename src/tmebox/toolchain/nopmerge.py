@@ -56,10 +56,11 @@ MAX_NOP = max(NOPS)
 
 # Direct branches whose operand capstone prints as an absolute address.
 _BRANCH = re.compile(r"^(j[a-z]+|call|loop[a-z]*)$")
-_TARGET = re.compile(r"^0x([0-9a-f]+)$")
+# (capstone prints values below 10 in decimal)
+_TARGET = re.compile(r"^(0x[0-9a-f]+|[0-9])$")
 # %rip-relative operands to the same section need no relocation (`lea .L3(%rip)` of a
 # computed-goto label): their target is a position too.
-_RIP = re.compile(r"\[rip ([+-]) 0x([0-9a-f]+)\]")
+_RIP = re.compile(r"\[rip ([+-]) (0x[0-9a-f]+|[0-9])\]")
 # Relocation types whose field is relative to its own position (P): the referenced
 # address is S + A + (end of the instruction - field).
 # PC32, PLT32, GOTPCREL, PC16, PC8, PC64, GOTPC32, GOTPCRELX, REX_GOTPCRELX.
@@ -121,10 +122,10 @@ def merge_bytes(data: bytes) -> tuple[bytes, MergeStats]:
         for addr, size, mnemonic, op in insns[i]:  # type: ignore[union-attr]
             m = _TARGET.match(op)
             if m and _BRANCH.match(mnemonic):
-                barriers[i].add(int(m.group(1), 16))
+                barriers[i].add(int(m.group(1), 0))
             r = _RIP.search(op)
             if r:
-                disp = int(r.group(2), 16)
+                disp = int(r.group(2), 0)
                 barriers[i].add(addr + size + (disp if r.group(1) == "+" else -disp))
     for sym in symbols:
         if sym[0] in barriers:
