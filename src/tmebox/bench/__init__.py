@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tmebox.bench.errors import BenchError
+from tmebox.errors import TmeboxError
 
 SECTIONS = ("overhead", "switch", "density", "tme", "toolchain")
 FULL_ROUNDS = 11
@@ -148,18 +149,27 @@ def run(opts: Options) -> Path:
             results["toolchain"] = toolchain.measure(builds)
             files.append(report.write_csv(out / "toolchain.csv", results["toolchain"]))
             prog.tick("verifier throughput")
-        if "overhead" in opts.sections:
-            files += _overhead(builds, opts, rounds, results, out, prog)
-        if "switch" in opts.sections:
-            files += _switch(opts, results, out, prog)
-        if "density" in opts.sections and counts:
-            files += _density(opts, counts, results, out, prog)
-        if "tme" in opts.sections:
-            files += _tme(opts, rounds, results, out, prog)
+        sections = [("overhead", lambda: _overhead(builds, opts, rounds, results, out, prog)),
+                    ("switch", lambda: _switch(opts, results, out, prog)),
+                    ("density", lambda: _density(opts, counts, results, out, prog)),
+                    ("tme", lambda: _tme(opts, rounds, results, out, prog))]
+        for name, section in sections:
+            if name not in opts.sections or (name == "density" and not counts):
+                continue
+            try:
+                files += section()
+            except TmeboxError as e:
+                # The other sections still run and everything measured is written.
+                results.setdefault("failed_sections", {})[name] = str(e)
+                prog.note(f"section {name} failed: {e}")
     results["machine"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     (out / "summary.md").write_text(report.summary_markdown(results))
     report.write_json(out / "results.json", results)
+    if results.get("failed_sections"):
+        failed = results["failed_sections"]
+        raise BenchError(f"section(s) {', '.join(failed)} failed (results so far in {out}): "
+                         + "; ".join(f"{k}: {v}" for k, v in failed.items()))
     return out
 
 

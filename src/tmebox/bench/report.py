@@ -166,6 +166,8 @@ def summary_markdown(results: dict[str, Any]) -> str:
         if rows:
             out.append(f"### Overhead by {label} (median; [q1, q3] of per-round ratios)\n")
             out.append(_overhead_table(rows, results.get(geo_key, {})) + "\n")
+    for name, err in results.get("failed_sections", {}).items():
+        out.append(f"**section {name} failed**: {err}\n")
     for f in results.get("failures", []):
         out.append(f"**{f['workload']} left out** ({f['stage']}): {f['error']}\n")
     sw = results.get("switch", [])
