@@ -122,9 +122,9 @@ def check_code(code: bytes, mode: str) -> list[Insn]:
             stem = m.group(1)
             need = []
             if stem in ("movs", "stos", "cmps", "scas"):
-                need += [("mov", "edi, edi"), ("or", "rdi, r14")]
+                need += [("mov", "edi, edi"), ("lea", "rdi, [r14 + rdi]")]
             if stem in ("movs", "cmps", "lods"):
-                need += [("mov", "esi, esi"), ("or", "rsi, r14")]
+                need += [("mov", "esi, esi"), ("lea", "rsi, [r14 + rsi]")]
             assert prev[len(prev) - len(need):] == need, where
             if cfi:
                 start = insns[k - len(need)].address
@@ -133,7 +133,7 @@ def check_code(code: bytes, mode: str) -> list[Insn]:
         _, written = c.regs_access()
         wnames = {c.reg_name(r) for r in written}
         assert not wnames & {"r14", "r14d", "r14w", "r14b"}, where
-        if (ins.mnemonic, ins.op_str) == ("or", "rsp, r14"):
+        if (ins.mnemonic, ins.op_str) == ("lea", "rsp, [rsp + r14]"):
             assert insns[k - 1].op_str.startswith("esp,"), where
         elif wnames & {"rsp", "esp", "sp", "spl"} and not _STACK_OPS.search(ins.mnemonic):
             dest = ins.op_str.split(",")[0]
@@ -143,7 +143,7 @@ def check_code(code: bytes, mode: str) -> list[Insn]:
             else:
                 assert dest == "esp", where
                 nxt = insns[k + 1]
-                assert (nxt.mnemonic, nxt.op_str) == ("or", "rsp, r14"), where
+                assert (nxt.mnemonic, nxt.op_str) == ("lea", "rsp, [rsp + r14]"), where
                 if cfi:
                     assert ins.address // BUNDLE_SIZE == nxt.address // BUNDLE_SIZE, where
         if ins.mnemonic == "leave":
@@ -221,24 +221,24 @@ def test_memory_operand_forms() -> None:
 
 
 def test_stack_pointer_writes_both_modes() -> None:
-    assert body("subq $4096, %rsp") == ["subl $4096, %esp", "orq %r14, %rsp"]
-    assert body("movq 8(%rdi), %rsp") == ["movl %gs:8(%edi), %esp", "orq %r14, %rsp"]
-    assert body("leaq -16(%rbp), %rsp") == ["leal -16(%rbp), %esp", "orq %r14, %rsp"]
-    assert body("leave") == ["movl %ebp, %esp", "orq %r14, %rsp", "popq %rbp"]
+    assert body("subq $4096, %rsp") == ["subl $4096, %esp", "leaq (%rsp,%r14), %rsp"]
+    assert body("movq 8(%rdi), %rsp") == ["movl %gs:8(%edi), %esp", "leaq (%rsp,%r14), %rsp"]
+    assert body("leaq -16(%rbp), %rsp") == ["leal -16(%rbp), %esp", "leaq (%rsp,%r14), %rsp"]
+    assert body("leave") == ["movl %ebp, %esp", "leaq (%rsp,%r14), %rsp", "popq %rbp"]
     assert body("andq $-16, %rsp") == ["andq $-16, %rsp"]
-    assert body("andq $16, %rsp") == ["andl $16, %esp", "orq %r14, %rsp"]
+    assert body("andq $16, %rsp") == ["andl $16, %esp", "leaq (%rsp,%r14), %rsp"]
     assert body("subq $40, %rsp", "code+data") == [
-        ".bundle_lock", "subl $40, %esp", "orq %r14, %rsp", ".bundle_unlock"]
+        ".bundle_lock", "subl $40, %esp", "leaq (%rsp,%r14), %rsp", ".bundle_unlock"]
 
 
 def test_string_instruction_spellings() -> None:
     for text in ("rep movsb", "rep; movsb", "rep ; movsb", "rep\nmovsb", "REP MOVSB"):
         got = body(text)
-        assert got[:4] == ["movl %edi, %edi", "orq %r14, %rdi",
-                           "movl %esi, %esi", "orq %r14, %rsi"], text
+        assert got[:4] == ["movl %edi, %edi", "leaq (%r14,%rdi), %rdi",
+                           "movl %esi, %esi", "leaq (%r14,%rsi), %rsi"], text
         assert got[4].lower() == "rep movsb" and len(got) == 5, text
-    assert body("stosq") == ["movl %edi, %edi", "orq %r14, %rdi", "stosq"]
-    assert body("lodsb") == ["movl %esi, %esi", "orq %r14, %rsi", "lodsb"]
+    assert body("stosq") == ["movl %edi, %edi", "leaq (%r14,%rdi), %rdi", "stosq"]
+    assert body("lodsb") == ["movl %esi, %esi", "leaq (%r14,%rsi), %rsi", "lodsb"]
     assert body("movsd") [-1] == "movsl"
     assert body("movsd %xmm1, %xmm0") == ["movsd %xmm1, %xmm0"]
     assert body("movsbl (%rsi), %eax") == ["movsbl %gs:(%esi), %eax"]

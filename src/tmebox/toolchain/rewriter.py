@@ -57,6 +57,10 @@ _NOPS = {
     9: "0x66,0x0f,0x1f,0x84,0x00,0x00,0x00,0x00,0x00",
     10: "0x66,0x2e,0x0f,0x1f,0x84,0x00,0x00,0x00,0x00,0x00",
 }
+# Re-confining %rsp after a 32-bit write to %esp. lea rather than `orq %r14,%rsp`: the same
+# value (the low half of %r14 is zero) without touching the flags, which gcc may keep live
+# across the rewritten instruction (docs/design.md). %rsp can only be the base.
+_LEA_RSP = f"\tleaq\t(%rsp,{_BASE}), %rsp"
 _CALL_DIRECT_LEN = 5  # e8 rel32
 _MASKED_BRANCH_LEN = 4 + 3 + 3  # andl $-32,%r11d; orq %r14,%r11; call/jmp *%r11
 
@@ -702,7 +706,7 @@ class _Rewriter:
         if mn in ("leave", "leaveq"):
             if ops:
                 raise self.error(insn.lineno, insn.text, "unexpected operands")
-            return [*self.group(["\tmovl\t%ebp, %esp", f"\torq\t{_BASE}, %rsp"]), "\tpopq\t%rbp"]
+            return [*self.group(["\tmovl\t%ebp, %esp", _LEA_RSP]), "\tpopq\t%rbp"]
 
         pre, new_ops, addr32 = self.rewrite_operands(insn)
         if new_ops and _is_register(new_ops[-1]) and _reg_name(new_ops[-1]) in _RSP_FAMILY \
@@ -895,7 +899,7 @@ class _Rewriter:
             body = self.format(insn.prefixes, stem + "l", [src, "%esp"], addr32)
         else:
             body = self.format(insn.prefixes, mn, ops, addr32)
-        return self.group([body, f"\torq\t{_BASE}, %rsp"])
+        return self.group([body, _LEA_RSP])
 
     # -- rule 3: string instructions -----------------------------------------------
 
@@ -911,7 +915,7 @@ class _Rewriter:
         lines = []
         for reg in uses:
             r32 = _TO32[reg]
-            lines += [f"\tmovl\t%{r32}, %{r32}", f"\torq\t{_BASE}, %{reg}"]
+            lines += [f"\tmovl\t%{r32}, %{r32}", f"\tleaq\t({_BASE},%{reg}), %{reg}"]
         mn = insn.mnemonic
         if mn in ("movsd", "cmpsd") and not insn.operands:
             mn = mn[:-1] + "l"  # the dword string forms; gas warns about the 'd' spelling

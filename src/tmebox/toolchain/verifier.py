@@ -42,7 +42,7 @@ RULES = {
     "rip-target": "%rip-relative operands address the image",
     "string-instruction": "string instructions run on %rdi/%rsi confined just before",
     "base-register": "%r14 holds the window base and is never written",
-    "stack-pointer": "%rsp only moves by push/pop/call/ret, and rsp,-imm, or 32-bit write + or",
+    "stack-pointer": "%rsp only moves by push/pop/call/ret, and rsp,-imm, or 32-bit write + lea",
     "direct-branch-target": "direct branches land on a checked instruction start",
     "entry-point": "the entry and every export are checked instruction starts",
     "bundle": "code+data: no instruction or group crosses a 32-byte bundle boundary",
@@ -94,14 +94,14 @@ class Reject(Exception):
 
 
 # Roles of instructions in the unsplittable groups of docs/design.md.
-PLAIN, ESP_WRITE, OR_RSP, CONF_EDI, OR_RDI, CONF_ESI, OR_RSI, AND_R11, OR_R11 = range(9)
+PLAIN, ESP_WRITE, LEA_RSP, CONF_EDI, LEA_RDI, CONF_ESI, LEA_RSI, AND_R11, OR_R11 = range(9)
 STRING_DI, STRING_SI, STRING_DI_SI, BRANCH_R11 = range(9, 13)
 # What must immediately precede each group's last instruction (the first is the group start).
 GROUP_PREFIX = {
-    OR_RSP: (ESP_WRITE,),
-    STRING_DI: (CONF_EDI, OR_RDI),
-    STRING_SI: (CONF_ESI, OR_RSI),
-    STRING_DI_SI: (CONF_EDI, OR_RDI, CONF_ESI, OR_RSI),
+    LEA_RSP: (ESP_WRITE,),
+    STRING_DI: (CONF_EDI, LEA_RDI),
+    STRING_SI: (CONF_ESI, LEA_RSI),
+    STRING_DI_SI: (CONF_EDI, LEA_RDI, CONF_ESI, LEA_RSI),
     BRANCH_R11: (AND_R11, OR_R11),
 }
 
@@ -160,7 +160,7 @@ _SEGMENT_REGISTERS = frozenset((ix.Register.ES, ix.Register.CS, ix.Register.SS, 
                                 ix.Register.FS, ix.Register.GS))
 _IMPLICIT_STACK = _mnemonics("PUSH PUSHFQ POP CALL RET")
 _NO_ACCESS = _mnemonics("LEA NOP")  # memory operand syntax, no memory access
-_GROUP_MNEMONICS = _mnemonics("MOV OR AND")  # of the group members that are not branches
+_GROUP_MNEMONICS = _mnemonics("MOV OR AND LEA")  # of the group members that are not branches
 _IMPLICIT_MEMORY = frozenset((
     ix.OpKind.MEMORY_SEG_SI, ix.OpKind.MEMORY_SEG_ESI, ix.OpKind.MEMORY_SEG_RSI,
     ix.OpKind.MEMORY_SEG_DI, ix.OpKind.MEMORY_SEG_EDI, ix.OpKind.MEMORY_SEG_RDI,
@@ -212,6 +212,20 @@ def _written(ins: ix.Instruction) -> frozenset[int]:
 def _is(x: Insn, mnemonic: int, op0: int, op1: int) -> bool:
     """`mnemonic op0, op1` with two register operands."""
     return x.mnemonic == mnemonic and x.ins.op_count == 2 and x.regs == (op0, op1)
+
+
+def _is_lea_r14(x: Insn, dest: int) -> bool:
+    """Exactly `lea dest, [dest + r14*1]` (or `[r14 + dest*1]`): dest + window base.
+
+    Any other address would not confine: a displacement (even a small one) can carry past
+    the window's end, a 0x67 prefix truncates the sum to 32 bits, another scale or register
+    adds more than the base. A segment prefix is harmless on lea, but one form is enough.
+    """
+    ins = x.ins
+    return (x.mnemonic == ix.Mnemonic.LEA and not x.prefixes and x.regs == (dest,)
+            and ins.op_count == 2 and ins.op1_kind == _MEMORY
+            and {ins.memory_base, ins.memory_index} == {dest, ix.Register.R14}
+            and ins.memory_index_scale == 1 and ins.memory_displacement == 0)
 
 
 # --- per-instruction rules: each returns a role (or None) or raises Reject -----------------
@@ -317,10 +331,10 @@ def rule_stack_pointer(x: Insn) -> int | None:
             and ins.op1_kind in (ix.OpKind.IMMEDIATE8TO64, ix.OpKind.IMMEDIATE32TO64) \
             and ins.immediate(1) >> 63:
         return None
-    if _is(x, ix.Mnemonic.OR, ix.Register.RSP, ix.Register.R14):
-        return OR_RSP
+    if _is_lea_r14(x, ix.Register.RSP):
+        return LEA_RSP
     raise Reject("stack-pointer", "writes %rsp other than by push/pop/call/ret, "
-                 "and $-imm, or a 32-bit write followed by or %r14, %rsp")
+                 "and $-imm, or a 32-bit write followed by lea rsp, [rsp+r14]")
 
 
 def rule_no_ret(x: Insn) -> None:
@@ -344,8 +358,7 @@ def rule_indirect_branch(x: Insn) -> int | None:
 _R = ix.Register
 # (role, mnemonic, op0, op1) of the two-register group members.
 _GROUP_MEMBERS = (
-    (CONF_EDI, ix.Mnemonic.MOV, _R.EDI, _R.EDI), (OR_RDI, ix.Mnemonic.OR, _R.RDI, _R.R14),
-    (CONF_ESI, ix.Mnemonic.MOV, _R.ESI, _R.ESI), (OR_RSI, ix.Mnemonic.OR, _R.RSI, _R.R14),
+    (CONF_EDI, ix.Mnemonic.MOV, _R.EDI, _R.EDI), (CONF_ESI, ix.Mnemonic.MOV, _R.ESI, _R.ESI),
     (OR_R11, ix.Mnemonic.OR, _R.R11, _R.R14))
 
 
@@ -357,6 +370,10 @@ def _group_role(x: Insn) -> int:
     for role, mnemonic, op0, op1 in _GROUP_MEMBERS:
         if _is(x, mnemonic, op0, op1):
             return role
+    if _is_lea_r14(x, _R.RDI):
+        return LEA_RDI
+    if _is_lea_r14(x, _R.RSI):
+        return LEA_RSI
     if x.mnemonic == ix.Mnemonic.AND and x.regs == (_R.R11D,) \
             and ins.op1_kind in (ix.OpKind.IMMEDIATE8TO32, ix.OpKind.IMMEDIATE32) \
             and ins.immediate(1) & 0xFFFFFFFF == abi.BUNDLE_MASK & 0xFFFFFFFF:
@@ -433,9 +450,9 @@ def _scan(code: bytes, code_offset: int, image_size: int, mode: str) -> _Scan:
             continue
         if kind.rule:
             raise Reject(kind.rule, kind.reason, off, n)
-        if run and run[-1][2] == ESP_WRITE and kind.role != OR_RSP:
+        if run and run[-1][2] == ESP_WRITE and kind.role != LEA_RSP:
             raise Reject("stack-pointer", "32-bit write to %esp not followed by "
-                         "or %r14, %rsp", run[-1][0], run[-1][1])
+                         "lea rsp, [rsp+r14]", run[-1][0], run[-1][1])
         if kind.role:
             run.append((off, n, kind.role))
             if kind.role in GROUP_PREFIX:
@@ -452,7 +469,7 @@ def _scan(code: bytes, code_offset: int, image_size: int, mode: str) -> _Scan:
         raise Reject("bundle", "instruction crosses a 32-byte bundle boundary",
                      int(addresses[stop]), int(sizes[stop]))
     if run and run[-1][2] == ESP_WRITE:
-        raise Reject("stack-pointer", "32-bit write to %esp not followed by or %r14, %rsp",
+        raise Reject("stack-pointer", "32-bit write to %esp not followed by lea rsp, [rsp+r14]",
                      run[-1][0], run[-1][1])
     decoded = int(sizes.sum())
     if decoded != len(code):
@@ -470,12 +487,13 @@ def _check_group(run: list[tuple[int, int, int]], interior: bytearray, code_offs
     need = GROUP_PREFIX[role]
     members = run[-1 - len(need):]
     if tuple(m[2] for m in members[:-1]) != need or len(members) != len(need) + 1:
-        rule = {OR_RSP: "stack-pointer", BRANCH_R11: "indirect-branch"}.get(
+        rule = {LEA_RSP: "stack-pointer", BRANCH_R11: "indirect-branch"}.get(
             role, "string-instruction")
         raise Reject(rule, "not immediately preceded by its confinement group: "
-                     + {OR_RSP: "a 32-bit write to %esp",
+                     + {LEA_RSP: "a 32-bit write to %esp",
                         BRANCH_R11: "and $-32, %r11d; or %r14, %r11"}.get(
-                            role, "mov %edi,%edi; or %r14,%rdi / mov %esi,%esi; or %r14,%rsi"),
+                            role, "mov edi,edi; lea rdi,[r14+rdi] / mov esi,esi; "
+                            "lea rsi,[r14+rsi]"),
                      last_off, last_n)
     first = members[0][0]
     if bundled and first // abi.BUNDLE_SIZE != (last_off + last_n - 1) // abi.BUNDLE_SIZE:

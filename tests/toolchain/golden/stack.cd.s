@@ -14,59 +14,59 @@ frame:
 	andq	$0xfffffffffffffff0, %rsp
 	.bundle_lock
 	subl	$40, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	.bundle_unlock
 	.bundle_lock
 	subl	$4096, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	.bundle_unlock
 	orq	$0x0, %gs:(%esp)
 	.bundle_lock
 	subl	$65536, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	.bundle_unlock
 	.bundle_lock
 	addl	$-128, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	.bundle_unlock
 	.bundle_lock
 	subl	%eax, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	.bundle_unlock
 	leaq	15(%rax), %rdx
 	andq	$-16, %rdx
 	.bundle_lock
 	subl	%edx, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	.bundle_unlock
 	movq	%rsp, %rax
 	.bundle_lock
 	addl	$65576, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	.bundle_unlock
 	.bundle_lock
 	leal	-8(%rbp), %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	.bundle_unlock
 	.bundle_lock
 	movl	%ebp, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	.bundle_unlock
 	.bundle_lock
 	movl	%edi, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	.bundle_unlock
 	.bundle_lock
 	movl	%gs:8(%edi), %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	.bundle_unlock
 	.bundle_lock
 	movl	%eax, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	.bundle_unlock
 	.bundle_lock
 	andl	$-16, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	.bundle_unlock
 	cmpq	%rax, %rsp
 	testq	$15, %rsp
@@ -76,12 +76,12 @@ frame:
 	popq	%rbp
 	.bundle_lock
 	movl	%ebp, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	.bundle_unlock
 	popq	%rbp
 	.bundle_lock
 	movl	%ebp, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	.bundle_unlock
 	popq	%rbp
 	popq	%r11
@@ -101,19 +101,19 @@ probe:
 .LPSRL0:
 	.bundle_lock
 	subl	$4096, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	.bundle_unlock
 	orq	$0, %gs:(%esp)
 	cmpq	%r11, %rsp
 	jne	.LPSRL0
 	.bundle_lock
 	subl	$16, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	.bundle_unlock
 	movl	$0, %gs:(%esp)
 	.bundle_lock
 	addl	$12304, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	.bundle_unlock
 	popq	%r11
 	.bundle_lock

@@ -11,35 +11,35 @@ frame:
 	and	$-16, %rsp
 	andq	$0xfffffffffffffff0, %rsp
 	subl	$40, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	subl	$4096, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	orq	$0x0, %gs:(%esp)
 	subl	$65536, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	addl	$-128, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	subl	%eax, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	leaq	15(%rax), %rdx
 	andq	$-16, %rdx
 	subl	%edx, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	movq	%rsp, %rax
 	addl	$65576, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	leal	-8(%rbp), %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	movl	%ebp, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	movl	%edi, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	movl	%gs:8(%edi), %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	movl	%eax, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	andl	$-16, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	cmpq	%rax, %rsp
 	testq	$15, %rsp
 	pushq	%rsp
@@ -47,10 +47,10 @@ frame:
 	pushfq
 	popq	%rbp
 	movl	%ebp, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	popq	%rbp
 	movl	%ebp, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	popq	%rbp
 	ret
 	.size	frame, .-frame
@@ -62,14 +62,14 @@ probe:
 	leaq	-12288(%rsp), %r11
 .LPSRL0:
 	subl	$4096, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	orq	$0, %gs:(%esp)
 	cmpq	%r11, %rsp
 	jne	.LPSRL0
 	subl	$16, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	movl	$0, %gs:(%esp)
 	addl	$12304, %esp
-	orq	%r14, %rsp
+	leaq	(%rsp,%r14), %rsp
 	ret
 	.size	probe, .-probe

@@ -4,104 +4,104 @@
 	.type	str, @function
 str:
 	movl	%edi, %edi
-	orq	%r14, %rdi
+	leaq	(%r14,%rdi), %rdi
 	movl	%esi, %esi
-	orq	%r14, %rsi
+	leaq	(%r14,%rsi), %rsi
 	rep movsb
 	movl	%edi, %edi
-	orq	%r14, %rdi
+	leaq	(%r14,%rdi), %rdi
 	movl	%esi, %esi
-	orq	%r14, %rsi
+	leaq	(%r14,%rsi), %rsi
 	rep movsq
 	movl	%edi, %edi
-	orq	%r14, %rdi
+	leaq	(%r14,%rdi), %rdi
 	rep stosq
 	movl	%edi, %edi
-	orq	%r14, %rdi
+	leaq	(%r14,%rdi), %rdi
 	rep stosb
 	movl	%edi, %edi
-	orq	%r14, %rdi
+	leaq	(%r14,%rdi), %rdi
 	movl	%esi, %esi
-	orq	%r14, %rsi
+	leaq	(%r14,%rsi), %rsi
 	movsq
 	movl	%edi, %edi
-	orq	%r14, %rdi
+	leaq	(%r14,%rdi), %rdi
 	movl	%esi, %esi
-	orq	%r14, %rsi
+	leaq	(%r14,%rsi), %rsi
 	movsb
 	movl	%edi, %edi
-	orq	%r14, %rdi
+	leaq	(%r14,%rdi), %rdi
 	movl	%esi, %esi
-	orq	%r14, %rsi
+	leaq	(%r14,%rsi), %rsi
 	movsl
 	movl	%edi, %edi
-	orq	%r14, %rdi
+	leaq	(%r14,%rdi), %rdi
 	movl	%esi, %esi
-	orq	%r14, %rsi
+	leaq	(%r14,%rsi), %rsi
 	movsw
 	movl	%edi, %edi
-	orq	%r14, %rdi
+	leaq	(%r14,%rdi), %rdi
 	stosb
 	movl	%esi, %esi
-	orq	%r14, %rsi
+	leaq	(%r14,%rsi), %rsi
 	lodsb
 	movl	%esi, %esi
-	orq	%r14, %rsi
+	leaq	(%r14,%rsi), %rsi
 	lodsq
 	movl	%edi, %edi
-	orq	%r14, %rdi
+	leaq	(%r14,%rdi), %rdi
 	movl	%esi, %esi
-	orq	%r14, %rsi
+	leaq	(%r14,%rsi), %rsi
 	repe cmpsb
 	movl	%edi, %edi
-	orq	%r14, %rdi
+	leaq	(%r14,%rdi), %rdi
 	movl	%esi, %esi
-	orq	%r14, %rsi
+	leaq	(%r14,%rsi), %rsi
 	repz cmpsq
 	movl	%edi, %edi
-	orq	%r14, %rdi
+	leaq	(%r14,%rdi), %rdi
 	repne scasb
 	movl	%edi, %edi
-	orq	%r14, %rdi
+	leaq	(%r14,%rdi), %rdi
 	repnz scasl
 	movl	%edi, %edi
-	orq	%r14, %rdi
+	leaq	(%r14,%rdi), %rdi
 	movl	%esi, %esi
-	orq	%r14, %rsi
+	leaq	(%r14,%rsi), %rsi
 	rep movsb
 	movl	%edi, %edi
-	orq	%r14, %rdi
+	leaq	(%r14,%rdi), %rdi
 	rep stosl
 	movl	%edi, %edi
-	orq	%r14, %rdi
+	leaq	(%r14,%rdi), %rdi
 	movl	%esi, %esi
-	orq	%r14, %rsi
+	leaq	(%r14,%rsi), %rsi
 	rep movsq
 	movl	%edi, %edi
-	orq	%r14, %rdi
+	leaq	(%r14,%rdi), %rdi
 	rep stosb
 	movl	%edi, %edi
-	orq	%r14, %rdi
+	leaq	(%r14,%rdi), %rdi
 	movl	%esi, %esi
-	orq	%r14, %rsi
+	leaq	(%r14,%rsi), %rsi
 	movsl
 	movl	%edi, %edi
-	orq	%r14, %rdi
+	leaq	(%r14,%rdi), %rdi
 	movl	%esi, %esi
-	orq	%r14, %rsi
+	leaq	(%r14,%rsi), %rsi
 	cmpsb
 	movl	%edi, %edi
-	orq	%r14, %rdi
+	leaq	(%r14,%rdi), %rdi
 	movl	%esi, %esi
-	orq	%r14, %rsi
+	leaq	(%r14,%rsi), %rsi
 	rep movsb	(%rsi), (%rdi)
 	movl	%edi, %edi
-	orq	%r14, %rdi
+	leaq	(%r14,%rdi), %rdi
 	movl	%esi, %esi
-	orq	%r14, %rsi
+	leaq	(%r14,%rsi), %rsi
 	rep movsb	%ds:(%rsi), %es:(%rdi)
 	movl	%edi, %edi
-	orq	%r14, %rdi
+	leaq	(%r14,%rdi), %rdi
 	stosq	%rax, %es:(%rdi)
 	# SSE movsd/cmpsd with operands are not string instructions
 	movsd	%xmm1, %xmm0

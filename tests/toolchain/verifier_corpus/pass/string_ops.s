@@ -3,30 +3,38 @@
 # case: string instructions after their confinement groups
     .bundle_lock
     mov edi, edi
-    or rdi, r14
+    lea rdi, [r14 + rdi]
     mov esi, esi
-    or rsi, r14
+    lea rsi, [r14 + rsi]
     rep movsq
     .bundle_unlock
     .bundle_lock
     mov edi, edi
-    or rdi, r14
+    lea rdi, [r14 + rdi]
     rep stosb
     .bundle_unlock
     .bundle_lock
     mov esi, esi
-    or rsi, r14
+    lea rsi, [r14 + rsi]
     lodsb
     .bundle_unlock
     .bundle_lock
     mov edi, edi
-    or rdi, r14
+    lea rdi, [r14 + rdi]
     repne scasb
     .bundle_unlock
     .bundle_lock
     mov edi, edi
-    or rdi, r14
+    lea rdi, [r14 + rdi]
     mov esi, esi
-    or rsi, r14
+    lea rsi, [r14 + rsi]
     repe cmpsb
+    .bundle_unlock
+# case: the confining lea with base and index the other way round
+    .bundle_lock
+    mov edi, edi
+    lea rdi, [rdi + r14]
+    mov esi, esi
+    lea rsi, [rsi + r14]
+    rep movsb
     .bundle_unlock

@@ -7,7 +7,7 @@
     jmp 1f
     .bundle_lock
     mov edi, edi
-1:  or rdi, r14
+1:  lea rdi, [r14 + rdi]
     stosb
     .bundle_unlock
 # case: jump out of the image

@@ -23,3 +23,41 @@
     mov sp, ax
 # case: and with a positive immediate (clears the window bits)
     and rsp, 0xfff
+# case: 32-bit write followed by the old flag-clobbering or
+    .bundle_lock
+    mov esp, eax
+    or rsp, r14
+    .bundle_unlock
+# case: the old rewritten leave
+    .bundle_lock
+    mov esp, ebp
+    or rsp, r14
+    .bundle_unlock
+    pop rbp
+# case: lea rsp alone (a full %rsp plus the base leaves the window)
+    lea rsp, [rsp + r14]
+# case: lea rsp with a displacement
+    .bundle_lock
+    mov esp, eax
+    lea rsp, [rsp + r14 + 8]
+    .bundle_unlock
+# case: lea rsp with scale 2
+    .bundle_lock
+    mov esp, eax
+    lea rsp, [rsp + r14*2]
+    .bundle_unlock
+# case: lea rsp adding another register
+    .bundle_lock
+    mov esp, eax
+    lea rsp, [rsp + r15]
+    .bundle_unlock
+# case: lea rsp with the 0x67 address-size prefix
+    .bundle_lock
+    mov esp, eax
+    lea rsp, [esp + r14d]
+    .bundle_unlock
+# case: lea rsp with a segment prefix
+    .bundle_lock
+    mov esp, eax
+    .byte 0x65, 0x4a, 0x8d, 0x24, 0x34
+    .bundle_unlock
