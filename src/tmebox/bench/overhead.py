@@ -15,12 +15,16 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tmebox.bench import stats
 from tmebox.bench.build import Built
 from tmebox.bench.errors import BenchError
 from tmebox.bench.workloads import BASELINE, VARIANTS
 from tmebox.errors import TmeboxError
+
+if TYPE_CHECKING:
+    from tmebox.runtime.api import Runtime
 
 _MASK64 = (1 << 64) - 1
 # cpu: CLOCK_THREAD_CPUTIME_ID, blind to time spent descheduled (the headline on a shared
@@ -81,11 +85,10 @@ class BaselineRunner:
 class SandboxRunner:
     """One sandbox of an instrumented build: bench_init(scale) once, bench_iter() per run."""
 
-    def __init__(self, runtime: object, image: Path, scale: int) -> None:
+    def __init__(self, runtime: Runtime, image: Path, scale: int) -> None:
         self.image = image
         self.stdout = bytearray()
-        loaded = runtime.load(image)  # type: ignore[attr-defined]
-        self.sb = runtime.spawn(loaded, argv=[image.name], stdout=self.stdout,  # type: ignore[attr-defined]
+        self.sb = runtime.spawn(runtime.load(image), argv=[image.name], stdout=self.stdout,
                                 stderr=self.stdout)
         if self.sb.call("bench_init", scale) != 0:
             raise BenchError(f"{image.name}: bench_init({scale}) failed: "
@@ -99,7 +102,7 @@ class SandboxRunner:
         self.sb.destroy()
 
 
-def measure(built: Built, scale: int, rounds: int, runtime: object,
+def measure(built: Built, scale: int, rounds: int, runtime: Runtime,
             tick: Callable[[str], None] | None = None) -> list[Sample]:
     """rounds interleaved runs of each build (after one untimed warm-up run each).
 
