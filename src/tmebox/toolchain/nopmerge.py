@@ -65,7 +65,10 @@ _RIP = re.compile(r"\[rip ([+-]) (0x[0-9a-f]+|[0-9])\]")
 # address is S + A + (end of the instruction - field).
 # PC32, PLT32, GOTPCREL, PC16, PC8, PC64, GOTPC32, GOTPCRELX, REX_GOTPCRELX.
 _PC_RELATIVE = {2, 4, 9, 13, 15, 24, 26, 41, 42}
-_FIELD = 8  # bytes a relocation may patch at most (R_X86_64_64)
+# Bytes each relocation type patches; any other type counts as the widest, 8.
+_FIELD = 8
+_FIELD_SIZE = {1: 8, 2: 4, 3: 4, 4: 4, 9: 4, 10: 4, 11: 4, 12: 2, 13: 2, 14: 1, 15: 1,
+               24: 8, 25: 8, 26: 4, 32: 4, 33: 8, 41: 4, 42: 4}
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,7 @@ def merge_bytes(data: bytes) -> tuple[bytes, MergeStats]:
     if any(v is None for v in insns.values()):
         return data, MergeStats(skipped="a code section does not decode to its end")
     barriers: dict[int, set[int]] = {i: set() for i in code}
-    patched_at: dict[int, list[int]] = {i: [] for i in code}
+    patched_at: dict[int, list[tuple[int, int]]] = {i: [] for i in code}  # (offset, size)
     symbols = _symbols(sections)
     for i in code:
         for addr, size, mnemonic, op in insns[i]:  # type: ignore[union-attr]
@@ -140,7 +143,8 @@ def merge_bytes(data: bytes) -> tuple[bytes, MergeStats]:
         symtab = sections[rel["sh_link"]]
         for r in rel.iter_relocations():
             if rel["sh_info"] in patched_at:
-                patched_at[rel["sh_info"]].append(r["r_offset"])
+                patched_at[rel["sh_info"]].append(
+                    (r["r_offset"], _FIELD_SIZE.get(r["r_info_type"], _FIELD)))
             sym = symtab.get_symbol(r["r_info_sym"])
             shndx = sym["st_shndx"]
             if not isinstance(shndx, int) or shndx not in barriers:
@@ -204,7 +208,7 @@ def _insn_end(insns: list[tuple[int, int, str, str]], offset: int) -> int | None
 
 
 def _runs(insns: list[tuple[int, int, str, str]], barriers: set[int],
-          patched: list[int]) -> list[tuple[int, int]]:
+          patched: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """(start, length) of each mergeable run of two or more one-byte nops."""
     pieces: list[tuple[int, int]] = []
     start = length = 0
@@ -227,8 +231,9 @@ def _runs(insns: list[tuple[int, int, str, str]], barriers: set[int],
     keep = []
     for start, length in pieces:
         # Any field overlapping [start, start+length) means the run is not just padding.
-        lo = bisect.bisect_left(patched, start - _FIELD + 1)
-        if lo < len(patched) and patched[lo] < start + length:
+        lo = bisect.bisect_left(patched, (start - _FIELD + 1, 0))
+        if any(off + size > start for off, size in
+               patched[lo:bisect.bisect_left(patched, (start + length, 0))]):
             continue
         keep.append((start, length))
     return keep
