@@ -38,6 +38,11 @@ GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[2]
 MODES = ("data", "code+data")
 MODE_TAG = {"data": "data", "code+data": "cd"}
+# capstone's EFLAGS detail bits that say an instruction changes a flag (not just reads it).
+_EFLAGS_WRITES = 0
+for _name in dir(x86):
+    if _name.startswith("X86_EFLAGS_") and not _name.startswith("X86_EFLAGS_TEST_"):
+        _EFLAGS_WRITES |= getattr(x86, _name)
 
 pytestmark = pytest.mark.skipif(shutil.which("as") is None or shutil.which("gcc") is None,
                                 reason="needs GNU as and gcc")
@@ -242,6 +247,23 @@ def test_string_instruction_spellings() -> None:
     assert body("movsd") [-1] == "movsl"
     assert body("movsd %xmm1, %xmm0") == ["movsd %xmm1, %xmm0"]
     assert body("movsbl (%rsi), %eax") == ["movsbl %gs:(%esi), %eax"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_confinement_preserves_flags(mode: str, tmp_path: Path) -> None:
+    """leave, rsp moves and movs/stos/lods leave EFLAGS alone, so their rewrites must too:
+    gcc keeps flags live across them (sqlite3Prepare: cmpb; rep stosq; rep stosq; jne)."""
+    src = "\tleave\n\tmovq %rbp, %rsp\n\tmovq 8(%rdi), %rsp\n\trep movsb\n\trep stosq\n" \
+          "\tlodsb\n\tmovsq\n"
+    obj = assemble(rw(src, mode), tmp_path)
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    md.detail = True
+    code = code_sections(obj)[".text"]
+    insns = list(md.disasm(code, 0))
+    assert sum(i.size for i in insns) == len(code)
+    assert [i for i in insns if i.mnemonic == "lea"], "no confining lea emitted"
+    writers = [f"{i.mnemonic} {i.op_str}" for i in insns if i.eflags & _EFLAGS_WRITES]
+    assert writers == []
 
 
 def test_fs_forms() -> None:
@@ -939,3 +961,67 @@ def test_doc_examples() -> None:
         got = rewrite_assembly(src, isolation=mode)
         assert got.strip() == expected.strip(), src
 
+
+
+# -- regression: flags live across a confined string instruction -----------------------
+
+# The sqlite3Prepare pattern (docs/evaluation.md): gcc -O2 compares, inlines the memset or
+# memcpy as `rep stosq`/`rep movsq`, and reads the compare's carry flag after it (sbb).
+FLAGS_ACROSS_STRING_OPS = r"""
+#include <string.h>
+struct parse { char pad[100]; unsigned char flag; char rest[300]; };
+struct hdr { long a[40]; };
+__attribute__((noinline)) int clear(struct parse *p, struct hdr *h) {
+    unsigned char f = p->flag;
+    memset(h, 0, sizeof *h);
+    return f ? 7 : 9;
+}
+__attribute__((noinline)) int copy(struct parse *p, struct hdr *d, const struct hdr *s) {
+    unsigned char f = p->flag;
+    memcpy(d, s, sizeof *d);
+    return f ? 7 : 9;
+}
+static struct parse P;
+static struct hdr A, B;
+int flags_across_string_ops(int flag) {
+    P.flag = (unsigned char)flag;
+    A.a[5] = 1;
+    B.a[39] = 3;
+    int r = clear(&P, &A);
+    r = r * 10 + copy(&P, &A, &B);
+    return r * 100 + (int)(A.a[5] * 10 + A.a[39]);
+}
+"""
+
+
+def test_flags_live_across_string_ops_pattern_still_compiles(tmp_path: Path) -> None:
+    """Keeps the regression below meaningful: gcc still reads flags across the string ops."""
+    src = tmp_path / "f.c"
+    src.write_text(FLAGS_ACROSS_STRING_OPS)
+    asm = subprocess.run(["gcc", "-O2", "-S", "-o", "-", *COMMON_CFLAGS, *CODE_DATA_CFLAGS,
+                          str(src)], capture_output=True, text=True, check=True).stdout
+    for op in ("stosq", "movsq"):
+        assert re.search(rf"\tcmpb\t[^\n]*\n(?:\t(?!sbb|j|set|cmov)[^\n]*\n)*\trep {op}\n"
+                         r"\tsbbl\t", asm), f"gcc no longer keeps flags across rep {op}:\n{asm}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_flags_live_across_string_ops_run_like_native(build_image, mode: str,
+                                                      tmp_path: Path) -> None:
+    """Before the lea confinement, `orq %r14,%rdi` cleared CF and flag=0 returned 7 not 9."""
+    import ctypes
+
+    import tmebox
+
+    so = tmp_path / "native.so"
+    src = tmp_path / "native.c"
+    src.write_text(FLAGS_ACROSS_STRING_OPS)
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(so), str(src)], check=True)
+    native = ctypes.CDLL(str(so)).flags_across_string_ops
+    image = build_image(FLAGS_ACROSS_STRING_OPS, mode=mode)
+    with tmebox.Runtime(backend="native", max_sandboxes=4) as rt:
+        sb = rt.spawn(rt.load(image), timeout=10)
+        for flag in (0, 1, 255):
+            expected = (7 if flag else 9) * 1100 + 3
+            assert native(flag) == expected
+            assert sb.call("flags_across_string_ops", flag) == expected, f"flag={flag}"
