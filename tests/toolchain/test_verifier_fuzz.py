@@ -61,14 +61,14 @@ SAFE = [
     "mov dword ptr gs:[eax + ecx*4 + 16], edx", "add qword ptr gs:[ebx], 1",
     "mov rax, qword ptr [rip + inside_data]", "mov qword ptr [rip + inside_data], rax",
     "lea rdi, [rip + inside_data]", "lea rsi, [rax + 8]", "push rax", "pop rbx",
-    "push qword ptr gs:[eax]", "pop qword ptr gs:[ecx]", "sub esp, 0x100000\nor rsp, r14",
-    "and rsp, -16", "mov esp, eax\nor rsp, r14", "mov edi, edi\nor rdi, r14",
-    "mov esi, esi\nor rsi, r14", "mov edi, edi\nor rdi, r14\nrep stosb",
-    "mov edi, edi\nor rdi, r14\nmov esi, esi\nor rsi, r14\nrep movsb",
+    "push qword ptr gs:[eax]", "pop qword ptr gs:[ecx]", "sub esp, 0x100000\nlea rsp, [rsp + r14]",
+    "and rsp, -16", "mov esp, eax\nlea rsp, [rsp + r14]", "mov edi, edi\nlea rdi, [r14 + rdi]",
+    "mov esi, esi\nlea rsi, [r14 + rsi]", "mov edi, edi\nlea rdi, [r14 + rdi]\nrep stosb",
+    "mov edi, edi\nlea rdi, [r14 + rdi]\nmov esi, esi\nlea rsi, [r14 + rsi]\nrep movsb",
     "mov rdi, rax", "mov rsi, rbx", "xchg rdi, rcx", "mov r11, rax", "inc rcx",
     "mov ecx, 64", "xor eax, eax", "shl rdx, 3", "mov rax, 0x7fff00000000",
     "mov rdi, 0x500001000", "mov rsi, 0x600000000", "push rsp",
-    "movdqu xmm0, xmmword ptr gs:[esi]", "mov esp, dword ptr gs:[eax]\nor rsp, r14",
+    "movdqu xmm0, xmmword ptr gs:[esi]", "mov esp, dword ptr gs:[eax]\nlea rsp, [rsp + r14]",
     "int3", "ud2",
 ]
 RISKY = [
@@ -76,7 +76,10 @@ RISKY = [
     "mov eax, dword ptr [edi]", "sub rsp, 0x100000", "add rsp, 8", "mov esp, eax",
     "or rsp, r14", "mov rsp, rax", "rep stosb", "rep movsq", "lodsb", "mov r14, rax",
     "mov r14d, eax", "mov rax, qword ptr fs:[0]", "pop rsp", "leave",
-    "movdqu xmmword ptr [rdi], xmm0",
+    "movdqu xmmword ptr [rdi], xmm0", "mov esp, eax\nor rsp, r14",
+    "mov edi, edi\nor rdi, r14\nrep stosb", "lea rsp, [rsp + r14]", "lea rdi, [r14 + rdi]",
+    "mov esp, eax\nlea rsp, [rsp + r14 + 8]", "mov edi, edi\nlea rdi, [r14 + rdi + 8]",
+    "mov esi, esi\nlea rsi, [r14 + rsi*2]", "mov edi, edi\nlea rdi, [r14d + edi]",
 ]
 GADGETS = SAFE + RISKY  # straight-line
 BRANCHES = [
