@@ -8,7 +8,6 @@ prints what it could and could not reach.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -61,29 +60,15 @@ class DemoResult:
         return self.backend == "tme" and not self.integrity or self.victims_silently_changed == 0
 
 
-def _cache_dir() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "tmebox" / "demo"
-
-
 def build_tenants(isolation: str = "code+data") -> dict[str, Path]:
-    """Compile the tenant programs shipped with tmebox (cached by tmebox cc's output path)."""
-    from tmebox.toolchain import cc
+    """Compile the tenant programs shipped with tmebox (cached by source and toolchain)."""
+    from tmebox.runtime.api import compile_cached
 
-    out_dir = _cache_dir() / isolation.replace("+", "_")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    images = {}
     src_dir = resources.files("tmebox") / "demo_tenants"
+    images = {}
     for name in ("service", "heartbleed"):
-        src = out_dir / f"{name}.c"
-        text = (src_dir / f"{name}.c").read_text()
-        if not src.exists() or src.read_text() != text:
-            src.write_text(text)
-        image = out_dir / f"{name}.box"
-        if not image.exists() or image.stat().st_mtime < src.stat().st_mtime:
-            cc.build(sources=[src], output=image, isolation=isolation, opt="2",
-                     include_dirs=[], defines=[], compile_only=False, compiler="gcc", libs=[])
-        images[name] = image
+        with resources.as_file(src_dir / f"{name}.c") as src:
+            images[name] = compile_cached(Path(src), isolation)
     return images
 
 

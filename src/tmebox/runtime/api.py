@@ -511,7 +511,7 @@ def run_command(target: Path, argv: Sequence[str], backend: str = "native",
         return sb.run()
 
 
-def compile_cached(source: Path) -> Path:
+def compile_cached(source: Path, isolation: str = abi.DEFAULT_ISOLATION) -> Path:
     """Compile a C file into an image once; later calls reuse it (keyed by source + toolchain)."""
     from tmebox.toolchain import cc
 
@@ -520,15 +520,16 @@ def compile_cached(source: Path) -> Path:
     except OSError as e:
         raise ImageError(f"{source}: cannot read: {e.strerror or e}") from None
     # Keyed by the source and the toolchain that compiles it: a rewriter change rebuilds.
-    h = hashlib.sha256(text + str(source.resolve()).encode() + abi.DEFAULT_ISOLATION.encode())
-    for module in sorted(Path(cc.__file__).parent.glob("*.py")):
-        h.update(module.read_bytes())
+    h = hashlib.sha256(text + str(source.resolve()).encode() + isolation.encode())
+    toolchain = Path(cc.__file__).parent
+    for module in sorted([*toolchain.glob("*.py"), *toolchain.glob("data/*")]):
+        h.update(module.name.encode() + module.read_bytes())
     key = h.hexdigest()[:24]
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tmebox" / "run"
     out = cache / f"{source.stem}-{key}.box"
     if not out.exists():
         cache.mkdir(parents=True, exist_ok=True)
         tmp = cache / f".{out.name}.{os.getpid()}"
-        cc.build(sources=[source], output=tmp, isolation=abi.DEFAULT_ISOLATION)
+        cc.build(sources=[source], output=tmp, isolation=isolation)
         tmp.replace(out)
     return out
