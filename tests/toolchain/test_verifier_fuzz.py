@@ -77,9 +77,9 @@ RISKY = [
     "or rsp, r14", "mov rsp, rax", "rep stosb", "rep movsq", "lodsb", "mov r14, rax",
     "mov r14d, eax", "mov rax, qword ptr fs:[0]", "pop rsp", "leave",
     "movdqu xmmword ptr [rdi], xmm0", "mov esp, eax\nor rsp, r14",
-    "mov edi, edi\nor rdi, r14\nrep stosb", "lea rsp, [rsp + r14]", "lea rdi, [r14 + rdi]",
-    "mov esp, eax\nlea rsp, [rsp + r14 + 8]", "mov edi, edi\nlea rdi, [r14 + rdi + 8]",
-    "mov esi, esi\nlea rsi, [r14 + rsi*2]", "mov edi, edi\nlea rdi, [r14d + edi]",
+    "mov edi, edi\nor rdi, r14\nrep stosb", "lea rsp, [rsp + r14]", "lea rdi, [r14 + rdi]\nstosq",
+    "mov esp, eax\nlea rsp, [rsp + r14 + 8]", "mov edi, edi\nlea rdi, [r14 + rdi + 8]\nstosq",
+    "mov esi, esi\nlea rsi, [r14 + rsi*2]\nlodsq", "mov edi, edi\nlea rdi, [r14d + edi]\nstosb",
 ]
 GADGETS = SAFE + RISKY  # straight-line
 BRANCHES = [
@@ -162,7 +162,12 @@ class Monitor:
 
     def on_access(self, uc: Uc, access: int, address: int, size: int, value: int,
                   _: object) -> None:
-        if not (address >= BASE and address + size <= BASE + abi.WINDOW_SIZE):
+        end = address + size
+        # unicorn reports an access that straddles the window's end before it faults on the
+        # (never mapped) neighbour guard: the %gs wrap case of docs/verifier.md.
+        straddles = BASE <= address < BASE + abi.WINDOW_SIZE < end <= BASE + abi.WINDOW_SIZE \
+            + abi.GUARD_SIZE
+        if not (address >= BASE and end <= BASE + abi.WINDOW_SIZE) and not straddles:
             self.violations.append(f"accesses {address:#x} (+{size}) at "
                                    f"{uc.reg_read(r.UC_X86_REG_RIP):#x}")
 
