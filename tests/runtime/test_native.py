@@ -212,6 +212,24 @@ def test_sandbox_fpu_state_does_not_reach_the_host(rt, img):
     assert abs(float(libm.expl(1.0)) - math.e) < 1e-15  # x87 code works in the host
 
 
+def test_pending_x87_exception_stays_in_the_sandbox(rt, img):
+    """A sandbox that unmasks x87 exceptions and leaves one pending must not crash the host.
+
+    The next waiting x87/MMX instruction raises #MF (SIGFPE); if that is the host's exit
+    path, the whole process dies: the exit path clears the exception flags first.
+    """
+    import math
+
+    sb = rt.spawn(img)
+    assert sb.call("x87_pending", 0) == 0  # returns with the exception still pending
+    with pytest.raises(SandboxFault) as e:
+        sb.call("x87_pending", 1)  # raised inside the sandbox by its own fwait
+    assert e.value.kind == "divide-error"
+    other = rt.spawn(img)
+    assert other.call("x87_pending", 0) == 0
+    assert math.isclose(math.fsum([0.1] * 10), 1.0)
+
+
 # The window pool. These use a pool of their own (the process-wide one sees its windows as
 # host mappings) and unmap what it reserved afterwards.
 

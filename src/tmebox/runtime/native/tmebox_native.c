@@ -219,7 +219,10 @@ __asm__(
     "    wrgsbase %rax\n"
     "    cld\n"
     /* the x87 stack empty again (the ABI's state at a return) whatever MMX or
-       x87 code the sandbox left, then the host's control words */
+       x87 code the sandbox left, then the host's control words. fnclex first: a
+       sandbox may leave an unmasked x87 exception pending, and emms (a waiting
+       instruction) would raise it here, in host code, killing the process. */
+    "    fnclex\n"
     "    emms\n"
     "    ldmxcsr 0xa0(%r11)\n"
     "    fldcw 0xa4(%r11)\n"
