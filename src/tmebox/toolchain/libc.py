@@ -187,7 +187,9 @@ def build_key(mode: str = "data") -> str:
         return "native-" + h.hexdigest()[:16]
     for f in _key_files():
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
-    for fn in (cc.sandbox_cflags, cc.assemble, cc._run, cc.compile_unit):
+    for fn in (cc.sandbox_cflags, cc.assemble, cc._run, cc.compile_unit, cc._as, cc._rewrite,
+               cc.call_pad, cc._assemble_call_padded, cc._call_group_offsets,
+               cc.calls_end_bundles):
         h.update(inspect.getsource(fn).encode())
     for m in MODES:
         h.update(" ".join(cc.sandbox_cflags(m)).encode())

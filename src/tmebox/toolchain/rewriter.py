@@ -25,10 +25,12 @@ from tmebox.toolchain.abi import (
     TP_SYMBOL,
 )
 
-__all__ = ["rewrite_assembly", "main"]
+__all__ = ["CALL_GROUP_LABEL", "rewrite_assembly", "rewrite_with_call_pads", "main"]
 
 _BASE = "%" + BASE_REG  # %r14
 _SCRATCH = "%" + SCRATCH_REG  # %r11
+# Local label before call group N when the driver pads call groups (tmebox.toolchain.cc).
+CALL_GROUP_LABEL = ".Ltmebox_cg"
 _SCRATCH32 = _SCRATCH + "d"  # %r11d
 _BUNDLE_SHIFT = BUNDLE_SIZE.bit_length() - 1  # .bundle_align_mode takes log2
 
@@ -48,6 +50,8 @@ _R11_FAMILY = frozenset(("r11", "r11d", "r11w", "r11b"))
 
 # Multi-byte NOPs recommended by the Intel SDM, by length.
 _NOPS = {
+    1: "0x90",
+    2: "0x66,0x90",
     3: "0x0f,0x1f,0x00",
     4: "0x0f,0x1f,0x40,0x00",
     5: "0x0f,0x1f,0x44,0x00,0x00",
@@ -383,7 +387,8 @@ def _int_value(text: str) -> int | None:
 
 
 class _Rewriter:
-    def __init__(self, text: str, isolation: str, source: str) -> None:
+    def __init__(self, text: str, isolation: str, source: str,
+                 call_pads: dict[int, int] | None = None) -> None:
         if isolation not in ISOLATION_MODES:
             raise RewriteError(
                 f"{source}: unknown isolation mode {isolation!r} "
@@ -407,6 +412,10 @@ class _Rewriter:
         # the code or data takes (computed-goto targets among them must be aligned).
         self.code_labels: dict[str, int] = {}
         self.address_taken: set[str] = set()
+        # code+data: None = fixed 32-byte call groups; otherwise the nop bytes before
+        # call group N (missing: none), and each group's call-sequence length.
+        self.call_pads = call_pads
+        self.call_lens: list[int] = []
 
     # -- errors -------------------------------------------------------------------
 
@@ -927,7 +936,21 @@ class _Rewriter:
     def call_direct(self, target: str) -> list[str]:
         if not self.cfi:
             return [f"\tcall\t{target}"]
-        return self.group([*_nop_fill(BUNDLE_SIZE - _CALL_DIRECT_LEN), f"\tcall\t{target}"])
+        return self.call_group([f"\tcall\t{target}"], _CALL_DIRECT_LEN)
+
+    def call_group(self, body: list[str], length: int) -> list[str]:
+        """A locked group that ends with a call, padded so the call ends a bundle.
+
+        Without call_pads the group is exactly one bundle. With them the label
+        `.Ltmebox_cgN` marks where group N starts, so that tmebox.toolchain.cc can
+        compute from an assembled object how much padding makes the call end there.
+        """
+        if self.call_pads is None:
+            return self.group([*_nop_fill(BUNDLE_SIZE - length), *body])
+        n = len(self.call_lens)
+        self.call_lens.append(length)
+        return [f"{CALL_GROUP_LABEL}{n}:",
+                *self.group([*_nop_fill(self.call_pads.get(n, 0)), *body])]
 
     def branch(self, insn: _Insn) -> list[str]:
         mn = insn.mnemonic
@@ -968,7 +991,7 @@ class _Rewriter:
         lines = [f"\tandl\t${BUNDLE_MASK}, {_SCRATCH32}", f"\torq\t{_BASE}, {_SCRATCH}",
                  f"\t{kind}\t*{_SCRATCH}"]
         if kind == "call":
-            lines = _nop_fill(BUNDLE_SIZE - _MASKED_BRANCH_LEN) + lines
+            return self.call_group(lines, _MASKED_BRANCH_LEN)
         return self.group(lines)
 
     def ret(self, insn: _Insn) -> list[str]:
@@ -1001,6 +1024,18 @@ def rewrite_assembly(text: str, *, isolation: str, source: str = "<asm>") -> str
     Raises RewriteError (naming `source`:line) for input it cannot make safe.
     """
     return _Rewriter(text, isolation, source).run()
+
+
+def rewrite_with_call_pads(text: str, *, isolation: str, source: str,
+                           call_pads: dict[int, int]) -> tuple[str, list[int]]:
+    """Like rewrite_assembly, with call group N padded by call_pads.get(N, 0) nop bytes.
+
+    Returns the text and the length of each group's call sequence (without padding);
+    group N starts at the label CALL_GROUP_LABEL + str(N). Nothing here guarantees
+    that a call ends a bundle: the caller computes pads that do and checks the object.
+    """
+    rw = _Rewriter(text, isolation, source, call_pads)
+    return rw.run(), rw.call_lens
 
 
 _USAGE = "usage: python -m tmebox.toolchain.rewriter --isolation {data,code+data} IN.s -o OUT.s"
