@@ -117,17 +117,13 @@ def _asm_statement_location(asm: str, asm_line: int) -> str | None:
     return None
 
 
-def _rewrite(text: str, *, isolation: str, source: str,
-             call_pads: dict[int, int] | None = None) -> tuple[str, list[int]]:
-    """The rewritten text and, with call_pads, each call group's call-sequence length."""
+def _rewrite(text: str, *, isolation: str, source: str, align_calls: bool = False) -> str:
     from tmebox.errors import RewriteError
-    from tmebox.toolchain.rewriter import rewrite_assembly, rewrite_with_call_pads
+    from tmebox.toolchain.rewriter import rewrite_assembly
 
     try:
-        if call_pads is None:
-            return rewrite_assembly(text, isolation=isolation, source=source), []
-        return rewrite_with_call_pads(text, isolation=isolation, source=source,
-                                      call_pads=call_pads)
+        return rewrite_assembly(text, isolation=isolation, source=source,
+                                align_calls=align_calls)
     except RewriteError as e:
         # The rewriter names a line of gcc's assembly; for inline asm in a C file
         # the C line is what the user can act on.
@@ -168,15 +164,15 @@ def compile_unit(src: Path, obj: Path, *, isolation: str, flags: list[str],
 def assemble(asm: str, obj: Path, *, isolation: str, source: str) -> None:
     """Rewrite assembly text for isolation (native: as it is) and assemble it into obj.
 
-    code+data: each call group is padded so that its call ends a bundle (see
-    _assemble_call_padded); if that does not work out, every call group is a
-    whole bundle, which is always correct but costs up to 58 nop bytes a call.
+    code+data: the assembler pads each call group only as far as its call needs to
+    end a bundle (_assemble_aligned_calls); if that does not work out, every call
+    group is a whole bundle, which is always correct but costs up to 58 nop bytes a call.
     """
-    if isolation == "code+data" and _assemble_call_padded(asm, obj, source):
+    if isolation == "code+data" and _assemble_aligned_calls(asm, obj, source):
         pass
     else:
         if isolation != NATIVE:
-            asm, _ = _rewrite(asm, isolation=isolation, source=source)
+            asm = _rewrite(asm, isolation=isolation, source=source)
         _as(asm, obj, source)
     if isolation != NATIVE:
         from tmebox.toolchain import nopmerge
@@ -184,10 +180,10 @@ def assemble(asm: str, obj: Path, *, isolation: str, source: str) -> None:
         nopmerge.merge_object(obj)  # bundle padding: one-byte nops -> multi-byte nops
 
 
-def _as(asm: str, obj: Path, source: str, *, keep_locals: bool = False) -> None:
-    cmd = ["as", "--64", "--noexecstack", *(["-L"] if keep_locals else []), "-o", str(obj), "-"]
+def _as(asm: str, obj: Path, source: str) -> None:
     try:
-        _run(cmd, f"assembling {source}", stdin=asm)
+        _run(["as", "--64", "--noexecstack", "-o", str(obj), "-"], f"assembling {source}",
+             stdin=asm)
     except ToolchainError as e:
         # Keep the rewritten text (`as` only names "{standard input}:LINE") where
         # neither a cleaned-up build directory nor the user's output directory is.
@@ -201,89 +197,22 @@ def _as(asm: str, obj: Path, source: str, *, keep_locals: bool = False) -> None:
         raise ToolchainError(f"{e}\n(rewritten assembly kept in {keep})") from None
 
 
-# Padding one group moves everything after it (and can change jump encodings and the
-# assembler's own padding of other locked groups), so pads are recomputed until they
-# no longer change; in practice two or three passes.
-CALL_PAD_MAX_PASSES = 4
+def _assemble_aligned_calls(asm: str, obj: Path, source: str) -> bool:
+    """Assemble code+data asm into obj with call groups padded by the assembler;
+    False: not done, obj is to be rebuilt with whole-bundle call groups.
 
-
-def call_pad(offset: int, length: int) -> int:
-    """Nop bytes before a call sequence of length bytes, its group starting at offset,
-    so that the call ends a bundle: the rest of this bundle if the call fits in it,
-    else a whole bundle (the assembler then starts the locked group on the next one).
+    Rewrite errors propagate (the fixed scheme would raise the same). An assembler
+    error, or any call in the object that does not end a bundle (say, a code section
+    re-entered under another group, so that the padding counted from the wrong
+    label), returns False: the object is never trusted without the decoding check.
     """
-    used = offset % abi.BUNDLE_SIZE
-    if used + length <= abi.BUNDLE_SIZE:
-        return abi.BUNDLE_SIZE - used - length
-    return abi.BUNDLE_SIZE - length
-
-
-def _assemble_call_padded(asm: str, obj: Path, source: str) -> bool:
-    """Assemble code+data asm into obj with minimal call padding; False: not done.
-
-    Rewrite errors propagate (the fixed scheme would raise the same); anything else
-    that goes wrong (assembler error, no fixpoint, a call that does not end a
-    bundle) returns False so that the caller builds the fixed-padding object.
-    """
-    pads: dict[int, int] = {}
-    text, lens = _rewrite(asm, isolation="code+data", source=source, call_pads=pads)
-    if not lens:
-        return False
+    text = _rewrite(asm, isolation="code+data", source=source, align_calls=True)
     try:
-        for _ in range(CALL_PAD_MAX_PASSES):
-            _as(text, obj, source, keep_locals=True)
-            offsets = _call_group_offsets(obj, len(lens))
-            if offsets is None:
-                return False
-            new = _next_pads(offsets, lens, pads)
-            if new == pads:
-                break
-            pads = new
-            text, _ = _rewrite(asm, isolation="code+data", source=source, call_pads=pads)
-        else:
-            return False
-        _as(text, obj, source)  # again without -L: no .L symbols in the object
+        _run(["as", "--64", "--noexecstack", "-o", str(obj), "-"], f"assembling {source}",
+             stdin=text)
     except ToolchainError:
         return False
-    return calls_end_bundles(obj) >= len(lens)
-
-
-def _next_pads(offsets: list[tuple[int, int]], lens: list[int],
-               pads: dict[int, int]) -> dict[int, int]:
-    """Pads from one pass's group offsets (section, offset): a group's new offset is
-    predicted by adding the pad changes of the groups before it in its section, so
-    one pass fixes most groups at once (alignment directives absorb some of the shift;
-    the next pass corrects that).
-    """
-    new: dict[int, int] = {}
-    shift: dict[int, int] = {}
-    for n in sorted(range(len(lens)), key=lambda n: offsets[n]):
-        section, off = offsets[n]
-        old = pads.get(n, 0)
-        pad = call_pad(off + shift.get(section, 0), lens[n])
-        shift[section] = shift.get(section, 0) + pad - old
-        if pad:
-            new[n] = pad
-    return new
-
-
-def _call_group_offsets(obj: Path, count: int) -> list[tuple[int, int]] | None:
-    from elftools.elf.elffile import ELFFile
-
-    from tmebox.toolchain.rewriter import CALL_GROUP_LABEL
-
-    offsets: list[tuple[int, int] | None] = [None] * count
-    with obj.open("rb") as f:
-        symtab = ELFFile(f).get_section_by_name(".symtab")
-        for sym in symtab.iter_symbols() if symtab is not None else ():
-            name = sym.name
-            if name.startswith(CALL_GROUP_LABEL) and name[len(CALL_GROUP_LABEL):].isdigit():
-                n = int(name[len(CALL_GROUP_LABEL):])
-                if n < count:
-                    offsets[n] = (sym["st_shndx"], sym["st_value"])
-    if any(off is None for off in offsets):
-        return None
-    return [off for off in offsets if off is not None]
+    return calls_end_bundles(obj) >= 0
 
 
 def calls_end_bundles(obj: Path) -> int:

@@ -188,8 +188,7 @@ def build_key(mode: str = "data") -> str:
     for f in _key_files():
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     for fn in (cc.sandbox_cflags, cc.assemble, cc._run, cc.compile_unit, cc._as, cc._rewrite,
-               cc.call_pad, cc._assemble_call_padded, cc._call_group_offsets,
-               cc.calls_end_bundles):
+               cc._assemble_aligned_calls, cc.calls_end_bundles):
         h.update(inspect.getsource(fn).encode())
     for m in MODES:
         h.update(" ".join(cc.sandbox_cflags(m)).encode())

@@ -25,12 +25,12 @@ from tmebox.toolchain.abi import (
     TP_SYMBOL,
 )
 
-__all__ = ["CALL_GROUP_LABEL", "rewrite_assembly", "rewrite_with_call_pads", "main"]
+__all__ = ["rewrite_assembly", "main"]
 
 _BASE = "%" + BASE_REG  # %r14
 _SCRATCH = "%" + SCRATCH_REG  # %r11
-# Local label before call group N when the driver pads call groups (tmebox.toolchain.cc).
-CALL_GROUP_LABEL = ".Ltmebox_cg"
+# With align_calls: the label at the start of each code section that call padding counts from.
+CALL_ANCHOR = ".Ltmebox_sec"
 _SCRATCH32 = _SCRATCH + "d"  # %r11d
 _BUNDLE_SHIFT = BUNDLE_SIZE.bit_length() - 1  # .bundle_align_mode takes log2
 
@@ -50,8 +50,6 @@ _R11_FAMILY = frozenset(("r11", "r11d", "r11w", "r11b"))
 
 # Multi-byte NOPs recommended by the Intel SDM, by length.
 _NOPS = {
-    1: "0x90",
-    2: "0x66,0x90",
     3: "0x0f,0x1f,0x00",
     4: "0x0f,0x1f,0x40,0x00",
     5: "0x0f,0x1f,0x44,0x00,0x00",
@@ -388,7 +386,7 @@ def _int_value(text: str) -> int | None:
 
 class _Rewriter:
     def __init__(self, text: str, isolation: str, source: str,
-                 call_pads: dict[int, int] | None = None) -> None:
+                 align_calls: bool = False) -> None:
         if isolation not in ISOLATION_MODES:
             raise RewriteError(
                 f"{source}: unknown isolation mode {isolation!r} "
@@ -412,10 +410,12 @@ class _Rewriter:
         # the code or data takes (computed-goto targets among them must be aligned).
         self.code_labels: dict[str, int] = {}
         self.address_taken: set[str] = set()
-        # code+data: None = fixed 32-byte call groups; otherwise the nop bytes before
-        # call group N (missing: none), and each group's call-sequence length.
-        self.call_pads = call_pads
-        self.call_lens: list[int] = []
+        # code+data: False = every call group is a whole bundle; True = the assembler
+        # pads each to end its bundle, counting from a label at the start of each code
+        # section (section name -> label; the one to emit after the current directive).
+        self.align_calls = align_calls and self.cfi
+        self.anchors: dict[str, str] = {}
+        self.pending_anchor: str | None = None
 
     # -- errors -------------------------------------------------------------------
 
@@ -428,6 +428,9 @@ class _Rewriter:
         out = self.out
         if self.cfi:
             out.append(f"\t.bundle_align_mode {_BUNDLE_SHIFT}")
+        if self.align_calls:
+            self.anchors[self.section] = f"{CALL_ANCHOR}0"
+            out.append(f"{CALL_ANCHOR}0:")
         in_comment = False
         lineno = 0
         lines = self.text.split("\n")
@@ -532,6 +535,9 @@ class _Rewriter:
                 raise self.error(lineno, s, "directive between a prefix and its instruction")
             if self.directive(s, lineno):
                 out.append("\t" + s)
+            if self.pending_anchor:
+                out.append(f"{self.pending_anchor}:")
+                self.pending_anchor = None
             return
         if not self.exec_section:
             out.append("\t" + s)
@@ -584,6 +590,8 @@ class _Rewriter:
     def switch(self, section: str, execable: bool) -> None:
         self.previous, self.prev_exec = self.section, self.exec_section
         self.section, self.exec_section = section, execable
+        if self.align_calls and execable and section not in self.anchors:
+            self.pending_anchor = self.anchors[section] = f"{CALL_ANCHOR}{len(self.anchors)}"
         self.r11_clobber = None
 
     @staticmethod
@@ -939,18 +947,19 @@ class _Rewriter:
         return self.call_group([f"\tcall\t{target}"], _CALL_DIRECT_LEN)
 
     def call_group(self, body: list[str], length: int) -> list[str]:
-        """A locked group that ends with a call, padded so the call ends a bundle.
+        """A locked group that ends with a call that must end a bundle.
 
-        Without call_pads the group is exactly one bundle. With them the label
-        `.Ltmebox_cgN` marks where group N starts, so that tmebox.toolchain.cc can
-        compute from an assembled object how much padding makes the call end there.
+        By default the group is a whole bundle. With align_calls, the nops before it
+        are `.space` with an expression the assembler evaluates while it lays out the
+        section (so it also settles jump sizes that the padding changes): the bytes
+        from the section's bundle-aligned start label to the end of the call are a
+        multiple of the bundle size. tmebox.toolchain.cc checks the object.
         """
-        if self.call_pads is None:
+        anchor = self.anchors.get(self.section)
+        if not self.align_calls or anchor is None:
             return self.group([*_nop_fill(BUNDLE_SIZE - length), *body])
-        n = len(self.call_lens)
-        self.call_lens.append(length)
-        return [f"{CALL_GROUP_LABEL}{n}:",
-                *self.group([*_nop_fill(self.call_pads.get(n, 0)), *body])]
+        return [f"\t.space\t(-(. - {anchor} + {length})) & {BUNDLE_SIZE - 1}, 0x90",
+                *self.group(body)]
 
     def branch(self, insn: _Insn) -> list[str]:
         mn = insn.mnemonic
@@ -1018,24 +1027,16 @@ def _mentions(op: str, family: frozenset[str]) -> bool:
                for tok in op.split("%")[1:])
 
 
-def rewrite_assembly(text: str, *, isolation: str, source: str = "<asm>") -> str:
+def rewrite_assembly(text: str, *, isolation: str, source: str = "<asm>",
+                     align_calls: bool = False) -> str:
     """Instrument AT&T x86-64 assembly `text` for the sandbox `isolation` mode.
 
+    code+data: by default each call group is one whole bundle; align_calls pads it
+    only as far as needed for its call to end a bundle, which is right only if the
+    assembler places every code section on a bundle boundary (the caller must check).
     Raises RewriteError (naming `source`:line) for input it cannot make safe.
     """
-    return _Rewriter(text, isolation, source).run()
-
-
-def rewrite_with_call_pads(text: str, *, isolation: str, source: str,
-                           call_pads: dict[int, int]) -> tuple[str, list[int]]:
-    """Like rewrite_assembly, with call group N padded by call_pads.get(N, 0) nop bytes.
-
-    Returns the text and the length of each group's call sequence (without padding);
-    group N starts at the label CALL_GROUP_LABEL + str(N). Nothing here guarantees
-    that a call ends a bundle: the caller computes pads that do and checks the object.
-    """
-    rw = _Rewriter(text, isolation, source, call_pads)
-    return rw.run(), rw.call_lens
+    return _Rewriter(text, isolation, source, align_calls).run()
 
 
 _USAGE = "usage: python -m tmebox.toolchain.rewriter --isolation {data,code+data} IN.s -o OUT.s"
