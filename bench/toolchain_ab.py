@@ -1,22 +1,25 @@
-"""A/B of call padding (docs/toolchain.md): one workload's code+data build with call groups
-padded by the assembler to end their bundle ("aligned") and as whole bundles ("fixed").
+"""A/B of one toolchain feature on one workload's code+data build (docs/toolchain.md).
 
-Builds the workload the way `tmebox bench` does, twice (the second time with
-`cc._assemble_aligned_calls` switched off, so every call group of the workload's own code
-is 32 bytes; the sandbox libc is the cached one, aligned, in both), counts the nop bytes
-of each image's .text, then runs baseline, aligned and fixed interleaved in one process
-on one CPU and prints median CPU-time overheads with the quartiles of the per-round ratios.
+Features: `nopmerge` (one-byte nop runs merged into multi-byte nops) and `callpad` (call
+groups padded by the assembler to end their bundle, instead of whole 32-byte groups).
+Builds the workload the way `tmebox bench` does, twice (the second time with the feature
+switched off for the workload's own code; the cached sandbox libc is the same in both),
+counts the nop bytes of each image's .text, then runs baseline, on and off interleaved in
+one process on one CPU and prints median CPU-time overheads with the quartiles of the
+per-round ratios.
 
-    .venv/bin/python bench/callpad.py --workload lua --rounds 31
+    .venv/bin/python bench/toolchain_ab.py --feature callpad --workload lua --rounds 31
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import capstone
@@ -25,23 +28,35 @@ from elftools.elf.elffile import ELFFile
 from tmebox.bench import build, stats, workloads
 from tmebox.bench.overhead import BaselineRunner, SandboxRunner
 from tmebox.runtime.api import Runtime
-from tmebox.toolchain import cc
+from tmebox.toolchain import cc, nopmerge
 
 
-def builds(name: str, keep: Path) -> dict[str, Path]:
-    w = workloads.WORKLOADS[name]
-    aligned = build.build(w, rebuild=True)
-    paths = {"baseline": keep / "baseline", "aligned": keep / "aligned.box"}
-    shutil.copy(aligned.paths["baseline"], paths["baseline"])
-    shutil.copy(aligned.paths["code+data"], paths["aligned"])
-    real = cc._assemble_aligned_calls
-    cc._assemble_aligned_calls = lambda asm, obj, source: False
+@contextlib.contextmanager
+def _patched(owner: object, name: str, replacement: Callable) -> Iterator[None]:
+    real = getattr(owner, name)
+    setattr(owner, name, replacement)
     try:
-        fixed = build.build(w, rebuild=True)
+        yield
     finally:
-        cc._assemble_aligned_calls = real
-    paths["fixed"] = keep / "fixed.box"
-    shutil.copy(fixed.paths["code+data"], paths["fixed"])
+        setattr(owner, name, real)
+
+
+# feature -> how to switch it off for one build
+FEATURES: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
+    "nopmerge": lambda: _patched(nopmerge, "merge_object", lambda path: nopmerge.MergeStats()),
+    "callpad": lambda: _patched(cc, "_assemble_aligned_calls", lambda asm, obj, source: False),
+}
+
+
+def builds(name: str, feature: str, keep: Path) -> dict[str, Path]:
+    w = workloads.WORKLOADS[name]
+    on = build.build(w, rebuild=True)
+    paths = {"baseline": keep / "baseline", "on": keep / "on.box", "off": keep / "off.box"}
+    shutil.copy(on.paths["baseline"], paths["baseline"])
+    shutil.copy(on.paths["code+data"], paths["on"])
+    with FEATURES[feature]():
+        off = build.build(w, rebuild=True)
+    shutil.copy(off.paths["code+data"], paths["off"])
     build.build(w, rebuild=True)  # leave the cache as the current toolchain makes it
     return paths
 
@@ -60,15 +75,16 @@ def text_stats(image: Path) -> tuple[int, int, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--feature", required=True, choices=sorted(FEATURES))
     ap.add_argument("--workload", default="lua", choices=sorted(workloads.WORKLOADS))
     ap.add_argument("--rounds", type=int, default=31)
     args = ap.parse_args()
     scale = workloads.WORKLOADS[args.workload].scale
     with tempfile.TemporaryDirectory() as tmp:
-        paths = builds(args.workload, Path(tmp))
-        for v in ("fixed", "aligned"):
+        paths = builds(args.workload, args.feature, Path(tmp))
+        for v in ("off", "on"):
             size, nops, calls = text_stats(paths[v])
-            print(f"  {v:8s} .text {size} bytes, {nops} nop bytes, {calls} calls")
+            print(f"  {args.feature} {v:3s} .text {size} bytes, {nops} nop bytes, {calls} calls")
         allowed = os.sched_getaffinity(0)
         os.sched_setaffinity(0, {max(allowed)})  # vCPUs differ in speed: one for all
         cpu: dict[str, list[int]] = {v: [] for v in paths}
@@ -86,13 +102,13 @@ def main() -> None:
                     r.close()
     print(f"{args.workload}: {args.rounds} rounds, baseline median "
           f"{statistics.median(cpu['baseline']) / 1e6:.1f} ms CPU; load {os.getloadavg()}")
-    for v in ("fixed", "aligned"):
+    for v in ("off", "on"):
         ratios = sorted(a / b for a, b in zip(cpu[v], cpu["baseline"], strict=True))
         q1, med, q3 = statistics.quantiles(ratios, n=4)
-        print(f"  code+data {v:8s} {100 * (med - 1):+6.1f} %  "
+        print(f"  code+data, {args.feature} {v:3s} {100 * (med - 1):+6.1f} %  "
               f"[{100 * (q1 - 1):+.1f}, {100 * (q3 - 1):+.1f}]")
-    ratios = sorted(a / b for a, b in zip(cpu["aligned"], cpu["fixed"], strict=True))
-    print(f"  aligned / fixed per round: median {statistics.median(ratios):.3f}")
+    ratios = sorted(a / b for a, b in zip(cpu["on"], cpu["off"], strict=True))
+    print(f"  on / off per round: median {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":
