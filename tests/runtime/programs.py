@@ -300,7 +300,8 @@ smash:
     popq %r11
     andl $-32, %r11d
     orq %r14, %r11
-    jmp *%r11
+    pushq %r11
+    ret
 """
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import random
 import threading
@@ -9,7 +10,7 @@ import threading
 import pytest
 from programs import basic, scribbler
 
-from tmebox.errors import SandboxError
+from tmebox.errors import SandboxError, SandboxExited
 from tmebox.runtime import layout as lay
 from tmebox.runtime.native_backend import MAPS_PER_WINDOW, WARM_WINDOWS
 
@@ -170,3 +171,47 @@ def test_timeouts_on_several_threads_hit_only_their_own_sandbox(rt):
         t.join()
     assert outcome == {k: "timeout" for k in range(4)}
     assert time.monotonic() - t0 < 10
+
+
+
+HIJACK = r"""
+#include <stdint.h>
+#include <unistd.h>
+volatile long landed;
+/* Exits with the low byte of the window it runs in (from a %rip-relative address). */
+void landing(void) { landed = 1; _exit((int)((uintptr_t)&landed >> 32) & 0xff); }
+/* Overwrites its own return address (above the saved frame pointer) and returns. */
+__attribute__((noinline)) long hijack(uint64_t target)
+{
+    uint64_t *slot = (uint64_t *)__builtin_frame_address(0) + 1;
+    *slot = target;
+    __asm__ volatile("" ::: "memory");
+    return 1;
+}
+long try_return_to(uint64_t target) { return hijack(target) + 1; }
+long get_landed(void) { return landed; }
+"""
+
+
+def test_a_forged_return_address_stays_in_the_window(build_image, rt):
+    """code+data: a return address the tenant rewrote is masked into its own window."""
+    hits = []
+    host_code = ctypes.CFUNCTYPE(None)(lambda: hits.append("host"))
+    img = rt.load(build_image(HIJACK, mode="code+data", name="hijack"))
+    neighbour = rt.spawn(img)
+    theirs = neighbour.base + neighbour._layout.code_lo + img.exports["landing"]
+    # the neighbour's `landing`; the same with another high half; 5 bytes into it
+    for target in (theirs, (0xDEAD << 32) | (theirs & 0xFFFFFFFF), theirs + 5):
+        sb = rt.spawn(img)
+        assert (sb.base >> 32) & 0xFF != (neighbour.base >> 32) & 0xFF
+        with pytest.raises(SandboxExited) as e:
+            sb.call("try_return_to", target)
+        assert e.value.status == (sb.base >> 32) & 0xFF  # landed in its own copy
+        sb.destroy()
+    for target in (ctypes.cast(host_code, ctypes.c_void_p).value, 0, 0x7FFFFFFFFFFF):
+        sb = rt.spawn(img, timeout=2.0, stdout=bytearray(), stderr=bytearray())
+        with contextlib.suppress(SandboxError):
+            sb.call("try_return_to", target)
+        sb.destroy()
+    assert hits == []
+    assert neighbour.call("get_landed") == 0  # nobody ran the neighbour's code

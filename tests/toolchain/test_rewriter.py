@@ -157,7 +157,10 @@ def check_code(code: bytes, mode: str) -> list[Insn]:
             continue
         # Bundles.
         assert ins.address % BUNDLE_SIZE + ins.size <= BUNDLE_SIZE, f"crosses a bundle: {where}"
-        assert not ins.mnemonic.startswith("ret"), where
+        if ins.mnemonic.startswith("ret"):
+            assert prev[-4:] == [("pop", "r11"), ("and", "r11d, 0xffffffe0"), ("or", "r11, r14"),
+                                 ("push", "r11")], where
+            assert insns[k - 4].address // BUNDLE_SIZE == ins.address // BUNDLE_SIZE, where
         if ins.mnemonic == "call":
             assert (ins.address + ins.size) % BUNDLE_SIZE == 0, f"call not at bundle end: {where}"
         if ins.mnemonic in ("call", "jmp") and c.operands[0].type != x86.X86_OP_IMM:
@@ -287,8 +290,9 @@ def test_syscall_and_calls() -> None:
     assert cd[0] == "movq %gs:8(%eax), %r11"
     assert cd[-4:] == ["andl $-32, %r11d", "orq %r14, %r11", "call *%r11", ".bundle_unlock"]
     assert body("ret", "data") == ["ret"]
-    assert body("ret", "code+data") == ["popq %r11", ".bundle_lock", "andl $-32, %r11d",
-                                        "orq %r14, %r11", "jmp *%r11", ".bundle_unlock"]
+    assert body("ret", "code+data") == [".bundle_lock", "popq %r11", "andl $-32, %r11d",
+                                        "orq %r14, %r11", "pushq %r11", "ret",
+                                        ".bundle_unlock"]
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 17, 40])

@@ -209,7 +209,7 @@ def test_data_mode_image(tmp_path: Path) -> None:
     path = asmkit.link_image(PROGRAM.replace("jmp _start", "ret"), tmp_path, isolation="data")
     assert verifier.verify_image(Image.load(path)).ok
     path = asmkit.link_image(PROGRAM.replace("jmp _start", "ret"), tmp_path / "cd")
-    assert verifier.verify_image(Image.load(path)).rule == "no-ret"
+    assert verifier.verify_image(Image.load(path)).rule == "return"
 
 
 def test_verify_file_caches_by_content_and_verifier(tmp_path: Path, cache_dir: Path,

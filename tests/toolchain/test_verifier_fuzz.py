@@ -85,6 +85,8 @@ GADGETS = SAFE + RISKY  # straight-line
 BRANCHES = [
     "and r11d, -32\nor r11, r14\njmp r11", "and r11d, -32\nor r11, r14\ncall r11",
     "pop r11\nand r11d, -32\nor r11, r14\njmp r11", "jmp r11", "call rax", "ret",
+    "pop r11\nand r11d, -32\nor r11, r14\npush r11\nret", "and r11d, -32\npush r11\nret",
+    "push r11\nret",
     "call __tmebox_rt_syscall", "jmp __tmebox_rt_other",
 ]
 

@@ -1013,7 +1013,10 @@ class _Rewriter:
                              "`ret $N` moves %rsp by up to 64 KiB without touching memory")
         if not self.cfi:
             return ["\t" + insn.text]
-        return [f"\tpopq\t{_SCRATCH}", *self.masked_branch("jmp")]
+        # Pushing the masked address back and returning through it keeps the CPU's
+        # return-address predictor, which `jmp *%r11` loses (docs/design.md).
+        return self.group([f"\tpopq\t{_SCRATCH}", f"\tandl\t${BUNDLE_MASK}, {_SCRATCH32}",
+                           f"\torq\t{_BASE}, {_SCRATCH}", f"\tpushq\t{_SCRATCH}", "\tret"])
 
 
 def _to64(reg32: str | None) -> str | None:

@@ -47,7 +47,7 @@ RULES = {
     "entry-point": "the entry and every export are checked instruction starts",
     "bundle": "code+data: no instruction or group crosses a 32-byte bundle boundary",
     "indirect-branch": "code+data: indirect branches only as and/or-masked jmp/call *%r11",
-    "no-ret": "code+data: ret would jump to an unmasked address",
+    "return": "code+data: ret only right after and/or-masking %r11 and pushing it",
 }
 
 
@@ -95,7 +95,7 @@ class Reject(Exception):
 
 # Roles of instructions in the unsplittable groups of docs/design.md.
 PLAIN, ESP_WRITE, LEA_RSP, CONF_EDI, LEA_RDI, CONF_ESI, LEA_RSI, AND_R11, OR_R11 = range(9)
-STRING_DI, STRING_SI, STRING_DI_SI, BRANCH_R11 = range(9, 13)
+PUSH_R11, STRING_DI, STRING_SI, STRING_DI_SI, BRANCH_R11, RET_R11 = range(9, 15)
 # What must immediately precede each group's last instruction (the first is the group start).
 GROUP_PREFIX = {
     LEA_RSP: (ESP_WRITE,),
@@ -103,6 +103,7 @@ GROUP_PREFIX = {
     STRING_SI: (CONF_ESI, LEA_RSI),
     STRING_DI_SI: (CONF_EDI, LEA_RDI, CONF_ESI, LEA_RSI),
     BRANCH_R11: (AND_R11, OR_R11),
+    RET_R11: (AND_R11, OR_R11, PUSH_R11),
 }
 
 
@@ -160,7 +161,7 @@ _SEGMENT_REGISTERS = frozenset((ix.Register.ES, ix.Register.CS, ix.Register.SS, 
                                 ix.Register.FS, ix.Register.GS))
 _IMPLICIT_STACK = _mnemonics("PUSH PUSHFQ POP CALL RET")
 _NO_ACCESS = _mnemonics("LEA NOP")  # memory operand syntax, no memory access
-_GROUP_MNEMONICS = _mnemonics("MOV OR AND LEA")  # of the group members that are not branches
+_GROUP_MNEMONICS = _mnemonics("MOV OR AND LEA PUSH")  # of the group members that are not branches
 _IMPLICIT_MEMORY = frozenset((
     ix.OpKind.MEMORY_SEG_SI, ix.OpKind.MEMORY_SEG_ESI, ix.OpKind.MEMORY_SEG_RSI,
     ix.OpKind.MEMORY_SEG_DI, ix.OpKind.MEMORY_SEG_EDI, ix.OpKind.MEMORY_SEG_RDI,
@@ -337,10 +338,12 @@ def rule_stack_pointer(x: Insn) -> int | None:
                  "and $-imm, or a 32-bit write followed by lea rsp, [rsp+r14]")
 
 
-def rule_no_ret(x: Insn) -> None:
-    """code+data: a return address on the stack is tenant data; ret would jump to it unmasked."""
+def rule_return(x: Insn) -> int | None:
+    """code+data: a return address on the stack is tenant data; ret may only use one it
+    pushed itself, masked, in the same group (nothing else writes a running sandbox)."""
     if x.mode == "code+data" and x.mnemonic == ix.Mnemonic.RET:
-        raise Reject("no-ret", "plain ret; must be pop %r11 + masked jmp *%r11")
+        return RET_R11
+    return None
 
 
 def rule_indirect_branch(x: Insn) -> int | None:
@@ -378,6 +381,8 @@ def _group_role(x: Insn) -> int:
             and ins.op1_kind in (ix.OpKind.IMMEDIATE8TO32, ix.OpKind.IMMEDIATE32) \
             and ins.immediate(1) & 0xFFFFFFFF == abi.BUNDLE_MASK & 0xFFFFFFFF:
         return AND_R11
+    if x.mnemonic == ix.Mnemonic.PUSH and x.regs == (_R.R11,):
+        return PUSH_R11
     return PLAIN
 
 
@@ -394,11 +399,11 @@ def classify(raw: bytes, mode: str) -> Kind:
             raise Reject("decodes", f"iced-x86 decodes {ins.len} bytes here, capstone "
                          f"{len(raw)}: the decoders disagree on the boundaries")
         for rule in (rule_runtime_call, rule_segment_register, rule_allowed_instruction,
-                     rule_fs_segment, rule_base_register, rule_no_ret):
+                     rule_fs_segment, rule_base_register):
             rule(x)
         rip = rule_memory_operand(x)
         role = (rule_string_instruction(x) or rule_stack_pointer(x) or rule_indirect_branch(x)
-                or _group_role(x))
+                or rule_return(x) or _group_role(x))
     except Reject as e:
         return Kind(rule=e.rule, reason=e.reason)
     direct = ins.op0_kind == ix.OpKind.NEAR_BRANCH64
@@ -487,11 +492,12 @@ def _check_group(run: list[tuple[int, int, int]], interior: bytearray, code_offs
     need = GROUP_PREFIX[role]
     members = run[-1 - len(need):]
     if tuple(m[2] for m in members[:-1]) != need or len(members) != len(need) + 1:
-        rule = {LEA_RSP: "stack-pointer", BRANCH_R11: "indirect-branch"}.get(
-            role, "string-instruction")
+        rule = {LEA_RSP: "stack-pointer", BRANCH_R11: "indirect-branch",
+                RET_R11: "return"}.get(role, "string-instruction")
         raise Reject(rule, "not immediately preceded by its confinement group: "
                      + {LEA_RSP: "a 32-bit write to %esp",
-                        BRANCH_R11: "and $-32, %r11d; or %r14, %r11"}.get(
+                        BRANCH_R11: "and $-32, %r11d; or %r14, %r11",
+                        RET_R11: "and $-32, %r11d; or %r14, %r11; push %r11"}.get(
                             role, "mov edi,edi; lea rdi,[r14+rdi] / mov esi,esi; "
                             "lea rsi,[r14+rsi]"),
                      last_off, last_n)

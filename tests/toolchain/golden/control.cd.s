@@ -117,29 +117,33 @@ ctl:
 .L2:
 	jmp	foo
 	jmp	foo@PLT
-	popq	%r11
 	.bundle_lock
+	popq	%r11
 	andl	$-32, %r11d
 	orq	%r14, %r11
-	jmp	*%r11
+	pushq	%r11
+	ret
 	.bundle_unlock
-	popq	%r11
 	.bundle_lock
+	popq	%r11
 	andl	$-32, %r11d
 	orq	%r14, %r11
-	jmp	*%r11
+	pushq	%r11
+	ret
 	.bundle_unlock
-	popq	%r11
 	.bundle_lock
+	popq	%r11
 	andl	$-32, %r11d
 	orq	%r14, %r11
-	jmp	*%r11
+	pushq	%r11
+	ret
 	.bundle_unlock
-	popq	%r11
 	.bundle_lock
+	popq	%r11
 	andl	$-32, %r11d
 	orq	%r14, %r11
-	jmp	*%r11
+	pushq	%r11
+	ret
 	.bundle_unlock
 	.size	ctl, .-ctl
 
@@ -173,11 +177,12 @@ cgoto:
 	.p2align 5
 .L11:
 1:
-	popq	%r11
 	.bundle_lock
+	popq	%r11
 	andl	$-32, %r11d
 	orq	%r14, %r11
-	jmp	*%r11
+	pushq	%r11
+	ret
 	.bundle_unlock
 	.size	cgoto, .-cgoto
 	.section	.rodata
@@ -191,18 +196,20 @@ cgoto:
 	.globl	late
 	.p2align 5
 late:
-	popq	%r11
 	.bundle_lock
+	popq	%r11
 	andl	$-32, %r11d
 	orq	%r14, %r11
-	jmp	*%r11
+	pushq	%r11
+	ret
 	.bundle_unlock
 	.type	late, @function
 	.size	late, .-late
 untyped:
-	popq	%r11
 	.bundle_lock
+	popq	%r11
 	andl	$-32, %r11d
 	orq	%r14, %r11
-	jmp	*%r11
+	pushq	%r11
+	ret
 	.bundle_unlock

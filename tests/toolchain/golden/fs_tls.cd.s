@@ -34,10 +34,11 @@ tls:
 	movl	%gs:(%r11d), %eax
 	movq	x@gottpoff(%rip), %rdx
 	movl	%gs:(%eax,%edx), %eax
-	popq	%r11
 	.bundle_lock
+	popq	%r11
 	andl	$-32, %r11d
 	orq	%r14, %r11
-	jmp	*%r11
+	pushq	%r11
+	ret
 	.bundle_unlock
 	.size	tls, .-tls

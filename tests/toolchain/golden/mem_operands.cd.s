@@ -76,11 +76,12 @@ mem:
 	ud2
 	ud2
 	endbr64
-	popq	%r11
 	.bundle_lock
+	popq	%r11
 	andl	$-32, %r11d
 	orq	%r14, %r11
-	jmp	*%r11
+	pushq	%r11
+	ret
 	.bundle_unlock
 	.size	mem, .-mem
 	.section	.rodata

@@ -84,11 +84,12 @@ frame:
 	leaq	(%rsp,%r14), %rsp
 	.bundle_unlock
 	popq	%rbp
-	popq	%r11
 	.bundle_lock
+	popq	%r11
 	andl	$-32, %r11d
 	orq	%r14, %r11
-	jmp	*%r11
+	pushq	%r11
+	ret
 	.bundle_unlock
 	.size	frame, .-frame
 
@@ -115,10 +116,11 @@ probe:
 	addl	$12304, %esp
 	leaq	(%rsp,%r14), %rsp
 	.bundle_unlock
-	popq	%r11
 	.bundle_lock
+	popq	%r11
 	andl	$-32, %r11d
 	orq	%r14, %r11
-	jmp	*%r11
+	pushq	%r11
+	ret
 	.bundle_unlock
 	.size	probe, .-probe

@@ -158,10 +158,11 @@ str:
 	cmpsd	$0, %xmm1, %xmm0
 	movsbl	%gs:(%esi), %eax
 	movslq	%edi, %rdi
-	popq	%r11
 	.bundle_lock
+	popq	%r11
 	andl	$-32, %r11d
 	orq	%r14, %r11
-	jmp	*%r11
+	pushq	%r11
+	ret
 	.bundle_unlock
 	.size	str, .-str

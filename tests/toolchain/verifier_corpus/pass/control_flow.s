@@ -1,6 +1,7 @@
 # mode: code+data
     .bundle_align_mode 5
-# case: the code+data forms: padded call groups, masked indirect branches, rewritten ret
+# case: the code+data forms: padded call groups, masked indirect branches, the
+#   old (masked jmp) and the new (masked push; ret) return
 start:
     test eax, eax
     je start
@@ -25,6 +26,19 @@ later:
     and r11d, -32
     or r11, r14
     jmp r11
+    .bundle_unlock
+    .bundle_lock
+    pop r11
+    and r11d, -32
+    or r11, r14
+    push r11
+    ret
+    .bundle_unlock
+    .bundle_lock
+    and r11d, -32
+    or r11, r14
+    push r11
+    rep ret
     .bundle_unlock
     jmp __tmebox_rt_exit
 1:  loop 1b

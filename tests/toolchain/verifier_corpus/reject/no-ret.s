@@ -1,3 +1,0 @@
-# mode: code+data
-# case: plain ret
-    ret
