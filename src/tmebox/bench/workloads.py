@@ -100,8 +100,8 @@ def _lua_sources(root: Path) -> tuple[str, ...]:
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
-        Workload("chase", "pointer chasing: shuffled 64 Ki-node linked list (1 MiB)",
-                 ("kern_chase.c",), scale=32),
+        Workload("chase", "pointer chasing: shuffled 32 Ki-node linked list (512 KiB)",
+                 ("kern_chase.c",), scale=64),
         Workload("recurse", "recursion: fib(24) and 200-deep frames with a 96-byte buffer",
                  ("kern_recurse.c",), scale=64),
         Workload("indirect", "indirect calls through a 16-entry function-pointer table",

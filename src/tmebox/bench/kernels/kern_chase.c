@@ -1,8 +1,9 @@
 /* Pointer chasing: a singly linked list in shuffled order, walked end to end.
  * Every load depends on the previous one, so the address generation of the
  * instrumented %gs:(%eREG) operands sits on the critical path.
- * 64 Ki nodes of 16 bytes = 1 MiB: L2-resident, so the cost shows rather than
- * hiding behind DRAM misses. */
+ * 32 Ki nodes of 16 bytes = 512 KiB: resident in a 1 MiB L2 with room to spare,
+ * so the cost shows rather than hiding behind L3 misses whose number depends on
+ * where the pages landed (a 1 MiB list swung by +-8 % between runs). */
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -11,7 +12,7 @@ struct node {
     uint64_t val;
 };
 
-#define NODES (1L << 16)
+#define NODES (1L << 15)
 
 static struct node *nodes;
 static long steps;
