@@ -67,6 +67,11 @@ def test_quick_run_results_are_consistent(quick_run: Path) -> None:
     assert all(0 < ns < 1e6 for ns in sandbox_c)
     verified = [t for t in doc["toolchain"] if t["variant"] != "baseline"]
     assert verified and all(t["verify_cold_mib_s"] > 0 for t in verified)
+    tme = {(t["what"], t["integrity"]): t["value"] for t in doc["tme"]}
+    assert tme[("encrypt", True)] > 0 and tme[("relocate", False)] > 0
+    assert tme[("tme slowdown", False)] > 0 and tme[("tme slowdown", True)] > 0
+    # a guest instruction count over the emulated run's CPU time: not zero, not absurd
+    assert 1 < tme[("guest instructions", False)] < 100_000
 
 
 @pytest.mark.parametrize("args, message", [

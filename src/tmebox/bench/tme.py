@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tmebox.bench import stats
 from tmebox.bench.errors import BenchError
@@ -93,28 +94,62 @@ def tme_backend_available() -> bool:
 
 
 def backend_slowdown(image: Path, scale: int, rounds: int) -> list[TmeResult]:
-    """The same image's bench_iter() on the tme backend and the native one."""
+    """The same image's bench_iter() on the native backend and on the tme backend with and
+    without integrity, interleaved; and the guest instructions per second on tme, from
+    one extra run that counts them (an instruction hook: it is not timed)."""
     from tmebox.runtime.api import Runtime
 
-    times: dict[str, list[float]] = {"native": [], "tme": []}
-    runtimes = {b: Runtime(backend=b, max_sandboxes=1) for b in times}
+    setups = {"native": ("native", {}), "tme": ("tme", {}),
+              "tme-integrity": ("tme", {"integrity": True})}
+    times: dict[str, list[float]] = {name: [] for name in setups}
+    runtimes = {name: Runtime(backend=b, max_sandboxes=1, **kw)
+                for name, (b, kw) in setups.items()}
     try:
         sbs = {}
-        for b, rt in runtimes.items():
+        for name, rt in runtimes.items():
             sb = rt.spawn(rt.load(image), stdout=bytearray())
             if sb.call("bench_init", scale) != 0:
-                raise BenchError(f"{image.name}: bench_init failed on the {b} backend")
+                raise BenchError(f"{image.name}: bench_init failed on the {name} backend")
             sb.call("bench_iter")
-            sbs[b] = sb
-        for _r, b in stats.interleave(list(times), rounds):
-            sbs[b].call("bench_iter")
-            times[b].append(sbs[b].call("bench_cpu") / 1e9)  # the harness's own CPU time
-        if sbs["native"].call("bench_checksum") != sbs["tme"].call("bench_checksum"):
-            raise BenchError(f"{image.name}: the tme backend computed another checksum")
+            sbs[name] = sb
+        for _r, name in stats.interleave(list(times), rounds):
+            sbs[name].call("bench_iter")
+            times[name].append(sbs[name].call("bench_cpu") / 1e9)  # the harness's own CPU time
+        sums = {name: sb.call("bench_checksum") for name, sb in sbs.items()}
+        if len(set(sums.values())) != 1:
+            raise BenchError(f"{image.name}: the backends computed different checksums {sums}")
+        instructions = _count_instructions(runtimes["tme"], sbs["tme"])
     finally:
         for rt in runtimes.values():
             rt.close()
-    nat, tme = stats.summarize(times["native"]), stats.summarize(times["tme"])
+    nat, tme, mac = (stats.summarize(times[n]) for n in setups)
     return [TmeResult(f"{image.stem} on tme", False, tme.median * 1e3, "ms", tme.rel_spread),
+            TmeResult(f"{image.stem} on tme", True, mac.median * 1e3, "ms", mac.rel_spread),
             TmeResult(f"{image.stem} on native", False, nat.median * 1e3, "ms", nat.rel_spread),
-            TmeResult("tme slowdown", False, stats.ratio(tme.median, nat.median), "x", 0.0)]
+            TmeResult("tme slowdown", False, stats.ratio(tme.median, nat.median), "x", 0.0),
+            TmeResult("tme slowdown", True, stats.ratio(mac.median, nat.median), "x", 0.0),
+            TmeResult("guest instructions", False, instructions / tme.median / 1e6, "M/s",
+                      tme.rel_spread)]
+
+
+def _count_instructions(rt: Any, sb: Any) -> int:
+    """Instructions one bench_iter() executes in the emulator (unicorn's code hook)."""
+    from unicorn import UC_HOOK_CODE
+
+    count = 0
+
+    def hook(uc: object, address: int, size: int, user: object) -> None:
+        nonlocal count
+        count += 1
+
+    uc = rt.backend.uc
+    handle = uc.hook_add(UC_HOOK_CODE, hook)
+    uc.ctl_flush_tb()  # code translated before the hook existed would not call it
+    try:
+        sb.call("bench_iter")
+    finally:
+        uc.hook_del(handle)
+        uc.ctl_flush_tb()
+    if not count:
+        raise BenchError("the tme backend ran bench_iter() without executing an instruction")
+    return count
