@@ -61,8 +61,8 @@ def test_quick_run_results_are_consistent(quick_run: Path) -> None:
     assert [p["count"] for p in doc["density"]] == [1, 10, 100]
     assert all(p["spawn_us"] > 0 for p in doc["density"])
     mechanisms = {s["mechanism"] for s in doc["switch"]}
-    assert {"sandbox-c", "sandbox-py", "sandbox-ab-py", "proc-pinned", "thread-pinned",
-            "cond-pinned"} <= mechanisms
+    assert {"sandbox-c", "sandbox-ab-c", "sandbox-py", "sandbox-ab-py", "proc-pinned",
+            "thread-pinned", "cond-pinned"} <= mechanisms
     sandbox_c = [s["ns_per_roundtrip"] for s in doc["switch"] if s["mechanism"] == "sandbox-c"]
     assert all(0 < ns < 1e6 for ns in sandbox_c)
     verified = [t for t in doc["toolchain"] if t["variant"] != "baseline"]

@@ -3,7 +3,8 @@
 Sandbox side (native backend, both isolation modes): the runtime's own C loop
 (`tmebox_bench_roundtrip`: enter, run `noop`, exit, nothing in Python), the
 Python API (`sb.call`), and two sandboxes called alternately (a switch from
-tenant A to tenant B through the host). Host side, same run, same machine:
+tenant A to tenant B through the host), from the C loop (`tmebox_bench_alternate`)
+and from Python. Host side, same run, same machine:
 kernels/switch_host.c ping-pongs a byte between two processes and between two
 threads over pipes, and between two threads on condition variables, pinned to
 one CPU (two real context switches per round trip) and unpinned.
@@ -107,6 +108,18 @@ def _c_roundtrip(sb: object, n: int) -> float:
     return float(ns)
 
 
+def _c_alternate(a: object, b: object, n: int) -> float:
+    """The runtime's C loop calling tenant A then tenant B: 2n calls, each a switch."""
+    from tmebox.runtime._native import lib
+
+    ends = [(sb._engine.ctx, sb._lookup("noop"), sb._call_rsp, sb._ret)  # type: ignore[attr-defined]
+            for sb in (a, b)]
+    ns = lib.tmebox_bench_alternate(*ends[0], *ends[1], n)
+    if ns == 0:
+        raise BenchError("the runtime's alternating loop stopped early (a call faulted)")
+    return ns / 2
+
+
 def _py_calls(sbs: list, n: int) -> float:
     calls = [sb.call for sb in sbs]
     k = len(calls)
@@ -130,6 +143,9 @@ def sandbox_switches(images: dict[str, Path], iterations: int, batches: int = 5
             s = _batches(lambda n, a=a: _c_roundtrip(a, n), iterations, batches)
             out.append(SwitchResult("sandbox-c", iso, s.median, s.rel_spread,
                                     "host -> sandbox -> host, runtime's C loop"))
+            s = _batches(lambda n, a=a, b=b: _c_alternate(a, b, n), iterations // 2, batches)
+            out.append(SwitchResult("sandbox-ab-c", iso, s.median, s.rel_spread,
+                                    "tenant A -> host -> tenant B, runtime's C loop alternating"))
             py_n = max(1, iterations // 10)
             s = _batches(lambda n, a=a: _py_calls([a], n), py_n, batches)
             out.append(SwitchResult("sandbox-py", iso, s.median, s.rel_spread,

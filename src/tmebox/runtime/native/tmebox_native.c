@@ -649,6 +649,19 @@ uint64_t tmebox_bench_roundtrip(struct tmebox_ctx *c, uint64_t rip, uint64_t rsp
     return tmebox_monotonic_ns() - t0;
 }
 
+uint64_t tmebox_bench_alternate(struct tmebox_ctx *a, uint64_t rip_a, uint64_t rsp_a,
+                                uint64_t ret_a, struct tmebox_ctx *b, uint64_t rip_b,
+                                uint64_t rsp_b, uint64_t ret_b, uint64_t iterations)
+{
+    /* Tenant A, back to the host, tenant B, back: each call is a switch between tenants. */
+    uint64_t t0 = tmebox_monotonic_ns();
+    for (uint64_t i = 0; i < iterations; i++)
+        if (tmebox_call(a, rip_a, rsp_a, ret_a, i, 0, 0, 0, 0, 0) != TMEBOX_REASON_RETURN ||
+            tmebox_call(b, rip_b, rsp_b, ret_b, i, 0, 0, 0, 0, 0) != TMEBOX_REASON_RETURN)
+            return 0;
+    return tmebox_monotonic_ns() - t0;
+}
+
 uint64_t tmebox_bench_gsbase(uint64_t iterations)
 {
     /* The two GS-base writes of a round trip, alone: the floor of its cost. */

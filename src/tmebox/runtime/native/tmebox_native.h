@@ -65,6 +65,9 @@ void tmebox_relocate(uint8_t *data, const uint32_t *offsets, size_t n, uint64_t 
 uint64_t tmebox_monotonic_ns(void);
 uint64_t tmebox_bench_roundtrip(struct tmebox_ctx *c, uint64_t rip, uint64_t rsp,
                                 uint64_t ret_addr, uint64_t iterations);
+uint64_t tmebox_bench_alternate(struct tmebox_ctx *a, uint64_t rip_a, uint64_t rsp_a,
+                                uint64_t ret_a, struct tmebox_ctx *b, uint64_t rip_b,
+                                uint64_t rsp_b, uint64_t ret_b, uint64_t iterations);
 uint64_t tmebox_bench_gsbase(uint64_t iterations);
 void tmebox_nop(uint64_t a, uint64_t b, uint64_t c, uint64_t d, uint64_t e, uint64_t f,
                 uint64_t g, uint64_t h, uint64_t i, uint64_t j);
