@@ -53,6 +53,8 @@ PACKAGES: dict[str, SourcePackage] = {
                       "164c7849653b80ae67bec4b7473b884bf5cc8d2dca05653475ec2ed27b9ebf61"),
         SourcePackage("sqlite3", "3.40.1-2+deb12u2", "sqlite3_3.40.1.orig.tar.xz",
                       "aaa776260ab4dc976db34aa7891819484c8676b5b2783123ebc6301e2ca5d655"),
+        SourcePackage("xz-utils", "5.4.1-1+deb12u2", "xz-utils_5.4.1.orig.tar.xz",
+                      "5d9827aa1875b21c288f78864bb26d2650b436ea8d2cad364e4921eb6266a5a5"),
     )
 }
 

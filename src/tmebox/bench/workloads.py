@@ -13,6 +13,7 @@ they depend on, with the seconds each build took.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -93,6 +94,47 @@ def _sqlite_amalgamation(tree: Path) -> Path:
     return dest
 
 
+# What xz's configure would find on x86-64 Linux, minus threads and the CLMUL CRC.
+_LZMA_DEFINES = (
+    "HAVE_STDINT_H", "HAVE_INTTYPES_H", "HAVE_STDBOOL_H", "HAVE__BOOL", "SIZEOF_SIZE_T=8",
+    "HAVE_BYTESWAP_H", "HAVE___BUILTIN_BSWAPXX", "TUKLIB_SYMBOL_PREFIX=lzma_",
+    "ASSUME_RAM=128", "HAVE_CHECK_CRC32", "HAVE_CHECK_CRC64", "HAVE_CHECK_SHA256",
+    "HAVE_INTERNAL_SHA256", "HAVE_MF_HC3", "HAVE_MF_HC4", "HAVE_MF_BT2", "HAVE_MF_BT3",
+    "HAVE_MF_BT4", "HAVE_LZIP_DECODER",
+    *(f"HAVE_{kind}_{f}" for kind in ("ENCODER", "DECODER")
+      for f in ("LZMA1", "LZMA2", "DELTA", "X86", "POWERPC", "IA64", "ARM", "ARMTHUMB",
+                "ARM64", "SPARC")),
+)
+# liblzma without threads, assembler or the small (table-less) CRC variants.
+_LZMA_DIRS = ("common", "check", "lz", "lzma", "rangecoder", "delta", "simple")
+_LZMA_SKIP = re.compile(r".*(_mt|_tablegen|_small)\.c$|outqueue\.c|hardware_.*\.c")
+
+
+def _liblzma_flat(tree: Path) -> Path:
+    """liblzma's sources and headers in one directory (the workload's include directory),
+    with its public headers beside them (`lzma.h`, `lzma/`), cached."""
+    dest = fetch.src_cache() / f"{tree.parent.name}-liblzma"
+    if (dest / "lzma.h").is_file():
+        return dest
+    src = tree / "src"
+    with tempfile.TemporaryDirectory(prefix=".liblzma-", dir=fetch.src_cache()) as tmp:
+        out = Path(tmp) / "out"
+        shutil.copytree(src / "liblzma" / "api", out)
+        for sub in _LZMA_DIRS:
+            for f in sorted((src / "liblzma" / sub).iterdir()):
+                if f.suffix == ".h" or (f.suffix == ".c" and not _LZMA_SKIP.match(f.name)):
+                    shutil.copy(f, out / f.name)
+        for f in sorted((src / "common").glob("*.h")):
+            shutil.copy(f, out / f.name)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(out, dest)
+    return dest
+
+
+def _c_files(root: Path) -> tuple[str, ...]:
+    return tuple(sorted(p.name for p in root.glob("*.c")))
+
+
 def _lua_sources(root: Path) -> tuple[str, ...]:
     return tuple(sorted(p.name for p in root.glob("*.c") if p.name not in ("lua.c", "luac.c")))
 
@@ -129,6 +171,9 @@ WORKLOADS: dict[str, Workload] = {
                           "SQLITE_TEMP_STORE=3", "SQLITE_DEFAULT_MEMSTATUS=0",
                           "SQLITE_OMIT_DEPRECATED"),
                  prepare=_sqlite_amalgamation),
+        Workload("xz", "xz-utils 5.4.1 (liblzma): .xz preset 1 compress + decompress of 384 KiB",
+                 ("corpus.c", "drv_xz.c"), scale=12, package="xz-utils", lib_sources=_c_files,
+                 defines=_LZMA_DEFINES, prepare=_liblzma_flat),
     )
 }
 
