@@ -316,3 +316,28 @@ def test_evaluation_doc_images_exist() -> None:
     assert len(images) == 3
     for rel in images:
         assert (DOC.parent / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", rel
+
+
+def test_liblzma_is_gathered_without_threads_asm_or_generators(cache: Path) -> None:
+    from tmebox.bench import workloads
+
+    tree = cache / "xz-key" / "xz-5.4.1"
+    files = ["liblzma/api/lzma.h", "liblzma/api/lzma/version.h", "liblzma/common/common.c",
+             "liblzma/common/common.h", "liblzma/common/stream_encoder_mt.c",
+             "liblzma/common/outqueue.c", "liblzma/common/hardware_physmem.c",
+             "liblzma/check/crc64_fast.c", "liblzma/check/crc64_small.c",
+             "liblzma/check/crc64_x86.S", "liblzma/lzma/fastpos_tablegen.c",
+             "liblzma/lz/lz_encoder.c", "liblzma/rangecoder/price_table.c",
+             "liblzma/delta/delta_common.c", "liblzma/simple/x86.c", "common/sysdefs.h",
+             "common/tuklib_physmem.c"]
+    for f in files:
+        (tree / "src" / f).parent.mkdir(parents=True, exist_ok=True)
+        (tree / "src" / f).write_text(f"/* {f} */\n")
+    flat = workloads._liblzma_flat(tree)
+    sources = ("common.c", "crc64_fast.c", "delta_common.c", "lz_encoder.c", "price_table.c",
+               "x86.c")
+    assert sorted(p.name for p in flat.iterdir()) == sorted(
+        [*sources, "common.h", "lzma", "lzma.h", "sysdefs.h"])
+    assert (flat / "lzma" / "version.h").is_file()
+    assert workloads.WORKLOADS["xz"].lib_sources(flat) == sources
+    assert workloads._liblzma_flat(tree) == flat  # cached: not gathered again
