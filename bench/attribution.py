@@ -25,10 +25,10 @@ import statistics
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from unittest import mock
 
-from tmebox.bench import build, stats, workloads
-from tmebox.bench.overhead import BaselineRunner, SandboxRunner
-from tmebox.runtime.api import Runtime
+from tmebox.bench import build, workloads
+from tmebox.bench.overhead import interleaved_cpu, ratio_quartiles
 from tmebox.toolchain import abi, libc, link, rewriter, verifier
 
 Rw = rewriter._Rewriter
@@ -67,14 +67,10 @@ VARIANTS: dict[str, list[Patch]] = {
 
 @contextlib.contextmanager
 def _patched(pairs: list[Patch]) -> Iterator[None]:
-    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in pairs]
-    for owner, name, value in pairs:
-        setattr(owner, name, value)
-    try:
+    with contextlib.ExitStack() as stack:
+        for owner, name, value in pairs:
+            stack.enter_context(mock.patch.object(owner, name, value))
         yield
-    finally:
-        for owner, name, value in saved:
-            setattr(owner, name, value)
 
 
 def _unverified() -> list[Patch]:
@@ -122,27 +118,12 @@ def main() -> None:
     scale = workloads.WORKLOADS[args.workload].scale
     with tempfile.TemporaryDirectory() as tmp, _patched(_unverified()):
         paths = builds(args.workload, variants, Path(tmp))
-        os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})  # vCPUs differ in speed
-        cpu: dict[str, list[int]] = {v: [] for v in paths}
-        with Runtime(backend="native", max_sandboxes=len(paths)) as rt:
-            runners = {v: BaselineRunner(p, scale) if v == "baseline" else
-                       SandboxRunner(rt, p, scale) for v, p in paths.items()}
-            try:
-                sums = {v: r.run_once()[2] for v, r in runners.items()}  # warm-up
-                if len(set(sums.values())) != 1:
-                    raise SystemExit(f"checksums differ: {sums}")
-                for _, v in stats.interleave(list(paths), args.rounds):
-                    cpu[v].append(runners[v].run_once()[1])
-            finally:
-                for r in runners.values():
-                    r.close()
+        cpu = interleaved_cpu(paths, scale, args.rounds)
     print(f"{args.workload}: {args.rounds} rounds, baseline median "
           f"{statistics.median(cpu['baseline']) / 1e6:.1f} ms CPU; load {os.getloadavg()}")
     for v in variants:
-        ratios = sorted(a / b for a, b in zip(cpu[v], cpu["baseline"], strict=True))
-        q1, med, q3 = statistics.quantiles(ratios, n=4)
-        print(f"  code+data, {v:16s} {100 * (med - 1):+6.1f} %  "
-              f"[{100 * (q1 - 1):+.1f}, {100 * (q3 - 1):+.1f}]")
+        q1, med, q3 = ratio_quartiles(cpu, v)
+        print(f"  code+data, {v:16s} {med:+6.1f} %  [{q1:+.1f}, {q3:+.1f}]")
 
 
 if __name__ == "__main__":

@@ -19,32 +19,23 @@ import os
 import shutil
 import statistics
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import capstone
 from elftools.elf.elffile import ELFFile
 
-from tmebox.bench import build, stats, workloads
-from tmebox.bench.overhead import BaselineRunner, SandboxRunner
-from tmebox.runtime.api import Runtime
+from tmebox.bench import build, workloads
+from tmebox.bench.overhead import interleaved_cpu, ratio_quartiles
 from tmebox.toolchain import cc, nopmerge
-
-
-@contextlib.contextmanager
-def _patched(owner: object, name: str, replacement: Callable) -> Iterator[None]:
-    real = getattr(owner, name)
-    setattr(owner, name, replacement)
-    try:
-        yield
-    finally:
-        setattr(owner, name, real)
-
 
 # feature -> how to switch it off for one build
 FEATURES: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
-    "nopmerge": lambda: _patched(nopmerge, "merge_object", lambda path: nopmerge.MergeStats()),
-    "callpad": lambda: _patched(cc, "_assemble_aligned_calls", lambda asm, obj, source: False),
+    "nopmerge": lambda: mock.patch.object(nopmerge, "merge_object",
+                                          lambda path: nopmerge.MergeStats()),
+    "callpad": lambda: mock.patch.object(cc, "_assemble_aligned_calls",
+                                         lambda asm, obj, source: False),
 }
 
 
@@ -85,28 +76,12 @@ def main() -> None:
         for v in ("off", "on"):
             size, nops, calls = text_stats(paths[v])
             print(f"  {args.feature} {v:3s} .text {size} bytes, {nops} nop bytes, {calls} calls")
-        allowed = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, {max(allowed)})  # vCPUs differ in speed: one for all
-        cpu: dict[str, list[int]] = {v: [] for v in paths}
-        with Runtime(backend="native", max_sandboxes=4) as rt:
-            runners = {v: BaselineRunner(p, scale) if v == "baseline" else
-                       SandboxRunner(rt, p, scale) for v, p in paths.items()}
-            try:
-                sums = {v: r.run_once()[2] for v, r in runners.items()}  # warm-up
-                if len(set(sums.values())) != 1:
-                    raise SystemExit(f"checksums differ: {sums}")
-                for _, v in stats.interleave(list(paths), args.rounds):
-                    cpu[v].append(runners[v].run_once()[1])
-            finally:
-                for r in runners.values():
-                    r.close()
+        cpu = interleaved_cpu(paths, scale, args.rounds)
     print(f"{args.workload}: {args.rounds} rounds, baseline median "
           f"{statistics.median(cpu['baseline']) / 1e6:.1f} ms CPU; load {os.getloadavg()}")
     for v in ("off", "on"):
-        ratios = sorted(a / b for a, b in zip(cpu[v], cpu["baseline"], strict=True))
-        q1, med, q3 = statistics.quantiles(ratios, n=4)
-        print(f"  code+data, {args.feature} {v:3s} {100 * (med - 1):+6.1f} %  "
-              f"[{100 * (q1 - 1):+.1f}, {100 * (q3 - 1):+.1f}]")
+        q1, med, q3 = ratio_quartiles(cpu, v)
+        print(f"  code+data, {args.feature} {v:3s} {med:+6.1f} %  [{q1:+.1f}, {q3:+.1f}]")
     ratios = sorted(a / b for a, b in zip(cpu["on"], cpu["off"], strict=True))
     print(f"  on / off per round: median {statistics.median(ratios):.3f}")
 

@@ -11,6 +11,7 @@ the thread's CPU time are kept; ratios are computed for each (METRICS).
 from __future__ import annotations
 
 import contextlib
+import statistics
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -195,3 +196,44 @@ def geomeans(rows: list[Overhead]) -> dict[str, float]:
         raise ValueError("geomeans() of rows of different metrics")
     variants = list(dict.fromkeys(r.variant for r in rows))
     return {v: stats.geomean([r.ratio for r in rows if r.variant == v]) for v in variants}
+
+
+def interleaved_cpu(paths: dict[str, Path], scale: int, rounds: int) -> dict[str, list[int]]:
+    """CPU ns of `rounds` interleaved runs of each build, for the A/B scripts in bench/.
+
+    `paths["baseline"]` is a native executable, every other path a sandbox image; all run
+    on one CPU (the vCPUs of a VM differ in speed) after one warm-up run each, whose
+    checksums must agree.
+    """
+    import os
+
+    from tmebox.runtime.api import Runtime
+
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {max(allowed)})
+    cpu: dict[str, list[int]] = {v: [] for v in paths}
+    try:
+        with Runtime(backend="native", max_sandboxes=len(paths)) as rt:
+            runners: dict[str, BaselineRunner | SandboxRunner] = {}
+            try:
+                for v, p in paths.items():
+                    runners[v] = (BaselineRunner(p, scale) if v == BASELINE
+                                  else SandboxRunner(rt, p, scale))
+                sums = {v: r.run_once()[2] for v, r in runners.items()}
+                if len(set(sums.values())) != 1:
+                    raise BenchError(f"checksums differ: {sums}")
+                for _, v in stats.interleave(list(paths), rounds):
+                    cpu[v].append(runners[v].run_once()[1])
+            finally:
+                for r in runners.values():
+                    r.close()
+    finally:
+        os.sched_setaffinity(0, allowed)
+    return cpu
+
+
+def ratio_quartiles(cpu: dict[str, list[int]], variant: str) -> tuple[float, float, float]:
+    """(q1, median, q3) of the per-round ratios of `variant` to the baseline, in %."""
+    ratios = sorted(a / b for a, b in zip(cpu[variant], cpu[BASELINE], strict=True))
+    q1, med, q3 = statistics.quantiles(ratios, n=4)
+    return 100 * (q1 - 1), 100 * (med - 1), 100 * (q3 - 1)
