@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tmebox.bench.errors import BenchError
-from tmebox.bench.workloads import BASELINE, OPT, VARIANTS, Workload, baseline_cflags, sources
+from tmebox.bench.workloads import (
+    BASELINE,
+    KERNEL_DIR,
+    OPT,
+    VARIANTS,
+    Workload,
+    baseline_cflags,
+    sources,
+)
 from tmebox.errors import TmeboxError
 from tmebox.toolchain import cc, libc
 
@@ -52,7 +60,7 @@ def build_key(w: Workload, files: list[Path]) -> str:
     h.update(libc.build_key().encode())
     h.update(_gcc_version().encode())
     h.update(Path(__file__).read_bytes())
-    for f in files:
+    for f in [*files, *sorted(KERNEL_DIR.glob("*.h"))]:  # our sources include our headers
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 

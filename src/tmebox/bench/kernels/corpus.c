@@ -1,9 +1,9 @@
 /* A deterministic, compressible text corpus for the compression workloads:
  * words drawn from a small vocabulary with a skewed distribution, plus
  * punctuation and line breaks, so that both LZ77 and BWT find structure. */
-#include <stddef.h>
-#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include "corpus.h"
 
 static const char *const words[] = {
     "the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with",
@@ -32,4 +32,29 @@ void make_corpus(unsigned char *buf, size_t n)
         if (i < n)
             buf[i++] = (x >> 20) % 17 == 0 ? ',' : (col > 72 ? (col = 0, '\n') : ' ');
     }
+}
+
+int corpus_buffers(size_t n, size_t cap, unsigned char **plain, unsigned char **packed,
+                   unsigned char **unpacked)
+{
+    *plain = malloc(n);
+    *packed = malloc(cap);
+    *unpacked = malloc(n);
+    if (!*plain || !*packed || !*unpacked)
+        return -1;
+    make_corpus(*plain, n);
+    return 0;
+}
+
+int corpus_same(const unsigned char *plain, size_t n, const unsigned char *out, size_t out_len)
+{
+    return out_len == n && memcmp(plain, out, n) == 0;
+}
+
+uint64_t corpus_hash(const unsigned char *buf, size_t n)
+{
+    uint64_t h = 14695981039346656037ULL;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ buf[i]) * 1099511628211ULL;
+    return h ^ n;
 }
