@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import random
 import threading
+import time
 
 import pytest
 from programs import basic, scribbler
@@ -215,3 +216,43 @@ def test_a_forged_return_address_stays_in_the_window(build_image, rt):
         sb.destroy()
     assert hits == []
     assert neighbour.call("get_landed") == 0  # nobody ran the neighbour's code
+
+
+WATCH = r"""
+#include <stdint.h>
+/* 1 if *p changed while it spun for `spins` iterations. */
+long watch(volatile uint64_t *p, long spins)
+{
+    uint64_t first = *p;
+    for (long i = 0; i < spins; i++)
+        if (*p != first)
+            return 1;
+    return 0;
+}
+"""
+
+
+def test_host_writes_wait_while_the_sandbox_runs(build_image, rt):
+    """Nothing but the sandbox's own thread writes its memory while it runs (the return
+    group relies on it): sb.memory.write from another thread waits for the call."""
+    sb = rt.spawn(rt.load(build_image(WATCH, mode="code+data", name="watch")))
+    buf = sb.alloc(4096)
+    sb.memory.write_u64(buf, 1)
+    started = threading.Event()
+    written: list[float] = []
+
+    def writer() -> None:
+        started.wait()
+        time.sleep(0.02)
+        sb.memory.write_u64(buf, 2)
+        written.append(time.monotonic())
+
+    t = threading.Thread(target=writer)
+    t.start()
+    started.set()
+    changed = sb.call("watch", buf, 300_000_000)  # ~0.1-0.5 s of spinning
+    returned = time.monotonic()
+    t.join()
+    assert changed == 0  # the tenant never saw the host's write while it ran
+    assert written and written[0] >= returned
+    assert sb.memory.read_u64(buf) == 2

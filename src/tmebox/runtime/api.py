@@ -40,7 +40,7 @@ from tmebox.runtime.backend import (
     classify,
 )
 from tmebox.runtime.loader import ImagePlan, initial_stack, plan_from_image
-from tmebox.runtime.memory import SandboxMemory
+from tmebox.runtime.memory import GuardedMemory, SandboxMemory
 from tmebox.toolchain import abi
 
 BACKENDS = ("native", "tme")
@@ -234,9 +234,9 @@ class Sandbox:
     """
 
     # Slots: call() reads eight attributes per call; slot access is the cheaper kind.
-    __slots__ = ("runtime", "image", "_engine", "_layout", "base", "memory", "timeout", "state",
-                 "exit_status", "_lock", "_rips", "_parked", "_call_rsp", "_ret", "_proc",
-                 "_ran", "_fn", "_handle", "__weakref__")
+    __slots__ = ("runtime", "image", "_engine", "_layout", "base", "memory", "_mem", "timeout",
+                 "state", "exit_status", "_lock", "_rips", "_parked", "_call_rsp", "_ret",
+                 "_proc", "_ran", "_fn", "_handle", "__weakref__")
 
     def __init__(self, runtime: Runtime, image: LoadedImage, engine: Any,
                  timeout: float | None) -> None:
@@ -246,11 +246,13 @@ class Sandbox:
         # A backend may place each sandbox differently (tme: at its own pool offset).
         self._layout = getattr(engine, "layout", image.layout)
         self.base: int = engine.base
-        self.memory: SandboxMemory = engine.memory
+        self._mem: SandboxMemory = engine.memory  # the runtime's own accesses
         self.timeout = timeout
         self.state = "new"
         self.exit_status: int | None = None
         self._lock = threading.Lock()
+        # The host's: waits while the sandbox runs on another thread (docs/runtime.md).
+        self.memory = GuardedMemory(self._mem, self._lock)
         self._rips: dict[str, int] = {}
         self._parked: object = None
         self._call_rsp = 0
@@ -274,7 +276,7 @@ class Sandbox:
             stdin=syscalls.Source(stdin), stdout=syscalls.Sink(stdout, 1),
             stderr=syscalls.Sink(stderr, 2))
         rsp, stack = initial_stack(plan, L, self.base, argv, envp, os.urandom(16))
-        self.memory.write(rsp, stack)
+        self._mem.write(rsp, stack)
         with self._lock:
             self._engine.set_deadline(self.timeout)
             stop = self._engine.enter(self.base + L.code_lo + plan.entry, self.base + rsp, (),
@@ -376,7 +378,7 @@ class Sandbox:
                 self._engine.free(addr, n)
                 return
             assert self._proc is not None
-            r = syscalls.handle(syscalls.SYS_MUNMAP, (addr, n, 0, 0, 0, 0), self.memory,
+            r = syscalls.handle(syscalls.SYS_MUNMAP, (addr, n, 0, 0, 0, 0), self._mem,
                                 self._proc)
         if r != 0:
             raise SandboxError(f"free({addr:#x}, {n}): not memory from alloc()")
@@ -432,7 +434,7 @@ class Sandbox:
             raise
 
     def _drive_loop(self, stop: int) -> Any:
-        engine, proc, mem = self._engine, self._proc, self.memory
+        engine, proc, mem = self._engine, self._proc, self._mem
         assert proc is not None
         while True:
             if stop == STOP_SYSCALL:
@@ -474,9 +476,9 @@ class Sandbox:
                             instruction=self._disassemble(f.rip), detail=detail)
 
     def _disassemble(self, off: int) -> str | None:
-        if not self.memory.ok(off, 1, False) or off >= self._layout.code_hi:
+        if not self._mem.ok(off, 1, False) or off >= self._layout.code_hi:
             return f"rip {self.base + off:#x}"
-        code = self.memory.read(off, min(15, self._layout.code_hi - off))
+        code = self._mem.read(off, min(15, self._layout.code_hi - off))
         try:
             import capstone
 

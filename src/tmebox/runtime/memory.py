@@ -9,6 +9,8 @@ SandboxMemoryError instead of faulting the host.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 from tmebox.errors import SandboxError
 
 OFFSET_MASK = 0xFFFF_FFFF
@@ -69,3 +71,39 @@ class SandboxMemory:
 
     def _release(self, off: int, n: int) -> None:
         raise NotImplementedError
+
+
+class GuardedMemory:
+    """The host's view of one sandbox's memory (`Sandbox.memory`): every access waits
+    while the sandbox runs on another thread.
+
+    Nothing but a sandbox's own thread may write its memory while it runs: a code+data
+    return reads back the slot it has just pushed (docs/design.md), so a host write
+    landing in between could choose where it returns to. The runtime's own accesses
+    during a run (runtime calls) use the memory directly.
+    """
+
+    __slots__ = ("_mem", "_lock")
+
+    def __init__(self, mem: SandboxMemory, lock: AbstractContextManager) -> None:
+        self._mem = mem
+        self._lock = lock
+
+    def ok(self, addr: int, n: int, write: bool) -> bool:
+        return self._mem.ok(addr, n, write)
+
+    def read(self, addr: int, n: int) -> bytes:
+        with self._lock:
+            return self._mem.read(addr, n)
+
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        with self._lock:
+            self._mem.write(addr, data)
+
+    def read_u64(self, addr: int) -> int:
+        with self._lock:
+            return self._mem.read_u64(addr)
+
+    def write_u64(self, addr: int, value: int) -> None:
+        with self._lock:
+            self._mem.write_u64(addr, value)
