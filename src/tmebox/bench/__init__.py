@@ -206,10 +206,9 @@ def _overhead(builds: list, opts: Options, rounds: int, results: dict[str, Any],
     allowed = os.sched_getaffinity(0)
     cpu = max(allowed)
     results["config"]["overhead_cpu"] = cpu
-    results["config"]["windows_per_build"] = overhead.WINDOWS
     os.sched_setaffinity(0, {cpu})
     try:
-        with Runtime(backend="native", max_sandboxes=2 * overhead.WINDOWS) as rt:
+        with Runtime(backend="native", max_sandboxes=8) as rt:
             samples = _measure_all(builds, opts, rounds, rt, results, prog)
     finally:
         os.sched_setaffinity(0, allowed)

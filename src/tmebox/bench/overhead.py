@@ -6,11 +6,6 @@ tmebox.Runtime (native backend) whose exported bench_iter() is called. Either
 way the time is taken in C around workload_run() (kernels/harness.c), so spawn,
 libc start-up and the Python call path are not part of it. Both the wall time and
 the thread's CPU time are kept; ratios are computed for each (METRICS).
-
-Each instrumented build runs in WINDOWS sandboxes, used in turn round by round: where a
-sandbox's code sits (which 4 GiB window) changes how the CPU predicts its branches, by
-up to 12 % for the `indirect` kernel (docs/evaluation.md), and no build should owe its
-figure to one lucky or unlucky window.
 """
 
 from __future__ import annotations
@@ -48,9 +43,6 @@ class Sample:
     ns: int  # wall time
     cpu_ns: int
     checksum: int
-
-
-WINDOWS = 3
 
 
 class BaselineRunner:
@@ -111,29 +103,6 @@ class SandboxRunner:
         self.sb.destroy()
 
 
-class SandboxSet:
-    """One image in `count` sandboxes (windows), each run in turn."""
-
-    def __init__(self, runtime: Runtime, image: Path, scale: int, count: int = WINDOWS) -> None:
-        self.runners: list[SandboxRunner] = []
-        try:
-            for _ in range(count):
-                self.runners.append(SandboxRunner(runtime, image, scale))
-        except BaseException:
-            self.close()
-            raise
-        self.turn = 0
-
-    def run_once(self) -> tuple[int, int, int]:
-        runner = self.runners[self.turn % len(self.runners)]
-        self.turn += 1
-        return runner.run_once()
-
-    def close(self) -> None:
-        for r in self.runners:
-            r.close()
-
-
 def measure(built: Built, scale: int, rounds: int, runtime: Runtime,
             tick: Callable[[str], None] | None = None) -> list[Sample]:
     """rounds interleaved runs of each build (after one untimed warm-up run each).
@@ -142,17 +111,17 @@ def measure(built: Built, scale: int, rounds: int, runtime: Runtime,
     the comparison only means something if they all did the same work.
     """
     name = built.workload.name
-    runners: dict[str, BaselineRunner | SandboxSet] = {}
+    runners: dict[str, BaselineRunner | SandboxRunner] = {}
     try:
         for v in VARIANTS:
             try:
                 runners[v] = (BaselineRunner(built.paths[v], scale) if v == BASELINE
-                              else SandboxSet(runtime, built.paths[v], scale))
+                              else SandboxRunner(runtime, built.paths[v], scale))
             except TmeboxError as e:
                 raise BenchError(f"{name} ({v}): {e}") from None
         for v in VARIANTS:
             try:
-                _warm_up(runners[v])
+                runners[v].run_once()
             except TmeboxError as e:
                 raise BenchError(f"{name} ({v}), warm-up run: {e}") from None
         samples = []
@@ -169,12 +138,6 @@ def measure(built: Built, scale: int, rounds: int, runtime: Runtime,
             runner.close()
     check_checksums(samples)
     return samples
-
-
-def _warm_up(runner: BaselineRunner | SandboxSet) -> set[int]:
-    """One untimed run of the baseline, or of every sandbox of a set; their checksums."""
-    n = len(runner.runners) if isinstance(runner, SandboxSet) else 1
-    return {runner.run_once()[2] for _ in range(n)}
 
 
 def check_checksums(samples: list[Sample]) -> None:
@@ -250,14 +213,14 @@ def interleaved_cpu(paths: dict[str, Path], scale: int, rounds: int) -> dict[str
     os.sched_setaffinity(0, {max(allowed)})
     cpu: dict[str, list[int]] = {v: [] for v in paths}
     try:
-        with Runtime(backend="native", max_sandboxes=WINDOWS * len(paths)) as rt:
-            runners: dict[str, BaselineRunner | SandboxSet] = {}
+        with Runtime(backend="native", max_sandboxes=len(paths)) as rt:
+            runners: dict[str, BaselineRunner | SandboxRunner] = {}
             try:
                 for v, p in paths.items():
                     runners[v] = (BaselineRunner(p, scale) if v == BASELINE
-                                  else SandboxSet(rt, p, scale))
-                sums = {v: _warm_up(r) for v, r in runners.items()}
-                if len(set().union(*sums.values())) != 1:
+                                  else SandboxRunner(rt, p, scale))
+                sums = {v: r.run_once()[2] for v, r in runners.items()}
+                if len(set(sums.values())) != 1:
                     raise BenchError(f"checksums differ: {sums}")
                 for _, v in stats.interleave(list(paths), rounds):
                     cpu[v].append(runners[v].run_once()[1])
