@@ -16,6 +16,7 @@ import sys
 import time
 
 import tmebox
+from tmebox.bench.density import spawn_milestones
 from tmebox.errors import OutOfSandboxes
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -36,14 +37,10 @@ def main() -> int:
     with rt:
         img = rt.load(image)
         rt.spawn(img).destroy()  # first-touch costs of the image and the runtime
-        sbs = []
-        for target in counts:
-            t0 = time.perf_counter()
-            added = target - len(sbs)
-            while len(sbs) < target:
-                sbs.append(rt.spawn(img))
-            print(f"  spawn up to {target:6d}: {(time.perf_counter() - t0) / added * 1e6:8.1f} us",
-                  flush=True)
+        sbs: list = []
+        for target, spawned, spawn in spawn_milestones(rt, img, counts):
+            sbs = spawned
+            print(f"  spawn up to {target:6d}: {spawn * 1e6:8.1f} us", flush=True)
         t0 = time.perf_counter()
         for sb in sbs:
             sb.destroy()

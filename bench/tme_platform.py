@@ -210,6 +210,21 @@ def run_interleaved(cases: dict[str, Callable[[], int]],
             for name in cases}
 
 
+def _table(title: str, results: dict[str, dict[str, float]], unit: str, scale: float,
+           ref: str, ratio_fmt: str) -> Table:
+    """Wall and CPU rates of each case, and the wall rate relative to the baseline case."""
+    base = next(v for k, v in results.items() if k.startswith("baseline"))["wall"]
+    t = Table(title=title)
+    t.add_column("case")
+    t.add_column(f"{unit} wall", justify="right")
+    t.add_column(f"{unit} CPU", justify="right")
+    t.add_column(f"x {ref}", justify="right")
+    for name, r in results.items():
+        t.add_row(name, f"{r['wall'] / scale:,.0f}", f"{r['cpu'] / scale:,.0f}",
+                  ratio_fmt.format(r["wall"] / base))
+    return t
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
@@ -225,26 +240,10 @@ def main() -> int:
 
     console = Console()
     title = f"(median of {args.rounds} interleaved rounds; load average {load_before[0]:.1f})"
-    base = next(v for k, v in tput.items() if k.startswith("baseline"))["wall"]
-    t = Table(title=f"Line encryption throughput {title}")
-    t.add_column("case")
-    t.add_column("MB/s wall", justify="right")
-    t.add_column("MB/s CPU", justify="right")
-    t.add_column("x naive", justify="right")
-    for name, r in tput.items():
-        t.add_row(name, f"{r['wall'] / 1e6:,.0f}", f"{r['cpu'] / 1e6:,.0f}",
-                  f"{r['wall'] / base:.1f}")
-    console.print(t)
-    base_ops = next(v for k, v in ops.items() if k.startswith("baseline"))["wall"]
-    t = Table(title=f"Random single-line accesses {title}")
-    t.add_column("case")
-    t.add_column("K ops/s wall", justify="right")
-    t.add_column("K ops/s CPU", justify="right")
-    t.add_column("x bytearray", justify="right")
-    for name, r in ops.items():
-        t.add_row(name, f"{r['wall'] / 1e3:,.0f}", f"{r['cpu'] / 1e3:,.0f}",
-                  f"{r['wall'] / base_ops:.2f}")
-    console.print(t)
+    console.print(_table(f"Line encryption throughput {title}", tput, "MB/s", 1e6, "naive",
+                         "{:.1f}"))
+    console.print(_table(f"Random single-line accesses {title}", ops, "K ops/s", 1e3,
+                         "bytearray", "{:.2f}"))
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({

@@ -16,9 +16,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tmebox.bench.errors import BenchError
 
@@ -82,6 +83,19 @@ def fit_counts(counts: tuple[int, ...], raise_limit: bool = True) -> tuple[list[
                      f"`sysctl -w vm.max_map_count={need}`)")
 
 
+def spawn_milestones(rt: Any, img: Any, counts: list[int]
+                     ) -> Iterator[tuple[int, list[Any], float]]:
+    """Spawn sandboxes of img up to each count in turn (ascending); yields the count, the
+    sandboxes so far and the mean seconds per spawn since the previous count."""
+    sbs: list[Any] = []
+    for target in counts:
+        t0 = time.perf_counter()
+        added = target - len(sbs)
+        while len(sbs) < target:
+            sbs.append(rt.spawn(img))
+        yield target, sbs, (time.perf_counter() - t0) / added
+
+
 def _child(image: Path, counts: list[int]) -> None:
     from tmebox.runtime.api import Runtime
 
@@ -91,13 +105,7 @@ def _child(image: Path, counts: list[int]) -> None:
         # image's code memfd, the window pool) are then not charged to the first milestone.
         rt.spawn(img).destroy()
         before = _status()
-        sbs = []
-        for target in counts:
-            t0 = time.perf_counter()
-            added = target - len(sbs)
-            while len(sbs) < target:
-                sbs.append(rt.spawn(img))
-            spawn = (time.perf_counter() - t0) / added
+        for target, sbs, spawn in spawn_milestones(rt, img, counts):
             t0 = time.perf_counter()
             for i, sb in enumerate(sbs):
                 if sb.call("noop", i) != i + 1:

@@ -110,22 +110,30 @@ def measure(built: Built, scale: int, rounds: int, runtime: Runtime,
     Raises BenchError if a build computes a different checksum from the baseline's:
     the comparison only means something if they all did the same work.
     """
-    name = built.workload.name
+    return measure_paths(built.workload.name, {v: built.paths[v] for v in VARIANTS}, scale,
+                         rounds, runtime, tick)
+
+
+def measure_paths(name: str, paths: dict[str, Path], scale: int, rounds: int,
+                  runtime: Runtime, tick: Callable[[str], None] | None = None) -> list[Sample]:
+    """measure() for any builds of one workload: `paths[BASELINE]` is the native
+    executable, every other path a sandbox image; they run in the order of `paths`."""
+    order = list(paths)
     runners: dict[str, BaselineRunner | SandboxRunner] = {}
     try:
-        for v in VARIANTS:
+        for v in order:
             try:
-                runners[v] = (BaselineRunner(built.paths[v], scale) if v == BASELINE
-                              else SandboxRunner(runtime, built.paths[v], scale))
+                runners[v] = (BaselineRunner(paths[v], scale) if v == BASELINE
+                              else SandboxRunner(runtime, paths[v], scale))
             except TmeboxError as e:
                 raise BenchError(f"{name} ({v}): {e}") from None
-        for v in VARIANTS:
+        for v in order:
             try:
                 runners[v].run_once()
             except TmeboxError as e:
                 raise BenchError(f"{name} ({v}), warm-up run: {e}") from None
         samples = []
-        for r, v in stats.interleave(VARIANTS, rounds):
+        for r, v in stats.interleave(order, rounds):
             try:
                 ns, cpu_ns, checksum = runners[v].run_once()
             except TmeboxError as e:
@@ -199,37 +207,20 @@ def geomeans(rows: list[Overhead]) -> dict[str, float]:
 
 
 def interleaved_cpu(paths: dict[str, Path], scale: int, rounds: int) -> dict[str, list[int]]:
-    """CPU ns of `rounds` interleaved runs of each build, for the A/B scripts in bench/.
-
-    `paths["baseline"]` is a native executable, every other path a sandbox image; all run
-    on one CPU (the vCPUs of a VM differ in speed) after one warm-up run each, whose
-    checksums must agree.
-    """
+    """CPU ns of `rounds` interleaved runs of each build (measure_paths), for the A/B
+    scripts in bench/: all on one CPU, since the vCPUs of a VM differ in speed."""
     import os
 
     from tmebox.runtime.api import Runtime
 
     allowed = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {max(allowed)})
-    cpu: dict[str, list[int]] = {v: [] for v in paths}
     try:
         with Runtime(backend="native", max_sandboxes=len(paths)) as rt:
-            runners: dict[str, BaselineRunner | SandboxRunner] = {}
-            try:
-                for v, p in paths.items():
-                    runners[v] = (BaselineRunner(p, scale) if v == BASELINE
-                                  else SandboxRunner(rt, p, scale))
-                sums = {v: r.run_once()[2] for v, r in runners.items()}
-                if len(set(sums.values())) != 1:
-                    raise BenchError(f"checksums differ: {sums}")
-                for _, v in stats.interleave(list(paths), rounds):
-                    cpu[v].append(runners[v].run_once()[1])
-            finally:
-                for r in runners.values():
-                    r.close()
+            samples = measure_paths("a/b", paths, scale, rounds, rt)
     finally:
         os.sched_setaffinity(0, allowed)
-    return cpu
+    return {v: [s.cpu_ns for s in samples if s.variant == v] for v in paths}
 
 
 def ratio_quartiles(cpu: dict[str, list[int]], variant: str) -> tuple[float, float, float]:

@@ -60,6 +60,13 @@ def _plt():
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_overhead(path: Path, rows: Sequence[Any], geo: dict[str, float]) -> Path:
     """Bars of % overhead per workload and variant, with the interquartile range of the
     per-round ratios as error bars, and the geomean."""
@@ -85,10 +92,7 @@ def plot_overhead(path: Path, rows: Sequence[Any], geo: dict[str, float]) -> Pat
     ax.set_ylabel(f"run time overhead vs. {BASELINE} (%)")
     ax.set_title(f"Instrumentation overhead (native backend, {rows[0].metric} time)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_switch(path: Path, rows: Sequence[Any]) -> Path:
@@ -101,10 +105,7 @@ def plot_switch(path: Path, rows: Sequence[Any]) -> Path:
     ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("ns per round trip (log)")
     ax.set_title("Switch cost: sandboxes (blue) vs. process/thread switches (gray)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_density(path: Path, points: Sequence[Any]) -> Path:
@@ -126,10 +127,7 @@ def plot_density(path: Path, points: Sequence[Any]) -> Path:
     b.set_ylabel("KiB per sandbox")
     b.legend()
     b.set_title("Memory per sandbox")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

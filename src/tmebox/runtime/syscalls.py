@@ -318,6 +318,14 @@ def _sys_madvise(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
     return 0
 
 
+def _store(mem: SandboxMemory, addr: int, data: bytes) -> int:
+    """Write data at a sandbox pointer: 0, or -EFAULT if it is not writable there."""
+    if not mem.ok(addr, len(data), True):
+        return -errno.EFAULT
+    mem.write(addr, data)
+    return 0
+
+
 def _sys_clock_gettime(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
     if a[0] in _CPU_CLOCKS:
         ns = time.thread_time_ns()
@@ -325,30 +333,21 @@ def _sys_clock_gettime(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
         ns = time.clock_gettime_ns(_CLOCKS[a[0]])
     else:
         return -errno.EINVAL
-    if not mem.ok(a[1], 16, True):
-        return -errno.EFAULT
-    mem.write(a[1], _timespec(ns))
-    return 0
+    return _store(mem, a[1], _timespec(ns))
 
 
 def _sys_clock_getres(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
     if a[0] not in _CLOCKS and a[0] not in _CPU_CLOCKS:
         return -errno.EINVAL
-    if a[1]:
-        if not mem.ok(a[1], 16, True):
-            return -errno.EFAULT
-        mem.write(a[1], _timespec(1))
-    return 0
+    return _store(mem, a[1], _timespec(1)) if a[1] else 0
 
 
 def _sys_gettimeofday(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
-    if a[0]:
-        if not mem.ok(a[0], 16, True):
-            return -errno.EFAULT
-        us = time.time_ns() // 1000
-        mem.write(a[0], (us // 1_000_000).to_bytes(8, "little")
+    if not a[0]:
+        return 0
+    us = time.time_ns() // 1000
+    return _store(mem, a[0], (us // 1_000_000).to_bytes(8, "little")
                   + (us % 1_000_000).to_bytes(8, "little"))
-    return 0
 
 
 def _sys_getrandom(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
@@ -370,10 +369,7 @@ def _sys_arch_prctl(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
         mem.write_u64(st.tp_slot, a[1])
         return 0
     if a[0] == ARCH_GET_FS:
-        if not mem.ok(a[1], 8, True):
-            return -errno.EFAULT
-        mem.write_u64(a[1], mem.read_u64(st.tp_slot))
-        return 0
+        return _store(mem, a[1], mem.read(st.tp_slot, 8))
     return -errno.EINVAL
 
 
@@ -383,11 +379,7 @@ def _sys_pid(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
 
 def _sys_sigprocmask(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
     # Signals never reach sandbox code; an empty old mask is the truth.
-    if a[2]:
-        if not mem.ok(a[2], 8, True):
-            return -errno.EFAULT
-        mem.write(a[2], bytes(8))
-    return 0
+    return _store(mem, a[2], bytes(8)) if a[2] else 0
 
 
 def _sys_nothing(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
