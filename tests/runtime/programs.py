@@ -48,11 +48,10 @@ taint:
     ret
 
     .globl leak             # OR of everything taint() set; 0 if nothing leaks
-                            # (%r11 holds the entry address: the jump goes through it)
+                            # (%r10 holds the entry address: the host calls through it)
 leak:
     movq %rbx, %rax
     orq %rbp, %rax
-    orq %r10, %rax
     orq %r12, %rax
     orq %r13, %rax
     orq %r15, %rax
@@ -62,6 +61,11 @@ leak:
     orq %rdx, %rax
     movq %xmm15, %rdx
     orq %rdx, %rax
+    ret
+
+    .globl entry_r10
+entry_r10:
+    movq %r10, %rax
     ret
 
     .globl mmx_dirty         # leaves MMX state (full x87 tags) and odd control words

@@ -555,12 +555,15 @@ int tmebox_run(struct tmebox_ctx *c)
     return reason;
 }
 
+static const uint8_t call_r10[3] = {0x41, 0xff, 0xd2}; /* call *%r10 */
+
 int tmebox_call(struct tmebox_ctx *c, uint64_t rip, uint64_t rsp, uint64_t ret_addr,
                 uint64_t a0, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5)
 {
-    /* rsp is a 16-aligned address the caller checked to lie in the sandbox's stack. */
-    rsp -= 8;
-    *(uint64_t *)(c->base + (uint32_t)rsp) = ret_addr;
+    /* rsp is a 16-aligned address the caller checked to lie in the sandbox's stack;
+       ret_addr is the runtime page's exit entry. The sandbox is entered through the
+       `call *%r10` just before that entry, which pushes ret_addr: the CPU's return
+       predictor then expects the function's `ret` to land there, as it does. */
     memset(c->gpr, 0, sizeof c->gpr);
     c->gpr[TMEBOX_RDI] = a0;
     c->gpr[TMEBOX_RSI] = a1;
@@ -568,8 +571,9 @@ int tmebox_call(struct tmebox_ctx *c, uint64_t rip, uint64_t rsp, uint64_t ret_a
     c->gpr[TMEBOX_RCX] = a3;
     c->gpr[TMEBOX_R8] = a4;
     c->gpr[TMEBOX_R9] = a5;
+    c->gpr[TMEBOX_R10] = rip;
     c->gpr[TMEBOX_RSP] = c->base + (uint32_t)rsp;
-    c->rip = rip;
+    c->rip = ret_addr - sizeof call_r10;
     c->mode = 0;
     return tmebox_run(c);
 }
@@ -619,7 +623,10 @@ int tmebox_resume(struct tmebox_ctx *c, int64_t result, int bundle_align,
 void tmebox_write_rt_page(uint8_t *page)
 {
     /* int3 everywhere; at 0x000 and 0x020 `jmp *2(%rip)` through the 8-byte
-       slot that follows it (the slot is not a bundle start). */
+       slot that follows it (the slot is not a bundle start); right before 0x020
+       the `call *%r10` host-initiated calls enter through (tmebox_call). A sandbox
+       cannot reach it: direct branches may only target the two entries, masked
+       ones only bundle starts. */
     static const uint8_t jmp[6] = {0xff, 0x25, 0x02, 0x00, 0x00, 0x00};
     uint64_t targets[2] = {(uint64_t)tmebox_rt_syscall_entry, (uint64_t)tmebox_rt_exit_entry};
     memset(page, 0xcc, 4096);
@@ -627,6 +634,7 @@ void tmebox_write_rt_page(uint8_t *page)
         memcpy(page + 0x20 * i, jmp, sizeof jmp);
         memcpy(page + 0x20 * i + 8, &targets[i], 8);
     }
+    memcpy(page + 0x20 - sizeof call_r10, call_r10, sizeof call_r10);
 }
 
 void tmebox_relocate(uint8_t *data, const uint32_t *offsets, size_t n, uint64_t delta)
