@@ -11,6 +11,7 @@ the thread's CPU time are kept; ratios are computed for each (METRICS).
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import subprocess
 from collections.abc import Callable
@@ -209,8 +210,6 @@ def geomeans(rows: list[Overhead]) -> dict[str, float]:
 def interleaved_cpu(paths: dict[str, Path], scale: int, rounds: int) -> dict[str, list[int]]:
     """CPU ns of `rounds` interleaved runs of each build (measure_paths), for the A/B
     scripts in bench/: all on one CPU, since the vCPUs of a VM differ in speed."""
-    import os
-
     from tmebox.runtime.api import Runtime
 
     allowed = os.sched_getaffinity(0)
