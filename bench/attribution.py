@@ -29,7 +29,8 @@ from unittest import mock
 
 from tmebox.bench import build, workloads
 from tmebox.bench.overhead import interleaved_cpu, ratio_quartiles
-from tmebox.toolchain import abi, libc, link, rewriter, verifier
+from tmebox.toolchain import libc, link, rewriter
+from tmebox.trusted import abi, verifier
 
 Rw = rewriter._Rewriter
 Patch = tuple[object, str, object]

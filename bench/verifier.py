@@ -31,8 +31,8 @@ import capstone
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
-from tmebox.toolchain import abi, verifier
-from tmebox.toolchain.image import Image
+from tmebox.trusted import abi, verifier
+from tmebox.trusted.image import Image
 
 MIB = 1 << 20
 

@@ -38,7 +38,7 @@ def _cmd_cc(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from tmebox.toolchain import verifier
+    from tmebox.trusted import verifier
 
     status = 0
     for image in args.images:

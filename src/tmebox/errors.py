@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from tmebox.trusted.errors import ImageError, TmeboxError, VerificationError
 
-class TmeboxError(Exception):
-    """Base of all tmebox errors."""
+__all__ = ["ImageError", "LibcError", "OutOfSandboxes", "RewriteError", "SandboxError",
+           "SandboxExited", "SandboxFault", "SandboxTimeout", "TmeboxError", "ToolchainError",
+           "VerificationError"]
 
 
 class ToolchainError(TmeboxError):
@@ -17,14 +19,6 @@ class RewriteError(ToolchainError):
 
 class LibcError(ToolchainError):
     """Fetching or building the sandbox libc failed."""
-
-
-class ImageError(TmeboxError):
-    """A file is not a well-formed tmebox sandbox image."""
-
-
-class VerificationError(TmeboxError):
-    """An image's code breaks a rule of its isolation mode."""
 
 
 class SandboxError(TmeboxError):

@@ -9,7 +9,7 @@ import tmebox
 from tmebox.errors import OutOfSandboxes, TmeboxError
 from tmebox.runtime import layout as lay
 from tmebox.runtime.native_backend import POOL, check_map_count
-from tmebox.toolchain import abi
+from tmebox.trusted import abi
 
 
 def test_map_count_check_names_the_sysctl():

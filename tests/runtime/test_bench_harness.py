@@ -19,7 +19,7 @@ from tmebox.bench import density, fetch, overhead, report, stats
 from tmebox.bench.errors import BenchError, FetchError
 from tmebox.bench.overhead import Sample
 from tmebox.bench.workloads import BASELINE, VARIANTS, WORKLOADS, baseline_cflags, selected
-from tmebox.toolchain import abi
+from tmebox.trusted import abi
 
 # -- interleaving and statistics -------------------------------------------------------------
 

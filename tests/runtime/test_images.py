@@ -71,7 +71,7 @@ def test_abort_and_timeout(rt, tenant_box):
 def test_a_tampered_image_is_refused_before_mapping(rt, tenant_box, tmp_path):
     from elftools.elf.elffile import ELFFile
 
-    from tmebox.toolchain.image import Image
+    from tmebox.trusted.image import Image
 
     image = Image.load(tenant_box)
     data = bytearray(tenant_box.read_bytes())

@@ -241,7 +241,7 @@ def own_pool():
 
     from tmebox.runtime import layout as lay
     from tmebox.runtime.native_backend import WindowPool
-    from tmebox.toolchain import abi
+    from tmebox.trusted import abi
 
     pool = WindowPool()
     yield pool
@@ -253,7 +253,7 @@ def own_pool():
 
 def _window_lines(windows):
     from tmebox.runtime import layout as lay
-    from tmebox.toolchain import abi
+    from tmebox.trusted import abi
 
     return sum(int(line.split("-", 1)[0], 16) >> abi.WINDOW_SHIFT in windows
                for line in lay.read_host_maps())

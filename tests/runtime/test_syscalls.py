@@ -11,7 +11,7 @@ import pytest
 from tmebox.runtime import syscalls as sc
 from tmebox.runtime.layout import WindowLayout
 from tmebox.runtime.memory import SandboxMemory
-from tmebox.toolchain import abi
+from tmebox.trusted import abi
 
 BASE = 7 << 32
 

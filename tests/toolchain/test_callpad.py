@@ -11,8 +11,9 @@ import pytest
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
-from tmebox.toolchain import abi, cc, nopmerge
+from tmebox.toolchain import cc, nopmerge
 from tmebox.toolchain.rewriter import rewrite_assembly
+from tmebox.trusted import abi
 
 PROGRAMS = Path(__file__).parent / "programs"
 
@@ -214,7 +215,7 @@ def test_assembler_error_still_reported(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["funcptr", "qsort", "printf", "recursion", "setjmp"])
 def test_images_verify_run_and_have_no_whole_bundle_call_groups(name: str, build_image,
                                                                 runtime) -> None:
-    from tmebox.toolchain import verifier
+    from tmebox.trusted import verifier
 
     image = build_image(PROGRAMS / f"{name}.c", "code+data")
     assert verifier.verify_file(image).ok

@@ -13,7 +13,8 @@ from elftools.elf.relocation import RelocationSection
 
 from tmebox import cli
 from tmebox.errors import RewriteError, ToolchainError, VerificationError
-from tmebox.toolchain import abi, cc, link
+from tmebox.toolchain import cc, link
+from tmebox.trusted import abi
 
 PROGRAMS = Path(__file__).parent / "programs"
 IO_PROGRAM = PROGRAMS / "echo_io.c"  # needs argv, env and stdin: not in the plain runs
@@ -335,7 +336,7 @@ def runtime():
 def test_program_runs_like_native(name: str, mode: str, build_image, native_outputs, runtime
                                   ) -> None:
     image = build_image(PROGRAMS / f"{name}.c", mode)
-    from tmebox.toolchain import verifier
+    from tmebox.trusted import verifier
 
     assert verifier.verify_file(image).ok
     out = bytearray()

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tmebox.errors import LibcError
-from tmebox.toolchain import abi, libc
+from tmebox.toolchain import libc
+from tmebox.trusted import abi
 
 
 def test_prefix_has_library_headers_and_crt(sandbox_libc: dict[str, Path]) -> None:

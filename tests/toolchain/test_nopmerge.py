@@ -9,8 +9,9 @@ import capstone
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from tmebox.toolchain import abi, nopmerge, verifier
+from tmebox.toolchain import nopmerge
 from tmebox.toolchain.nopmerge import MAX_NOP, NOPS, merge_bytes, merge_object, nop_fill
+from tmebox.trusted import abi, verifier
 
 PROGRAMS = Path(__file__).parent / "programs"
 

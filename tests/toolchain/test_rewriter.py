@@ -25,14 +25,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tmebox.errors import RewriteError
-from tmebox.toolchain.abi import (
+from tmebox.toolchain.rewriter import rewrite_assembly
+from tmebox.trusted.abi import (
     BUNDLE_SIZE,
     CODE_DATA_CFLAGS,
     COMMON_CFLAGS,
     RT_SYSCALL_SYMBOL,
     TP_SYMBOL,
 )
-from tmebox.toolchain.rewriter import rewrite_assembly
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[2]
@@ -587,7 +587,7 @@ __tmebox_rt_exit = 0x20;
 
 
 def link_and_verify(obj: Path, mode: str, tmp_path: Path) -> None:
-    from tmebox.toolchain.verifier import verify_code
+    from tmebox.trusted.verifier import verify_code
 
     script = tmp_path / "verify.ld"
     script.write_text(_VERIFY_LD)
@@ -627,7 +627,7 @@ def test_verifier_accepts_goldens(name: str, mode: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_verifier_rejects_unrewritten(mode: str, tmp_path: Path) -> None:
     """The check above can fail: the same code without the rewriter is rejected."""
-    from tmebox.toolchain.verifier import verify_code
+    from tmebox.trusted.verifier import verify_code
 
     obj = assemble("\t.text\n\tmovq 8(%rdi), %rax\n\tret\n", tmp_path)
     code = code_sections(obj)[".text"]

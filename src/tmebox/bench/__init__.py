@@ -230,7 +230,7 @@ def _overhead(builds: list, opts: Options, rounds: int, results: dict[str, Any],
 
 def _switch(opts: Options, results: dict[str, Any], out: Path, prog: _Progress) -> list[Path]:
     from tmebox.bench import report, switch
-    from tmebox.toolchain import abi
+    from tmebox.trusted import abi
 
     n = 2000 if opts.quick else 200_000
     images = switch.tenant_images(abi.ISOLATION_MODES, rebuild=opts.rebuild)

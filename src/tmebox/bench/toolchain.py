@@ -29,7 +29,7 @@ class ToolchainRow:
 
 
 def _forget_memo() -> None:
-    from tmebox.toolchain import verifier
+    from tmebox.trusted import verifier
 
     kinds = getattr(verifier, "_KINDS", None)
     if isinstance(kinds, dict):
@@ -38,8 +38,8 @@ def _forget_memo() -> None:
 
 
 def _verify_seconds(path: Path) -> tuple[float, int, int]:
-    from tmebox.toolchain.image import Image
-    from tmebox.toolchain.verifier import verify_image
+    from tmebox.trusted.image import Image
+    from tmebox.trusted.verifier import verify_image
 
     image = Image.load(path)
     t0 = time.perf_counter()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tmebox.bench import fetch
 from tmebox.bench.errors import BenchError
-from tmebox.toolchain import abi
+from tmebox.trusted import abi
 
 KERNEL_DIR = Path(__file__).parent / "kernels"
 HARNESS = "harness.c"

@@ -41,7 +41,7 @@ from tmebox.runtime.backend import (
 )
 from tmebox.runtime.loader import ImagePlan, initial_stack, plan_from_image
 from tmebox.runtime.memory import GuardedMemory, SandboxMemory
-from tmebox.toolchain import abi
+from tmebox.trusted import abi
 
 BACKENDS = ("native", "tme")
 DEFAULT_MAX_SANDBOXES = 1024
@@ -153,8 +153,8 @@ class Runtime:
     def load(self, image: str | os.PathLike[str]) -> LoadedImage:
         """Read and verify an image file; nothing of it is mapped before it passes."""
         self._check_open()
-        from tmebox.toolchain.image import Image
-        from tmebox.toolchain.verifier import verify_image
+        from tmebox.trusted.image import Image
+        from tmebox.trusted.verifier import verify_image
 
         parsed = Image.load(Path(image))
         with _VERIFIED_LOCK:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tmebox.errors import ImageError
-from tmebox.toolchain import abi
+from tmebox.trusted import abi
 
 PAGE = abi.PAGE_SIZE
 # Windows 1 .. 32766: window 0 holds the null page and low host mappings, the

@@ -2,7 +2,7 @@
 
 `ImagePlan` is the runtime's view of a verified image: code bytes, the data
 template, relocation slots, the stack range and the symbols the runtime uses.
-`plan_from_image()` derives it from a parsed `tmebox.toolchain.image.Image`; tests and
+`plan_from_image()` derives it from a parsed `tmebox.trusted.image.Image`; tests and
 benchmarks may also build one by hand from assembled code.
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tmebox.errors import ImageError
 from tmebox.runtime.layout import WindowLayout
-from tmebox.toolchain import abi
-from tmebox.toolchain.image import Image
+from tmebox.trusted import abi
+from tmebox.trusted.image import Image
 
 AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ = 0, 3, 4, 5, 6
 AT_ENTRY, AT_HWCAP, AT_SECURE, AT_RANDOM = 9, 16, 23, 25

@@ -22,7 +22,7 @@ from tmebox.runtime import layout as lay
 from tmebox.runtime.backend import FaultInfo
 from tmebox.runtime.loader import ImagePlan
 from tmebox.runtime.memory import OFFSET_MASK, SandboxMemory
-from tmebox.toolchain import abi
+from tmebox.trusted import abi
 
 try:
     from tmebox.runtime._native import ffi, lib

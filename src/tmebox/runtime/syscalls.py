@@ -19,7 +19,7 @@ from typing import Any
 
 from tmebox.runtime.layout import PAGE, WindowLayout, page_up
 from tmebox.runtime.memory import OFFSET_MASK, SandboxMemory
-from tmebox.toolchain import abi
+from tmebox.trusted import abi
 
 # x86-64 system call numbers
 SYS_READ, SYS_WRITE, SYS_CLOSE = 0, 1, 3

@@ -67,7 +67,7 @@ from tmebox.runtime.layout import PAGE, WindowLayout, page_up
 from tmebox.runtime.loader import ImagePlan
 from tmebox.runtime.memory import OFFSET_MASK, SandboxMemory, SandboxMemoryError
 from tmebox.tme import LINE_SIZE, MachineCheck, PconfigStatus, Platform
-from tmebox.toolchain import abi
+from tmebox.trusted import abi
 
 LINES_PER_PAGE = PAGE // LINE_SIZE
 DEFAULT_POOL_SIZE = 512 << 20

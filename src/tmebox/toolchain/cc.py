@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tmebox.errors import ToolchainError
-from tmebox.toolchain import abi
+from tmebox.trusted import abi
 
 OPT_LEVELS = ("0", "1", "2", "3", "s", "g")
 C_SUFFIXES = (".c",)

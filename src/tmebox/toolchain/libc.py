@@ -26,7 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tmebox.errors import LibcError, ToolchainError
-from tmebox.toolchain import abi, cc
+from tmebox.toolchain import cc
+from tmebox.trusted import abi
 
 MODES = ("data", "code+data")
 # Plain musl for native baselines (benchmarks, run-tests that compare outputs).
@@ -165,7 +166,7 @@ def fetch_musl(progress: bool = False) -> Path:
 
 
 def _key_files() -> list[Path]:
-    names = ("rewriter.py", "asm.py", "abi.py", "libc.py", "nopmerge.py")
+    names = ("rewriter.py", "asm.py", "../trusted/abi.py", "libc.py", "nopmerge.py")
     files = [_TOOLCHAIN_DIR / name for name in names]
     files += [_TOOLCHAIN_DIR / "data" / name for name in LIBC_DATA_FILES]
     return [f for f in files if f.is_file()]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tmebox.errors import ImageError, ToolchainError, VerificationError
-from tmebox.toolchain import abi
+from tmebox.trusted import abi
 
 DATA_DIR = Path(__file__).parent / "data"
 LINKER_SCRIPT_TEMPLATE = DATA_DIR / "tmebox.ld.in"
@@ -207,9 +207,9 @@ def verify(path: Path, shown_as: Path) -> None:
     """Run the verifier on a finished image (when the verifier module is present)."""
     import importlib.util
 
-    if importlib.util.find_spec("tmebox.toolchain.verifier") is None:
+    if importlib.util.find_spec("tmebox.trusted.verifier") is None:
         return
-    from tmebox.toolchain import verifier
+    from tmebox.trusted import verifier
 
     try:
         verdict = verifier.verify_file(path)

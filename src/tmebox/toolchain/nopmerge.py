@@ -34,7 +34,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
-from tmebox.toolchain.abi import BUNDLE_SIZE
+from tmebox.trusted.abi import BUNDLE_SIZE
 
 # The recommended multi-byte nops (Intel SDM, "NOP"), by length. Longer than 11 bytes
 # needs more than three prefixes, which older decoders handle slowly; GNU as stops at 11

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 
 from tmebox.errors import RewriteError
-from tmebox.toolchain.abi import (
+from tmebox.trusted.abi import (
     BASE_REG,
     BUNDLE_MASK,
     BUNDLE_SIZE,

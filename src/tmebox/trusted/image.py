@@ -21,8 +21,8 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
-from tmebox.errors import ImageError
-from tmebox.toolchain import abi
+from tmebox.trusted import abi
+from tmebox.trusted.errors import ImageError
 
 R_X86_64_RELATIVE = 8
 EHDR_SIZE = 64

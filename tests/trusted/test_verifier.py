@@ -13,8 +13,8 @@ sys.path.insert(0, str(Path(__file__).parent / "verifier_corpus"))
 import asmkit  # noqa: E402
 
 from tmebox import cli  # noqa: E402
-from tmebox.toolchain import abi, decode, verifier  # noqa: E402
-from tmebox.toolchain.image import Image  # noqa: E402
+from tmebox.trusted import abi, decode, verifier  # noqa: E402
+from tmebox.trusted.image import Image  # noqa: E402
 
 CORPUS = Path(__file__).parent / "verifier_corpus"
 MODES = {"both": abi.ISOLATION_MODES, "data": ("data",), "code+data": ("code+data",)}

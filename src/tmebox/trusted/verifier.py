@@ -24,9 +24,9 @@ from pathlib import Path
 import iced_x86 as ix
 import numpy as np
 
-from tmebox.errors import VerificationError
-from tmebox.toolchain import abi, decode
-from tmebox.toolchain.image import Image
+from tmebox.trusted import abi, decode
+from tmebox.trusted.errors import VerificationError
+from tmebox.trusted.image import Image
 
 # Same root as the sandbox libc cache (tmebox.toolchain.libc): $TMEBOX_CACHE or ~/.cache/tmebox.
 CACHE_DIR = Path(os.environ.get("TMEBOX_CACHE") or Path.home() / ".cache" / "tmebox") / "verdicts"
@@ -583,9 +583,8 @@ def verify_image(image: Image) -> Verdict:
 def _source_hash() -> str:
     """Hash of the code that decides verdicts: a verifier change invalidates cached ones."""
     h = hashlib.sha256()
-    here = Path(__file__).parent
-    for module in ("verifier.py", "image.py", "decode.py", "abi.py"):
-        h.update((here / module).read_bytes())
+    for module in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(module.name.encode() + b"\0" + module.read_bytes())
     for package in ("iced-x86", "capstone"):
         h.update(f"{package} {importlib.metadata.version(package)}".encode())
     return h.hexdigest()

@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).parent / "verifier_corpus"))
 import asmkit  # noqa: E402
 
 from tmebox.errors import ImageError  # noqa: E402
-from tmebox.toolchain import abi, verifier  # noqa: E402
-from tmebox.toolchain.image import Image  # noqa: E402
+from tmebox.trusted import abi, verifier  # noqa: E402
+from tmebox.trusted.image import Image  # noqa: E402
 
 BASE = 5 << abi.WINDOW_SHIFT
 IMAGE = BASE + abi.IMAGE_WINDOW_OFFSET  # image offset 0

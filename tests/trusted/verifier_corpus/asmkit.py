@@ -10,7 +10,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from tmebox.toolchain import abi
+from tmebox.trusted import abi
 
 CODE_OFFSET = abi.RT_PAGE_SIZE  # snippets are linked right after the runtime page
 SNIPPET_IMAGE_SIZE = 0x20000  # image size assumed for snippets (code + data)
