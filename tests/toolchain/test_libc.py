@@ -86,6 +86,7 @@ def test_build_key_follows_the_rewriter(tmp_path: Path, monkeypatch: pytest.Monk
     (tool / "data").mkdir(parents=True)
     for f in libc._key_files():
         dest = tool / f.relative_to(libc._TOOLCHAIN_DIR)
+        dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(f.read_bytes())
     monkeypatch.setattr(libc, "_TOOLCHAIN_DIR", tool)
     before, native_before = libc.build_key(), libc.build_key(libc.NATIVE)

@@ -15,6 +15,7 @@ import asmkit  # noqa: E402
 from tmebox import cli  # noqa: E402
 from tmebox.trusted import abi, decode, verifier  # noqa: E402
 from tmebox.trusted.image import Image  # noqa: E402
+from tmebox.trusted.verdict import Store  # noqa: E402
 
 CORPUS = Path(__file__).parent / "verifier_corpus"
 MODES = {"both": abi.ISOLATION_MODES, "data": ("data",), "code+data": ("code+data",)}
@@ -34,14 +35,17 @@ def load_cases(kind: str) -> list[Case]:
     for path in sorted((CORPUS / kind).glob("*.s")):
         header: list[str] = []
         file_mode = "both"
+        file_rule = path.stem if kind == "reject" else ""
         found: list[dict] = []
         for line in path.read_text().splitlines():
             key, _, value = line.partition(":")
             if key == "# case":
-                found.append({"title": value.strip(), "mode": file_mode,
-                              "rule": path.stem if kind == "reject" else "", "lines": []})
+                found.append({"title": value.strip(), "mode": file_mode, "rule": file_rule,
+                              "lines": []})
             elif key == "# mode" and not found:
                 file_mode = value.strip()
+            elif key == "# rule" and not found:
+                file_rule = value.strip()
             elif key in ("# mode", "# rule"):
                 found[-1][key[2:]] = value.strip()
             else:
@@ -174,6 +178,44 @@ def cache_dir(tmp_path: Path, monkeypatch) -> Path:
     return path
 
 
+def entries(cache_dir: Path) -> list[Path]:
+    return [p for p in cache_dir.iterdir() if p.name != Store.KEY_FILE]
+
+
+def test_forged_cache_entry_is_not_believed(tmp_path: Path, cache_dir: Path) -> None:
+    """A process that can write the cache but not read the key cannot plant "ok"."""
+    path = asmkit.link_image(PROGRAM.replace("jmp _start", "syscall"), tmp_path)
+    rejected = verifier.verify_file(path)
+    assert not rejected.ok
+    (entry,) = entries(cache_dir)
+    tag, _, body = entry.read_text().partition("\n")
+    forged = body.replace('"ok": false', '"ok": true')
+    assert forged != body
+    entry.write_text(f"{tag}\n{forged}")
+    verifier._VERDICTS.clear()
+    assert not verifier.verify_file(path).ok
+    entry.write_text(f"{'0' * 64}\n{forged}")
+    verifier._VERDICTS.clear()
+    assert not verifier.verify_file(path).ok
+
+
+def test_cache_shared_with_others_is_not_used(tmp_path: Path, cache_dir: Path) -> None:
+    path = asmkit.link_image(PROGRAM, tmp_path)
+    verifier.verify_file(path)
+    key = cache_dir / Store.KEY_FILE
+    assert key.stat().st_mode & 0o777 == 0o600
+    store = Store(cache_dir)
+    (entry,) = entries(cache_dir)
+    assert store.get(entry.name) is not None
+    cache_dir.chmod(0o777)  # anyone may now replace entries and the key
+    assert store.get(entry.name) is None
+    cache_dir.chmod(0o700)
+    key.chmod(0o644)  # anyone may read the key, so forge tags
+    assert store.get(entry.name) is None
+    key.chmod(0o600)
+    assert store.get(entry.name) is not None
+
+
 def test_verify_image_accepts_a_linked_program(tmp_path: Path) -> None:
     image = Image.load(asmkit.link_image(PROGRAM, tmp_path))
     verdict = verifier.verify_image(image)
@@ -220,7 +262,7 @@ def test_verify_file_caches_by_content_and_verifier(tmp_path: Path, cache_dir: P
     monkeypatch.setattr(verifier, "verify_image", lambda im: calls.append(im) or real(im))
     first = verifier.verify_file(path)
     assert first.ok and len(calls) == 1
-    assert len(list(cache_dir.iterdir())) == 1
+    assert len(entries(cache_dir)) == 1
     assert verifier.verify_file(path) == first and len(calls) == 1  # memory
     monkeypatch.setattr(verifier, "_VERDICTS", {})
     assert verifier.verify_file(path) == first and len(calls) == 1  # disk
@@ -229,7 +271,7 @@ def test_verify_file_caches_by_content_and_verifier(tmp_path: Path, cache_dir: P
     assert verifier.verify_file(copy).name == str(copy) and len(calls) == 1
     monkeypatch.setattr(verifier, "_SOURCE_HASH", "a different verifier")
     assert verifier.verify_file(path).ok and len(calls) == 2
-    assert len(list(cache_dir.iterdir())) == 2
+    assert len(entries(cache_dir)) == 2
 
 
 def test_verify_file_caches_rejections(tmp_path: Path, cache_dir: Path) -> None:
@@ -243,7 +285,7 @@ def test_verify_file_caches_rejections(tmp_path: Path, cache_dir: Path) -> None:
 def test_corrupt_cache_entry_is_ignored(tmp_path: Path, cache_dir: Path) -> None:
     path = asmkit.link_image(PROGRAM, tmp_path)
     verifier.verify_file(path)
-    (entry,) = cache_dir.iterdir()
+    (entry,) = entries(cache_dir)
     entry.write_text("{not json")
     verifier._VERDICTS.clear()
     assert verifier.verify_file(path).ok
@@ -284,7 +326,7 @@ def test_doc_rules_table_lists_every_rule() -> None:
 
 
 def test_real_images_verify(build_image) -> None:
-    source = (Path(__file__).parent / "programs" / "printf.c")
+    source = Path(__file__).parents[1] / "toolchain" / "programs" / "printf.c"
     for mode, opt in (("code+data", "0"), ("data", "2")):
         path = build_image(source, mode, opt=opt, name=f"printf-O{opt}")
         verdict = verifier.verify_image(Image.load(path))
@@ -302,3 +344,54 @@ def test_verification_from_threads_agrees(tmp_path: Path) -> None:
             code, code_offset=asmkit.CODE_OFFSET, image_size=0x100000, isolation="data"),
             range(8)))
     assert all(v.ok and v.instructions == 6000 for v in verdicts)
+
+
+# --- the prefix rule on its own (finding 2 of issue 10), beyond the corpus ------------------
+
+LEGACY = (0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67)
+# Instructions whose canonical encodings the rule must accept: REX + opcode, and gs/0x67 forms.
+REX_FORMS = [bytes.fromhex(h) for h in ("4889c8", "48e900000000", "480f8500000000",
+                                        "48e800000000", "41ffe3", "4153", "4d09f3")]
+
+
+def _prefix_verdict(raw: bytes) -> str:
+    from tmebox.trusted import rules
+
+    ins = next(iter(__import__("iced_x86").Decoder(64, raw, ip=0)))
+    try:
+        rules.rule_prefixes(rules.Insn.of(ins, raw, "code+data"))
+    except rules.Reject as e:
+        return e.rule
+    return "ok"
+
+
+@pytest.mark.parametrize("form", REX_FORMS, ids=lambda b: b.hex())
+def test_prefix_rule_alone_rejects_every_legacy_prefix_after_rex(form: bytes) -> None:
+    assert _prefix_verdict(form) == "ok"
+    for p in LEGACY:
+        assert _prefix_verdict(form[:1] + bytes([p]) + form[1:]) == "prefixes", hex(p)
+    assert _prefix_verdict(b"\x40" + form) == "prefixes"  # a second REX
+
+
+def test_prefix_rule_alone_accepts_only_gnu_as_order() -> None:
+    from itertools import permutations
+
+    body = bytes.fromhex("0f1100")  # movups gs:[eax], xmm0 with the prefixes below
+    for n in range(1, 5):
+        for combo in permutations((0x65, 0x67, 0x66, 0xF3), n):
+            raw = bytes(combo) + body
+            order = [(0x65, 0x67, 0x66, 0xF3).index(b) for b in combo]
+            expected = "ok" if order == sorted(order) else "prefixes"
+            assert _prefix_verdict(raw) == expected, raw.hex()
+    for p in LEGACY:  # any prefix twice
+        assert _prefix_verdict(bytes([p, p]) + body) == "prefixes", hex(p)
+
+
+def test_prefix_rule_alone_rejects_prefixes_on_branches() -> None:
+    for branch in ("e900000000", "eb00", "0f8500000000", "e800000000", "c3", "ffe0", "ffd0"):
+        raw = bytes.fromhex(branch)
+        assert _prefix_verdict(raw) == "ok"
+        for p in LEGACY:
+            if (p, raw[0]) == (0x67, 0xE8):
+                continue  # `addr32 call`: ld's GOTPCRELX relaxation, a plain call on every CPU
+            assert _prefix_verdict(bytes([p]) + raw) == "prefixes", (hex(p), branch)

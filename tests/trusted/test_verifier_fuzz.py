@@ -261,7 +261,8 @@ def test_accepted_straight_line_data_samples_stay_inside(pool: dict[str, bytes],
 @pytest.fixture
 def compiled_code(build_image) -> bytes:
     """The code (after the runtime page) of a real code+data program built by tmebox cc."""
-    image = Image.load(build_image(Path(__file__).parent / "programs" / "qsort.c"))
+    source = Path(__file__).parents[1] / "toolchain" / "programs" / "qsort.c"
+    image = Image.load(build_image(source))
     return image.code.data[image.rt_range[1]:]
 
 

@@ -719,7 +719,8 @@ class _Rewriter:
             if len(ops) != 1 or ops[0].startswith("*") or "(" in ops[0] \
                     or ops[0].startswith("%"):
                 raise self.error(insn.lineno, insn.text, "conditional branch needs a label")
-            return ["\t" + insn.text]
+            self.drop_branch_prefixes(insn, "a branch")
+            return [self.format([], mn, ops, False)]
         if mn in ("leave", "leaveq"):
             if ops:
                 raise self.error(insn.lineno, insn.text, "unexpected operands")
@@ -742,7 +743,7 @@ class _Rewriter:
         head = " ".join([*pfx, mn])
         return f"\t{head}\t{', '.join(ops)}" if ops else f"\t{head}"
 
-    # -- rule 1 and 5: memory operands ---------------------------------------------
+    # -- verifier rules memory-operand, fs-segment, rip-target ----------------------
 
     def rewrite_operands(self, insn: _Insn) -> tuple[list[str], list[str], bool]:
         """Rewrite every memory operand; returns (lines before, operands, needs addr32)."""
@@ -863,7 +864,7 @@ class _Rewriter:
         raise self.error(insn.lineno, insn.text,
                          f"address register %{reg} is not a 64- or 32-bit general register")
 
-    # -- rule 2: the stack pointer and the base register ---------------------------
+    # -- verifier rules stack-pointer, base-register --------------------------------
 
     def check_protected_writes(self, insn: _Insn) -> None:
         mn = insn.mnemonic
@@ -918,7 +919,7 @@ class _Rewriter:
             body = self.format(insn.prefixes, mn, ops, addr32)
         return self.group([body, _LEA_RSP])
 
-    # -- rule 3: string instructions -----------------------------------------------
+    # -- verifier rule string-instruction -------------------------------------------
 
     def string_op(self, insn: _Insn, uses: tuple[str, ...]) -> list[str]:
         for op in insn.operands:
@@ -939,7 +940,13 @@ class _Rewriter:
         lines.append(self.format(insn.prefixes, mn, insn.operands, False))
         return self.group(lines)
 
-    # -- rules 4, 7, 8, 9: control flow --------------------------------------------
+    # -- verifier rules runtime-call, prefixes, indirect-branch, return, bundle ------
+
+    def drop_branch_prefixes(self, insn: _Insn, what: str) -> None:
+        """Hints (bnd, notrack) go: the verifier takes no legacy prefix on a branch."""
+        for p in insn.prefixes:
+            if p not in _BRANCH_DROP_PREFIXES:
+                raise self.error(insn.lineno, insn.text, f"prefix `{p}` on {what}")
 
     def call_direct(self, target: str) -> list[str]:
         if not self.cfi:
@@ -968,10 +975,7 @@ class _Rewriter:
         if len(ops) != 1:
             raise self.error(insn.lineno, insn.text, "branch needs exactly one operand")
         op = ops[0]
-        prefixes = insn.prefixes
-        for p in prefixes:
-            if p not in _BRANCH_DROP_PREFIXES:
-                raise self.error(insn.lineno, insn.text, f"prefix `{p}` on a branch")
+        self.drop_branch_prefixes(insn, "a branch")
         indirect = op.startswith("*")
         target = op[1:].strip() if indirect else op
         if not indirect and ("(" in target or target.startswith("%")):
@@ -980,7 +984,7 @@ class _Rewriter:
         if not indirect:
             if is_call:
                 return self.call_direct(target)
-            return ["\t" + insn.text]
+            return [self.format([], mn, [target], False)]
         if _is_register(target):
             r = _reg_name(target)
             if r not in _TO32:
@@ -991,7 +995,7 @@ class _Rewriter:
         else:
             pre, src, addr32 = self.rewrite_mem(insn, target)
         if not self.cfi:
-            return pre + [self.format(prefixes, mn, ["*" + src], addr32)]
+            return pre + [self.format([], mn, ["*" + src], addr32)]
         if src != _SCRATCH:
             pre.append(self.format([], "movq", [src, _SCRATCH], addr32))
         return pre + self.masked_branch("call" if is_call else "jmp")
@@ -1004,15 +1008,14 @@ class _Rewriter:
         return self.group(lines)
 
     def ret(self, insn: _Insn) -> list[str]:
-        for p in insn.prefixes:
-            # `rep ret` is an old AMD branch-predictor idiom; bnd/notrack are hints.
-            if p not in _BRANCH_DROP_PREFIXES and p not in ("rep", "repz"):
-                raise self.error(insn.lineno, insn.text, f"prefix `{p}` on ret")
+        # `rep ret` is an old AMD branch-predictor idiom: dropped like the hints.
+        insn.prefixes = [p for p in insn.prefixes if p not in ("rep", "repz")]
+        self.drop_branch_prefixes(insn, "ret")
         if insn.operands:
             raise self.error(insn.lineno, insn.text,
                              "`ret $N` moves %rsp by up to 64 KiB without touching memory")
         if not self.cfi:
-            return ["\t" + insn.text]
+            return ["\tret"]
         # Pushing the masked address back and returning through it keeps the CPU's
         # return-address predictor, which `jmp *%r11` loses (docs/design.md).
         return self.group([f"\tpopq\t{_SCRATCH}", f"\tandl\t${BUNDLE_MASK}, {_SCRATCH32}",

@@ -12,9 +12,9 @@ ctl:
 	call	*%gs:8(%eax)
 	call	*foo@GOTPCREL(%rip)
 	callq	*%gs:(%ebx,%ecx,8)
-	notrack call	*%rdx
+	call	*%rdx
 	jmp	*%rax
-	notrack jmp	*%rax
+	jmp	*%rax
 	jmpq	*%gs:8(%edi)
 	jmp	*%gs:.L4(,%eax,8)
 	call	__tmebox_rt_syscall
@@ -28,9 +28,9 @@ ctl:
 .L2:
 	jmp	foo
 	jmp	foo@PLT
-	rep ret
-	bnd ret
-	retq
+	ret
+	ret
+	ret
 	ret
 	.size	ctl, .-ctl
 

@@ -38,7 +38,7 @@ later:
     and r11d, -32
     or r11, r14
     push r11
-    rep ret
+    ret
     .bundle_unlock
     jmp __tmebox_rt_exit
 1:  loop 1b

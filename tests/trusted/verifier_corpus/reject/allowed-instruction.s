@@ -42,6 +42,7 @@
     xbegin 1f
 1:
 # case: operand-size prefix on a branch (16-bit on AMD)
+# rule: decodes
     .byte 0x66, 0xe9, 0, 0, 0, 0
 # case: monitor (implicit [rax])
     monitor

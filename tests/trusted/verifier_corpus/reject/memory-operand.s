@@ -12,8 +12,10 @@
 # case: %eip-relative without %gs (truncated absolute address)
     .byte 0x67, 0x48, 0x8b, 0x05, 0, 0, 0, 0
 # case: %ds prefix on a %rip-relative operand
+# rule: prefixes
     .byte 0x3e, 0x48, 0x8b, 0x05, 0, 0, 0, 0
 # case: two segment prefixes (which one wins is decoder folklore)
+# rule: prefixes
     .byte 0x2e, 0x65, 0x67, 0x8b, 0x00
 # case: stack-relative access without %gs
     mov rax, qword ptr [rsp + 8]

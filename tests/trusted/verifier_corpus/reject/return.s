@@ -48,7 +48,7 @@
     ret
     .bundle_unlock
 # case: ret with a 16-bit operand size (AMD truncates the target)
-# rule: allowed-instruction
+# rule: decodes
     .bundle_lock
     and r11d, -32
     or r11, r14

@@ -1,0 +1,92 @@
+# mode: both
+# Finding 2 of issue 10: prefixes the decoders ignore but a CPU honours. iced-x86 and
+# capstone decode `40 66 e9 rel32` as a rel32 jmp; AMD CPUs take the 0x66 (16-bit jump).
+    .bundle_align_mode 5
+# case: 0x66 after REX on jmp rel32 (AMD: 16-bit jump)
+# rule: decodes
+    .byte 0x40, 0x66, 0xe9, 0, 0, 0, 0
+# case: 0x66 after REX on jne rel32 (AMD: its last two bytes run as code)
+# rule: decodes
+    .byte 0x40, 0x66, 0x0f, 0x85, 0, 0, 0, 0
+# case: 0x66 after REX.W on call rel32
+# rule: decodes
+    .byte 0x48, 0x66, 0xe8, 0, 0, 0, 0
+# case: legacy prefix 0xf0 after REX on mov
+# rule: decodes
+    .byte 0x48, 0xf0, 0x89, 0xc8
+# case: legacy prefix 0xf2 after REX on mov
+    .byte 0x48, 0xf2, 0x89, 0xc8
+# case: legacy prefix 0xf3 after REX on mov
+    .byte 0x48, 0xf3, 0x89, 0xc8
+# case: legacy prefix 0x2e after REX on mov
+    .byte 0x48, 0x2e, 0x89, 0xc8
+# case: legacy prefix 0x36 after REX on mov
+    .byte 0x48, 0x36, 0x89, 0xc8
+# case: legacy prefix 0x3e after REX on mov
+    .byte 0x48, 0x3e, 0x89, 0xc8
+# case: legacy prefix 0x26 after REX on mov
+    .byte 0x48, 0x26, 0x89, 0xc8
+# case: legacy prefix 0x64 after REX on mov
+# rule: fs-segment
+    .byte 0x48, 0x64, 0x89, 0xc8
+# case: legacy prefix 0x65 after REX on mov
+    .byte 0x48, 0x65, 0x89, 0xc8
+# case: legacy prefix 0x66 after REX on mov
+    .byte 0x48, 0x66, 0x89, 0xc8
+# case: legacy prefix 0x67 after REX on mov
+    .byte 0x48, 0x67, 0x89, 0xc8
+# case: two REX prefixes
+    .byte 0x40, 0x48, 0x89, 0xc8
+# case: 0x67 before %gs (not GNU as's order)
+    .byte 0x67, 0x65, 0x8b, 0x00
+# case: 0x66 before %gs + 0x67
+    .byte 0x66, 0x65, 0x67, 0x89, 0x00
+# case: 0x66 twice on a store
+    .byte 0x65, 0x67, 0x66, 0x66, 0x89, 0x00
+# case: %gs twice
+    .byte 0x65, 0x65, 0x67, 0x8b, 0x00
+# case: 0x67 twice
+    .byte 0x65, 0x67, 0x67, 0x8b, 0x00
+# case: lock before the segment
+    .byte 0xf0, 0x65, 0x67, 0x01, 0x00
+# case: rep and repne together
+# rule: decodes
+    .byte 0xf3, 0xf2, 0x0f, 0xb8, 0xc0
+# case: lock and rep together
+    .byte 0x65, 0x67, 0xf0, 0xf3, 0x01, 0x00
+# case: null segment prefix %ds on a register move
+    .byte 0x3e, 0x48, 0x89, 0xc8
+# case: %cs prefix on a plain instruction
+    .byte 0x2e, 0x65, 0x67, 0x8b, 0x00
+# case: rep ret
+# mode: data
+    .byte 0xf3, 0xc3
+# case: bnd jmp
+    .byte 0xf2, 0xe9, 0, 0, 0, 0
+# case: notrack call through a register
+# mode: data
+    .byte 0x3e, 0xff, 0xd0
+# case: branch-taken hint on jne
+    .byte 0x3e, 0x0f, 0x85, 0, 0, 0, 0
+# case: 0x67 on a direct jmp
+    .byte 0x67, 0xe9, 0, 0, 0, 0
+# case: 0x66 on jmp rel32 without REX (AMD: 16-bit)
+# rule: decodes
+    .byte 0x66, 0xe9, 0, 0, 0, 0
+# case: 0x66 on call rel32 (AMD: 16-bit return address)
+# rule: decodes
+    .byte 0x66, 0xe8, 0, 0, 0, 0
+# case: 0x66 on jne rel32 (AMD: 16-bit)
+# rule: decodes
+    .byte 0x66, 0x0f, 0x85, 0, 0, 0, 0
+# case: 0x66 on jmp rel8 (AMD: 16-bit target)
+# rule: decodes
+    .byte 0x66, 0xeb, 0x00
+# case: 0x66 on ret (AMD: pops 2 bytes)
+# mode: data
+# rule: decodes
+    .byte 0x66, 0xc3
+# case: 0x66 on jmp through a register (16-bit target on AMD)
+# mode: data
+# rule: decodes
+    .byte 0x66, 0xff, 0xe0
