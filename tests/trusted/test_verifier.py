@@ -395,3 +395,20 @@ def test_prefix_rule_alone_rejects_prefixes_on_branches() -> None:
             if (p, raw[0]) == (0x67, 0xE8):
                 continue  # `addr32 call`: ld's GOTPCRELX relaxation, a plain call on every CPU
             assert _prefix_verdict(bytes([p]) + raw) == "prefixes", (hex(p), branch)
+
+
+def test_rewriter_sections_name_verifier_rules() -> None:
+    """The untrusted rewriter is organised by the rules it emits code for, under their ids."""
+    import re
+
+    from tmebox.toolchain import rewriter
+
+    named: set[str] = set()
+    for line in Path(rewriter.__file__).read_text().splitlines():
+        m = re.match(r"\s*# -- .*verifier rules? ([\w, +-]+?) -+$", line)
+        if m:
+            named |= {r.strip() for r in m.group(1).split(",")}
+    assert named <= set(verifier.RULES), named - set(verifier.RULES)
+    # What only the verifier can check: decoding, and positions the rewriter does not know.
+    verifier_only = {"decodes", "direct-branch-target", "entry-point", "rip-target"}
+    assert set(verifier.RULES) - named <= verifier_only, set(verifier.RULES) - named

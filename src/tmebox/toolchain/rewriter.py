@@ -615,7 +615,7 @@ class _Rewriter:
         return name, (name == ".text" or name.startswith(".text.")
                       or name in (".init", ".fini"))
 
-    # -- instructions -------------------------------------------------------------
+    # -- instructions; verifier rules allowed-instruction, segment-register ---------
 
     def instruction(self, s: str, lineno: int) -> None:
         words = s.split(None, 1)

@@ -121,6 +121,9 @@ _SYSTEM_CALLS = _mnemonics("SYSCALL SYSENTER INT INT1 INTO")
 _PREFIX_SLOT = {0x65: 0, 0x67: 1, 0x66: 2, 0xF0: 3, 0xF2: 3, 0xF3: 3}
 _LEGACY_PREFIXES = frozenset(b"\xf0\xf2\xf3\x2e\x36\x3e\x26\x64\x65\x66\x67")
 _NOPS = frozenset((M.NOP,))
+_NO_ACCESS = frozenset((M.NOP, M.LEA))  # memory operand syntax, no memory access
+_GPR32 = frozenset((R.EAX, R.ECX, R.EDX, R.EBX, R.ESP, R.EBP, R.ESI, R.EDI, R.R8D, R.R9D,
+                    R.R10D, R.R11D, R.R12D, R.R13D, R.R14D, R.R15D))
 _WRITES = frozenset((ix.OpAccess.WRITE, ix.OpAccess.COND_WRITE, ix.OpAccess.READ_WRITE,
                      ix.OpAccess.READ_COND_WRITE))
 _RSP_FAMILY = frozenset((R.RSP, R.ESP, R.SP, R.SPL))
@@ -224,27 +227,40 @@ def rule_fs_segment(x: Insn) -> None:
         raise Reject("fs-segment", "%fs-segment memory access")
 
 
+def _gs32(ins: ix.Instruction) -> bool:
+    """The explicit memory operand is %gs-relative with 32-bit addressing (by the decoder:
+    32-bit base/index registers, or a 4-byte displacement alone)."""
+    regs = [r for r in (ins.memory_base, ins.memory_index) if r != R.NONE]
+    addr32 = all(r in _GPR32 for r in regs) if regs else ins.memory_displ_size == 4
+    return ins.segment_prefix == R.GS and addr32
+
+
 def rule_memory_operand(x: Insn) -> bool:
     """An access outside %gs + 32-bit offset could reach any address; returns: %rip-relative.
 
-    Every access the decoder reports is accounted for: explicit %gs + 32-bit, explicit
-    %rip-relative without a segment, or the stack of a push/pop/call/ret form. String
-    instructions are the string rule's.
+    Both the explicit operand (also of prefetch and clflush, which iced-x86 reports as no
+    access, but which time host addresses) and every access the decoder reports (implicit ones
+    too) are accounted for: %gs + 32-bit, %rip-relative without a segment, or the stack of a
+    push/pop/call/ret form. String instructions are the string rule's.
     """
     ins = x.ins
-    rip = False
-    for m in () if ins.is_string_instruction else x.memory:
+    if ins.is_string_instruction:
+        return False
+    rip = ins.memory_base == R.RIP and ins.segment_prefix == R.NONE
+    explicit = any(ins.op_kind(i) == ix.OpKind.MEMORY for i in range(ins.op_count))
+    if explicit and ins.mnemonic not in _NO_ACCESS and not (rip or _gs32(ins)):
+        raise Reject("memory-operand", "memory access without %gs + 32-bit addressing")
+    for m in x.memory:
         if m.segment == R.GS and m.address_size == ix.CodeSize.CODE32:
             continue
-        if ins.memory_base == R.RIP and ins.segment_prefix == R.NONE and m.base == R.NONE \
-                and m.index == R.NONE and m.displacement == ins.ip_rel_memory_address:
-            rip = True  # (iced-x86 reports the resolved address)
-            continue
+        if rip and m.base == R.NONE and m.index == R.NONE \
+                and m.displacement == ins.ip_rel_memory_address:
+            continue  # (iced-x86 reports the resolved address)
         if m.segment == R.SS and m.base == R.RSP and m.index == R.NONE \
                 and ins.code in STACK_FORMS:
             continue
         raise Reject("memory-operand", "memory access without %gs + 32-bit addressing")
-    return rip
+    return rip and explicit and ins.mnemonic not in _NO_ACCESS  # lea only computes
 
 
 def rule_string_instruction(x: Insn) -> Role:

@@ -24,3 +24,15 @@
 # case: indirect call through unconfined memory (data mode)
 # mode: data
     call qword ptr [rax]
+# case: prefetch of a host address (times it: an ASLR side channel; iced-x86 reports no access)
+    prefetcht0 byte ptr [rax]
+# case: prefetchw of a host address
+    prefetchw byte ptr [rdi]
+# case: clflush of a host address
+    clflush byte ptr [rax]
+# case: prefetch with %gs but 64-bit addressing
+    prefetchnta byte ptr gs:[rax]
+# case: absolute %gs operand with 64-bit addressing (a 64-bit displacement)
+    .byte 0x65, 0x8b, 0x04, 0x25, 0, 0x10, 0, 0
+# case: %eip-relative (0x67 + rip form) without %gs
+    .byte 0x67, 0x48, 0x8b, 0x05, 0, 0, 0, 0
