@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tmebox.toolchain import cc, libc
+from tmebox.toolchain import libc, unit
 
 PROGRAMS = Path(__file__).resolve().parent.parent / "tests" / "toolchain" / "programs"
 
@@ -36,10 +36,10 @@ def time_compiles(mode: str, sources: list[Path], flags: list[str]) -> float:
         for i, src in enumerate(sources):
             obj = Path(tmp) / f"{i}.o"
             if mode == "gcc":
-                subprocess.run([cc.find_compiler().path, *flags, "-c", "-o", str(obj), str(src)],
+                subprocess.run([unit.find_compiler().path, *flags, "-c", "-o", str(obj), str(src)],
                                check=True)
             else:
-                cc.compile_unit(src, obj, isolation=mode, flags=flags)
+                unit.compile_unit(src, obj, isolation=mode, flags=flags)
         return time.perf_counter() - t0
 
 
@@ -66,7 +66,7 @@ def main() -> int:
 
     sources = sorted(PROGRAMS.glob("*.c"))
     prefix = libc.ensure_libc("data")
-    compiler = cc.find_compiler()
+    compiler = unit.find_compiler()
     flags = ["-O2", "-nostdinc", "-isystem", str(prefix / "include"), "-isystem",
              compiler.include_dir]
     compiles: dict[str, list[float]] = {m: [] for m in ("gcc", *libc.MODES)}

@@ -11,7 +11,7 @@ import pytest
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
-from tmebox.toolchain import cc, nopmerge
+from tmebox.toolchain import nopmerge, unit
 from tmebox.toolchain.rewriter import rewrite_assembly
 from tmebox.trusted import abi
 
@@ -42,7 +42,7 @@ def gcc_asm(tmp_path: Path, source: str | Path) -> str:
         src.write_text(source)
     else:
         src = source
-    res = subprocess.run(["gcc", *cc.sandbox_cflags("code+data"), "-O2", "-nostdinc",
+    res = subprocess.run(["gcc", *unit.sandbox_cflags("code+data"), "-O2", "-nostdinc",
                           "-isystem", str(tmp_path), "-w", "-S", "-o", "-", str(src)],
                          capture_output=True, text=True, check=True)
     return res.stdout
@@ -50,7 +50,7 @@ def gcc_asm(tmp_path: Path, source: str | Path) -> str:
 
 def fixed_object(asm: str, obj: Path) -> Path:
     """The object of the fixed scheme: every call group one whole bundle."""
-    cc._as(cc._rewrite(asm, isolation="code+data", source="t.s"), obj, "t.s")
+    unit.assemble_text(unit.rewrite(asm, isolation="code+data", source="t.s"), obj, "t.s")
     nopmerge.merge_object(obj)
     return obj
 
@@ -105,14 +105,14 @@ def test_default_rewrite_keeps_whole_bundle_groups() -> None:
 def test_gcc_output_calls_end_bundles_with_far_fewer_nops(tmp_path: Path) -> None:
     asm = gcc_asm(tmp_path, MANY_CALLS)
     obj = tmp_path / "new.o"
-    assert cc._assemble_aligned_calls(asm, obj, "t.s")
+    assert unit._assemble_aligned_calls(asm, obj, "t.s")
     nopmerge.merge_object(obj)
     cs = calls(obj)
     assert len(cs) >= 8
     assert all((a + s) % abi.BUNDLE_SIZE == 0 for a, s, _ in cs)
     # The padding is not a fixed 27/22 bytes: it is whatever each call needs.
     assert len(set(pads_before_calls(code_of(obj)))) > 3
-    assert cc.calls_end_bundles(obj) == len(cs)
+    assert unit.calls_end_bundles(obj) == len(cs)
     old = fixed_object(asm, tmp_path / "old.o")
     assert len(calls(old)) == len(cs)
     assert nop_bytes(obj) < nop_bytes(old) / 2
@@ -124,10 +124,10 @@ def test_gcc_output_calls_end_bundles_with_far_fewer_nops(tmp_path: Path) -> Non
 def test_assemble_uses_the_aligned_scheme(tmp_path: Path) -> None:
     asm = gcc_asm(tmp_path, MANY_CALLS)
     obj = tmp_path / "t.o"
-    cc.assemble(asm, obj, isolation="code+data", source="t.s")
+    unit.assemble(asm, obj, isolation="code+data", source="t.s")
     fixed = fixed_object(asm, tmp_path / "old.o")
     assert nop_bytes(obj) < nop_bytes(fixed)
-    assert cc.calls_end_bundles(obj) == len(calls(fixed))
+    assert unit.calls_end_bundles(obj) == len(calls(fixed))
     with obj.open("rb") as f:  # the section labels are not left in the object
         names = [s.name for s in ELFFile(f).get_section_by_name(".symtab").iter_symbols()]
     assert not any(n.startswith(".Ltmebox") for n in names)
@@ -140,8 +140,8 @@ def test_each_code_section_counts_from_its_own_start(tmp_path: Path) -> None:
            "\t.section .text.third,\"ax\",@progbits\n\tcall *%rax\n"
            "\t.previous\n\tcall f\n")
     obj = tmp_path / "t.o"
-    assert cc._assemble_aligned_calls(asm, obj, "t.s")
-    assert cc.calls_end_bundles(obj) == 5
+    assert unit._assemble_aligned_calls(asm, obj, "t.s")
+    assert unit.calls_end_bundles(obj) == 5
     assert nop_bytes(obj) < nop_bytes(fixed_object(asm, tmp_path / "old.o"))
 
 
@@ -151,18 +151,18 @@ def test_section_reentered_under_another_group(tmp_path: Path) -> None:
     asm = ("\t.section .text.f,\"axG\",@progbits,f,comdat\n\tnop\n\tcall f\n"
            "\t.section .text.f,\"axG\",@progbits,g,comdat\n\tnop\n\tnop\n\tcall g\n")
     obj = tmp_path / "t.o"
-    cc.assemble(asm, obj, isolation="code+data", source="t.s")
-    assert cc.calls_end_bundles(obj) == 2
+    unit.assemble(asm, obj, isolation="code+data", source="t.s")
+    assert unit.calls_end_bundles(obj) == 2
 
 
 def test_label_clash_falls_back_to_fixed_groups(tmp_path: Path) -> None:
     # Input that defines the rewriter's own label: the aligned text does not assemble.
     asm = "\tcall f\n.Ltmebox_sec0:\n\tcall g\n"
     obj = tmp_path / "t.o"
-    assert not cc._assemble_aligned_calls(asm, obj, "t.s")
-    cc.assemble(asm, obj, isolation="code+data", source="t.s")
+    assert not unit._assemble_aligned_calls(asm, obj, "t.s")
+    unit.assemble(asm, obj, isolation="code+data", source="t.s")
     assert obj.read_bytes() == fixed_object(asm, tmp_path / "old.o").read_bytes()
-    assert cc.calls_end_bundles(obj) == 2
+    assert unit.calls_end_bundles(obj) == 2
 
 
 def test_wrong_padding_is_caught_and_falls_back(tmp_path: Path,
@@ -170,26 +170,26 @@ def test_wrong_padding_is_caught_and_falls_back(tmp_path: Path,
     # Padding that is one byte short assembles fine; only the decoding check sees that
     # the calls end one byte before their bundle ends.
     asm = gcc_asm(tmp_path, MANY_CALLS)
-    real = cc._rewrite
+    real = unit.rewrite
 
     def off_by_one(text: str, **kw: object) -> str:
         return real(text, **kw).replace(" + 5)) & 31", " + 6)) & 31")
 
-    monkeypatch.setattr(cc, "_rewrite", off_by_one)
+    monkeypatch.setattr(unit, "rewrite", off_by_one)
     obj = tmp_path / "t.o"
-    assert not cc._assemble_aligned_calls(asm, obj, "t.s")
-    assert cc.calls_end_bundles(obj) == -1
-    cc.assemble(asm, obj, isolation="code+data", source="t.s")
-    monkeypatch.setattr(cc, "_rewrite", real)
+    assert not unit._assemble_aligned_calls(asm, obj, "t.s")
+    assert unit.calls_end_bundles(obj) == -1
+    unit.assemble(asm, obj, isolation="code+data", source="t.s")
+    monkeypatch.setattr(unit, "rewrite", real)
     assert obj.read_bytes() == fixed_object(asm, tmp_path / "old.o").read_bytes()
 
 
 def test_failed_check_falls_back_to_fixed_groups(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     asm = gcc_asm(tmp_path, MANY_CALLS)
-    monkeypatch.setattr(cc, "calls_end_bundles", lambda obj: -1)
+    monkeypatch.setattr(unit, "calls_end_bundles", lambda obj: -1)
     obj = tmp_path / "t.o"
-    cc.assemble(asm, obj, isolation="code+data", source="t.s")
+    unit.assemble(asm, obj, isolation="code+data", source="t.s")
     assert obj.read_bytes() == fixed_object(asm, tmp_path / "old.o").read_bytes()
 
 
@@ -198,17 +198,17 @@ def test_checker_rejects_a_misplaced_call(tmp_path: Path) -> None:
     src.write_text("\t.text\n\t.bundle_align_mode 5\n\tnop\n\tcall f\n")
     obj = tmp_path / "m.o"
     subprocess.run(["as", "--64", "-o", str(obj), str(src)], check=True)
-    assert cc.calls_end_bundles(obj) == -1
+    assert unit.calls_end_bundles(obj) == -1
     src.write_text("\t.text\n\tnop\n\t.space 26, 0x90\n\tcall f\n")
     subprocess.run(["as", "--64", "-o", str(obj), str(src)], check=True)
-    assert cc.calls_end_bundles(obj) == -1  # ends a bundle, but the section is not aligned
+    assert unit.calls_end_bundles(obj) == -1  # ends a bundle, but the section is not aligned
 
 
 def test_assembler_error_still_reported(tmp_path: Path) -> None:
     from tmebox.errors import ToolchainError
 
     with pytest.raises(ToolchainError, match="assembling bad.s"):
-        cc.assemble("\tcall f\n\t.bogus_directive 3\n", tmp_path / "t.o",
+        unit.assemble("\tcall f\n\t.bogus_directive 3\n", tmp_path / "t.o",
                     isolation="code+data", source="bad.s")
 
 

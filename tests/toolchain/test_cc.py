@@ -316,7 +316,7 @@ def native_outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]
     d = tmp_path_factory.mktemp("native")
     outs = {}
     for name in PROGRAM_NAMES:
-        exe = link.build_native([PROGRAMS / f"{name}.c"], d / name)
+        exe = cc.build_native([PROGRAMS / f"{name}.c"], d / name)
         res = subprocess.run([str(exe)], capture_output=True, timeout=60)
         assert res.returncode == 0, (name, res.stderr)
         outs[name] = res.stdout
@@ -484,7 +484,7 @@ def test_argv_env_stdin_stderr_and_exit_status(mode: str, build_image, runtime,
     src = IO_PROGRAM
     argv = ["echo_io", "first arg", "ü-ñ"]
     stdin = b"alpha\nbeta gamma\ndelta\n"
-    native = link.build_native([src], tmp_path / "echo_native")
+    native = cc.build_native([src], tmp_path / "echo_native")
     ref = subprocess.run([str(native), *argv[1:]], input=stdin, capture_output=True,
                          env={"TMEBOX_WHO": "tenant-7"}, timeout=60)
     assert ref.returncode == 7

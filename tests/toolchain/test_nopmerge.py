@@ -9,7 +9,7 @@ import capstone
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from tmebox.toolchain import nopmerge
+from tmebox.toolchain import nopmerge, unit
 from tmebox.toolchain.nopmerge import MAX_NOP, NOPS, merge_bytes, merge_object, nop_fill
 from tmebox.trusted import abi, verifier
 
@@ -199,16 +199,15 @@ def test_unexpected_input_is_left_untouched(tmp_path):
 
 
 def test_static_nops_on_a_real_program(tmp_path, sandbox_libc, monkeypatch):
-    from tmebox.toolchain import cc
 
     flags = ["-O2", "-nostdinc", "-isystem", str(sandbox_libc["code+data"] / "include"),
-             "-isystem", cc.find_compiler().include_dir]
+             "-isystem", unit.find_compiler().include_dir]
     src = PROGRAMS / "recursion.c"
     with_merge = tmp_path / "with.o"
-    cc.compile_unit(src, with_merge, isolation="code+data", flags=flags)
+    unit.compile_unit(src, with_merge, isolation="code+data", flags=flags)
     monkeypatch.setattr(nopmerge, "merge_object", lambda path: nopmerge.MergeStats())
     without = tmp_path / "without.o"
-    cc.compile_unit(src, without, isolation="code+data", flags=flags)
+    unit.compile_unit(src, without, isolation="code+data", flags=flags)
     plain, done = text_of(without.read_bytes()), text_of(with_merge.read_bytes())
     assert len(plain) == len(done)
     check_only_nops_changed(plain, done)

@@ -29,7 +29,7 @@ from tmebox.bench.workloads import (
     sources,
 )
 from tmebox.errors import TmeboxError
-from tmebox.toolchain import cc, libc
+from tmebox.toolchain import cc, libc, unit
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def build_cache() -> Path:
 
 
 def _gcc_version() -> str:
-    compiler = cc.find_compiler("gcc")
+    compiler = unit.find_compiler("gcc")
     res = subprocess.run([compiler.path, "--version"], capture_output=True, text=True)
     return res.stdout.splitlines()[0] if res.stdout else "unknown"
 
@@ -66,7 +66,7 @@ def build_key(w: Workload, files: list[Path]) -> str:
 
 
 def _libgcc() -> str:
-    compiler = cc.find_compiler("gcc")
+    compiler = unit.find_compiler("gcc")
     res = subprocess.run([compiler.path, "-print-libgcc-file-name"], capture_output=True,
                          text=True)
     path = res.stdout.strip()
@@ -79,7 +79,7 @@ def build_baseline(files: list[Path], include_dirs: list[Path], defines: list[st
                    output: Path) -> None:
     """A static executable of files against plain musl, compiled like the sandboxed builds."""
     prefix = libc.ensure_libc(libc.NATIVE)
-    compiler = cc.find_compiler("gcc")
+    compiler = unit.find_compiler("gcc")
     flags = [f"-O{OPT}", *baseline_cflags(), *[f"-I{d}" for d in include_dirs],
              *[f"-D{d}" for d in defines], "-nostdinc", "-isystem", str(prefix / "include"),
              "-isystem", compiler.include_dir]
@@ -88,7 +88,7 @@ def build_baseline(files: list[Path], include_dirs: list[Path], defines: list[st
         objs = []
         for i, src in enumerate(files):
             obj = Path(tmp) / f"{i}-{src.stem}.o"
-            cc.compile_unit(src, obj, isolation=libc.NATIVE, flags=flags)
+            unit.compile_unit(src, obj, isolation=libc.NATIVE, flags=flags)
             objs.append(str(obj))
         linked = Path(tmp) / "a.out"
         cmd = ["ld", "-static", "-o", str(linked), str(lib / "crt1.o"), str(lib / "crti.o"),

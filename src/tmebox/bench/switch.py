@@ -23,7 +23,7 @@ from tmebox.bench import stats
 from tmebox.bench.build import build_cache
 from tmebox.bench.errors import BenchError
 from tmebox.bench.workloads import KERNEL_DIR
-from tmebox.toolchain import cc
+from tmebox.toolchain import cc, unit
 
 HOST_SOURCE = KERNEL_DIR / "switch_host.c"
 TENANT_SOURCE = KERNEL_DIR / "tenant.c"
@@ -59,7 +59,7 @@ def host_program() -> Path:
     if exe.is_file():
         return exe
     exe.parent.mkdir(parents=True, exist_ok=True)
-    compiler = cc.find_compiler("gcc")
+    compiler = unit.find_compiler("gcc")
     tmp = exe.with_name(exe.name + ".tmp")
     res = subprocess.run([compiler.path, "-O2", "-pthread", "-o", str(tmp), str(HOST_SOURCE)],
                          capture_output=True, text=True)

@@ -3,7 +3,7 @@
 `ensure_libc(mode)` returns a prefix with `lib/libc.a`, `include/`, the tmebox
 crt and the runtime-page object for that isolation mode, building it once into
 ~/.cache/tmebox/libc/<musl version>-<key>/<mode>/ (key = hash of everything the
-build depends on: rewriter, abi.py, this file, cc.py, the files in data/).
+build depends on: unit.py, the rewriter, the nop merge, abi.py, this file, data/).
 Builds happen in a temporary directory that is renamed into place at the end,
 under a file lock, so a half-built libc is never used. docs/toolchain.md lists
 what the build changes in musl and why.
@@ -26,12 +26,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tmebox.errors import LibcError, ToolchainError
-from tmebox.toolchain import cc
+from tmebox.toolchain import unit
 from tmebox.trusted import abi
 
 MODES = ("data", "code+data")
 # Plain musl for native baselines (benchmarks, run-tests that compare outputs).
-NATIVE = cc.NATIVE
+NATIVE = unit.NATIVE
 BUILD_MODES = (*MODES, NATIVE)
 
 MUSL_VERSION = "1.2.3"
@@ -166,21 +166,18 @@ def fetch_musl(progress: bool = False) -> Path:
 
 
 def _key_files() -> list[Path]:
-    names = ("rewriter.py", "asm.py", "../trusted/abi.py", "libc.py", "nopmerge.py")
+    names = ("unit.py", "asm_syntax.py", "rewriter.py", "nopmerge.py", "../trusted/abi.py",
+             "libc.py")
     files = [_TOOLCHAIN_DIR / name for name in names]
-    files += [_TOOLCHAIN_DIR / "data" / name for name in LIBC_DATA_FILES]
-    return [f for f in files if f.is_file()]
+    return files + [_TOOLCHAIN_DIR / "data" / name for name in LIBC_DATA_FILES]
 
 
 def build_key(mode: str = "data") -> str:
-    """Hash of everything a built libc depends on; a change means a rebuild.
+    """Hash of the files a built libc depends on; a change means a rebuild.
 
-    Of cc.py only the functions the libc build runs count, so that work on the
-    `tmebox cc` front end does not force a rebuild. Plain musl (native) depends
-    on neither the rewriter nor the crt.
+    The one-unit step (unit.py, the rewriter, the nop merge), the ABI, this file and the crt.
+    Plain musl (native) depends on neither the rewriter nor the crt.
     """
-    import inspect
-
     h = hashlib.sha256()
     h.update(MUSL_SHA256.encode())
     if mode == NATIVE:
@@ -188,11 +185,6 @@ def build_key(mode: str = "data") -> str:
         return "native-" + h.hexdigest()[:16]
     for f in _key_files():
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
-    for fn in (cc.sandbox_cflags, cc.assemble, cc._run, cc.compile_unit, cc._as, cc._rewrite,
-               cc._assemble_aligned_calls, cc.calls_end_bundles):
-        h.update(inspect.getsource(fn).encode())
-    for m in MODES:
-        h.update(" ".join(cc.sandbox_cflags(m)).encode())
     return h.hexdigest()[:16]
 
 
@@ -289,12 +281,12 @@ def _build(tarball: Path, work: Path, mode: str, progress: bool) -> Path:
         # text); the rewriting and assembling then happen in this process, not
         # in ~1,300 Python start-ups.
         wrapper = work / "tmebox-cc"
-        wrapper.write_text(_WRAPPER.replace("@CC@", cc.find_compiler("gcc").path))
+        wrapper.write_text(_WRAPPER.replace("@CC@", unit.find_compiler("gcc").path))
         wrapper.chmod(0o755)
         # Appended to config.mak, not given on the command line, so that the
         # Makefile's own per-file additions (-O3 for string/malloc) still apply.
         with (tree / "config.mak").open("a") as f:
-            f.write(f"CFLAGS += {' '.join(cc.sandbox_cflags(mode))}\n")
+            f.write(f"CFLAGS += {' '.join(unit.sandbox_cflags(mode))}\n")
         _make([*make, f"CC={wrapper}", "AR=true", "RANLIB=true", "lib/libc.a"], tree, env,
               progress, total=_count_sources(tree), label=f"compiling sandbox libc ({mode})")
         # configure may set AOBJS = LOBJS (the compiler makes PIC anyway): .lo files
@@ -353,7 +345,7 @@ def _instrument_one(job: tuple[str, str, str]) -> str | None:
     obj, source, mode = job
     path = Path(obj)
     try:
-        cc.assemble(path.read_text(), path, isolation=mode, source=source)
+        unit.assemble(path.read_text(), path, isolation=mode, source=source)
     except ToolchainError as e:
         return f"{source}: {e}" if not str(e).startswith(source) else str(e)
     return None
@@ -385,11 +377,11 @@ def _instrument(objects: list[Path], tree: Path, mode: str, progress: bool, jobs
 
 def _build_crt(prefix: Path, mode: str) -> None:
     lib = prefix / "lib"
-    compiler = cc.find_compiler("gcc")
+    compiler = unit.find_compiler("gcc")
     flags = ["-O2", "-nostdinc", "-isystem", str(prefix / "include"), "-isystem",
              compiler.include_dir, f"-DTMEBOX_SYS_PARK={abi.SYS_TMEBOX_PARK:#x}"]
     try:
-        cc.compile_unit(_TOOLCHAIN_DIR / "data" / "crt.c", lib / CRT_OBJECT, isolation=mode,
+        unit.compile_unit(_TOOLCHAIN_DIR / "data" / "crt.c", lib / CRT_OBJECT, isolation=mode,
                         flags=flags)
     except ToolchainError as e:
         raise LibcError(f"building the tmebox crt ({mode}) failed: {e}") from None

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tmebox.errors import ImageError, ToolchainError, VerificationError
-from tmebox.trusted import abi
+from tmebox.toolchain import libc
+from tmebox.toolchain.unit import run
+from tmebox.trusted import abi, verifier
 
 DATA_DIR = Path(__file__).parent / "data"
 LINKER_SCRIPT_TEMPLATE = DATA_DIR / "tmebox.ld.in"
@@ -65,19 +67,6 @@ def runtime_page_asm() -> str:
         '\t.section .note.GNU-stack,"",@progbits',
         "",
     ])
-
-
-def _run(cmd: list[str], what: str) -> None:
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True)
-    except OSError as e:
-        raise ToolchainError(f"{what}: cannot run {cmd[0]}: {e}") from None
-    if res.returncode != 0:
-        detail = res.stderr.strip()
-        lines = detail.splitlines()
-        first = next((ln for ln in lines if "error" in ln.lower() or "undefined" in ln),
-                     lines[-1] if lines else f"exit status {res.returncode}")
-        raise ToolchainError(f"{what}: {first.strip()}\n{detail}")
 
 
 @dataclass
@@ -205,8 +194,6 @@ def check_image(path: Path, *, isolation: str, export_names: list[str],
 
 def verify(path: Path, shown_as: Path) -> None:
     """Run the verifier on a finished image; a rejected image is never renamed into place."""
-    from tmebox.trusted import verifier
-
     try:
         verdict = verifier.verify_file(path)
     except ImageError as e:
@@ -218,8 +205,6 @@ def verify(path: Path, shown_as: Path) -> None:
 def link_image(objects: list[Path], output: Path, *, isolation: str, libs: list[str] | None = None,
                stack_size: int = abi.DEFAULT_STACK_SIZE, run_verifier: bool = True) -> dict:
     """Link instrumented objects into the sandbox image output; returns its .tmebox_info."""
-    from tmebox.toolchain import libc
-
     if isolation not in abi.ISOLATION_MODES:
         raise ToolchainError(f"unsupported isolation {isolation!r}")
     for lib in libs or []:
@@ -239,7 +224,7 @@ def link_image(objects: list[Path], output: Path, *, isolation: str, libs: list[
         if res.returncode != 0:
             raise ToolchainError(f"assembling the runtime page failed: {res.stderr.strip()}")
         linked = tmpdir / "image.elf"
-        _run([
+        run([
             "ld", "-static", "-pie", "--no-dynamic-linker", "-z", "text", "-z", "noexecstack",
             "-z", "norelro", "-z", "max-page-size=4096", "-z", "common-page-size=4096",
             "--hash-style=gnu", "--no-undefined", "-nostdlib", "-T", str(script),
@@ -252,7 +237,7 @@ def link_image(objects: list[Path], output: Path, *, isolation: str, libs: list[
         info_file = tmpdir / "info.json"
         info_file.write_text(json.dumps(info, sort_keys=True))
         final = tmpdir / "image.box"
-        _run(["objcopy", "--add-section", f"{abi.INFO_SECTION}={info_file}",
+        run(["objcopy", "--add-section", f"{abi.INFO_SECTION}={info_file}",
               "--set-section-flags", f"{abi.INFO_SECTION}=readonly,contents",
               str(linked), str(final)], f"adding {abi.INFO_SECTION} to {output}")
         if run_verifier:
@@ -260,21 +245,3 @@ def link_image(objects: list[Path], output: Path, *, isolation: str, libs: list[
         final.chmod(0o755)
         os.replace(final, output)
     return info
-
-
-def build_native(sources: list[Path], output: Path, *, opt: str = "2",
-                 defines: list[str] | None = None) -> Path:
-    """Baseline: compile and link C sources as an ordinary static executable against the
-    same musl, uninstrumented (libc mode "native"), for comparisons and benchmarks."""
-    from tmebox.toolchain import cc, libc
-
-    prefix = libc.ensure_libc(libc.NATIVE)
-    compiler = cc.find_compiler("gcc")
-    lib = prefix / "lib"
-    _run([
-        compiler.path, f"-O{opt}", *[f"-D{d}" for d in defines or []],
-        "-nostdinc", "-isystem", str(prefix / "include"), "-isystem", compiler.include_dir,
-        "-static", "-nostdlib", "-o", str(output), str(lib / "crt1.o"), str(lib / "crti.o"),
-        *[str(s) for s in sources], str(lib / "libc.a"), "-lgcc", str(lib / "crtn.o"),
-    ], f"building native {output}")
-    return output

@@ -15,6 +15,21 @@ from __future__ import annotations
 import sys
 
 from tmebox.errors import RewriteError
+from tmebox.toolchain.asm_syntax import (
+    SEGMENT_REGS,
+    Insn,
+    Mem,
+    function_symbols,
+    int_value,
+    is_register,
+    parse_mem,
+    reg_name,
+    split_label,
+    split_operands,
+    split_segment,
+    split_statements,
+    symbols,
+)
 from tmebox.trusted.abi import (
     BASE_REG,
     BUNDLE_MASK,
@@ -121,7 +136,6 @@ _FORBIDDEN_MNEMONICS = {m: why for why, ms in _FORBIDDEN.items() for m in ms}
 
 # No regular expressions in this module: importing `re` and compiling the patterns would
 # cost more than rewriting a typical file, and the libc build starts one process per file.
-_SEGMENT_REGS = frozenset(("cs", "ds", "es", "fs", "gs", "ss"))
 _BAD_REGISTER_WHY = "uses a register outside baseline x86-64 user state (AVX, mask, segment, " \
     "control or debug register)"
 
@@ -159,140 +173,12 @@ _JCC = frozenset(["j" + c for c in _CONDITIONS]
                  + ["jcxz", "jecxz", "jrcxz", "loop", "loope", "loopz", "loopne", "loopnz"])
 _DATA_DIRECTIVES = frozenset((".quad", ".long", ".int", ".8byte", ".4byte", ".dc.a", ".word",
                               ".short", ".2byte", ".value"))
-_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.$@")
-
-
-class _Mem:
-    """A parsed memory operand `seg:disp(base,index,scale)`; registers without '%'."""
-
-    # A plain class, not a dataclass: importing dataclasses costs more than a whole
-    # typical rewrite, and the libc build starts one interpreter per file.
-    __slots__ = ("seg", "disp", "base", "index", "scale")
-
-    def __init__(self, seg: str | None, disp: str, base: str | None, index: str | None,
-                 scale: str | None) -> None:
-        self.seg = seg
-        self.disp = disp
-        self.base = base
-        self.index = index
-        self.scale = scale
-
-    def with_regs(self, base: str | None, index: str | None) -> str:
-        """The operand text with `base`/`index` in place of its own registers."""
-        if base is None and index is None:
-            return self.disp
-        inner = f"%{base}" if base else ""
-        if index:
-            inner += f",%{index}" + (f",{self.scale}" if self.scale else "")
-        return f"{self.disp}({inner})"
-
-
-class _Insn:
-    """One instruction statement: prefixes, lower-case mnemonic, operand texts."""
-
-    __slots__ = ("prefixes", "mnemonic", "operands", "lineno", "text")
-
-    def __init__(self, prefixes: list[str], mnemonic: str, operands: list[str], lineno: int,
-                 text: str) -> None:
-        self.prefixes = prefixes
-        self.mnemonic = mnemonic
-        self.operands = operands
-        self.lineno = lineno
-        self.text = text
-
-
-def _bad_register(name: str) -> bool:
-    if name in _SEGMENT_REGS:
-        return True
-    if name.startswith(("ymm", "zmm", "cr", "dr", "tr", "bnd", "tmm")):
-        return True
-    if len(name) == 2 and name[0] == "k" and name[1] in "01234567":
-        return True
-    # xmm16-31 exist only with EVEX encodings.
-    return name.startswith("xmm") and name[3:].isdigit() and int(name[3:]) >= 16
-
-
-def _split_segment(op: str) -> tuple[str | None, str]:
-    """'%fs:8(%rax)' -> ('fs', '8(%rax)'); operands without a segment -> (None, op)."""
-    if op.startswith("%"):
-        colon = op.find(":")
-        if colon > 0:
-            seg = op[1:colon].strip().lower()
-            if seg in _SEGMENT_REGS:
-                return seg, op[colon + 1:].strip()
-    return None, op
-
-
-def _split_label(stmt: str) -> tuple[str, str] | None:
-    """'  foo: movl ...' -> ('foo', ' movl ...'); None if the statement has no label."""
-    if ":" not in stmt:  # most statements; keeps the common path cheap
-        return None
-    s = stmt.lstrip()
-    if not s:
-        return None
-    if s[0] == '"':
-        i = s.find('"', 1) + 1
-        if i == 0:
-            return None
-    else:
-        i = 0
-        n = len(s)
-        while i < n and s[i] in _LABEL_CHARS:
-            i += 1
-        if i == 0 or (s[0].isdigit() and not s[:i].isdigit()):
-            return None
-    name = s[:i]
-    j = i
-    n = len(s)
-    while j < n and s[j] in " \t":
-        j += 1
-    if j < n and s[j] == ":" and not s.startswith("::", j):
-        return name, s[j + 1:]
-    return None
-
-
-def _function_symbols(text: str) -> set[str]:
-    """Names declared with `.type NAME, @function` (or %function, STT_FUNC, ifunc)."""
-    out = set()
-    pos = 0
-    while True:
-        i = text.find(".type", pos)
-        if i < 0:
-            return out
-        eol = text.find("\n", i)
-        eol = len(text) if eol < 0 else eol
-        rest = text[i + 5:eol]
-        pos = eol
-        if rest[:1] in (" ", "\t"):
-            name, _, kind = rest.partition(",")
-            if "function" in kind or "STT_FUNC" in kind:
-                out.add(name.strip().strip('"'))
-
-
-def _symbols(expr: str) -> list[str]:
-    """The symbol names in an expression such as `.L3-.L2` or `foo+8` (not `1f`, `%rax`)."""
-    names = []
-    i = 0
-    n = len(expr)
-    while i < n:
-        c = expr[i]
-        if c in _LABEL_CHARS and not c.isdigit() and (i == 0 or expr[i - 1] != "%"):
-            j = i
-            while j < n and expr[j] in _LABEL_CHARS:
-                j += 1
-            names.append(expr[i:j].split("@", 1)[0])
-            i = j
-        elif c in _LABEL_CHARS:  # a number or a register name: skip it whole
-            while i < n and expr[i] in _LABEL_CHARS:
-                i += 1
-        else:
-            i += 1
-    return names
 
 
 def _is_fs_zero(op: str) -> bool:
-    seg, rest = _split_segment(op)
-    return seg == "fs" and _int_value(rest) == 0
+    seg, rest = split_segment(op)
+    return seg == "fs" and int_value(rest) == 0
+
 
 
 def _has_signed_reloc(disp: str) -> bool:
@@ -300,70 +186,16 @@ def _has_signed_reloc(disp: str) -> bool:
     return any(r in low for r in _SIGNED_RELOCS)
 
 
-def _parse_mem(op: str) -> _Mem:
-    seg, op = _split_segment(op)
-    op = op.strip()
-    if op.endswith(")"):
-        depth = 0
-        i = len(op) - 1
-        while i >= 0:
-            c = op[i]
-            if c == ")":
-                depth += 1
-            elif c == "(":
-                depth -= 1
-                if depth == 0:
-                    break
-            i -= 1
-        inner = op[i + 1:-1].strip()
-        if i >= 0 and (inner.startswith("%") or inner.startswith(",")):
-            parts = [p.strip() for p in inner.split(",")]
-            if len(parts) > 3:
-                raise ValueError(f"malformed memory operand {op!r}")
-            regs: list[str | None] = []
-            for p in parts[:2]:
-                if not p:
-                    regs.append(None)
-                elif p.startswith("%"):
-                    regs.append(p[1:].strip().lower())
-                else:
-                    raise ValueError(f"malformed register {p!r} in memory operand")
-            while len(regs) < 2:
-                regs.append(None)
-            scale = parts[2] if len(parts) == 3 and parts[2] else None
-            return _Mem(seg, op[:i].strip(), regs[0], regs[1], scale)
-    return _Mem(seg, op, None, None, None)
 
-
-def _split_operands(s: str) -> list[str]:
-    if not s:
-        return []
-    if "(" not in s and '"' not in s:
-        return [p.strip() for p in s.split(",")]
-    out: list[str] = []
-    depth = 0
-    start = 0
-    for i, c in enumerate(s):
-        if c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif c == "," and depth == 0:
-            out.append(s[start:i].strip())
-            start = i + 1
-    out.append(s[start:].strip())
-    return out
-
-
-def _is_register(op: str) -> bool:
-    return op.startswith("%") and ":" not in op
-
-
-def _reg_name(op: str) -> str:
-    """'%rax' -> 'rax'; '%st(1)' -> 'st'."""
-    name = op[1:].strip().lower()
-    p = name.find("(")
-    return name[:p].strip() if p >= 0 else name
+def _bad_register(name: str) -> bool:
+    if name in SEGMENT_REGS:
+        return True
+    if name.startswith(("ymm", "zmm", "cr", "dr", "tr", "bnd", "tmm")):
+        return True
+    if len(name) == 2 and name[0] == "k" and name[1] in "01234567":
+        return True
+    # xmm16-31 exist only with EVEX encodings.
+    return name.startswith("xmm") and name[3:].isdigit() and int(name[3:]) >= 16
 
 
 def _nop_fill(n: int) -> list[str]:
@@ -377,11 +209,6 @@ def _nop_fill(n: int) -> list[str]:
     return lines
 
 
-def _int_value(text: str) -> int | None:
-    try:
-        return int(text.strip(), 0)
-    except ValueError:
-        return None
 
 
 class _Rewriter:
@@ -403,7 +230,7 @@ class _Rewriter:
         self.section_stack: list[tuple[str, bool, str, bool]] = []
         self.pending_prefixes: list[str] = []
         self.pending_line = 0
-        self.functions = _function_symbols(text)
+        self.functions = function_symbols(text)
         # Set when a rewrite clobbered %r11: (line number, instruction text).
         self.r11_clobber: tuple[int, str] | None = None
         # code+data: where each code label was emitted, and the symbols whose address
@@ -450,7 +277,7 @@ class _Rewriter:
                 out.append(line)
                 continue
             if "/*" in line or ";" in line or "#" in line or '"' in line:
-                statements, in_comment = self.split_statements(line)
+                statements, in_comment = split_statements(line)
             else:
                 statements = [line]
             for stmt in statements:
@@ -471,49 +298,11 @@ class _Rewriter:
         for i in where:
             self.out.insert(i, "\t.p2align 5")
 
-    @staticmethod
-    def split_statements(line: str) -> tuple[list[str], bool]:
-        """Split at ';' outside strings; drop '#' and '/* */' comments."""
-        stmts: list[str] = []
-        cur: list[str] = []
-        i = 0
-        n = len(line)
-        quote = False
-        while i < n:
-            c = line[i]
-            if quote:
-                cur.append(c)
-                if c == "\\" and i + 1 < n:
-                    cur.append(line[i + 1])
-                    i += 1
-                elif c == '"':
-                    quote = False
-            elif c == '"':
-                quote = True
-                cur.append(c)
-            elif c == "#":
-                break
-            elif c == "/" and line.startswith("/*", i):
-                end = line.find("*/", i + 2)
-                if end < 0:
-                    stmts.append("".join(cur))
-                    return [s for s in stmts if s.strip()], True
-                cur.append(" ")
-                i = end + 1
-            elif c == ";":
-                stmts.append("".join(cur))
-                cur = []
-            else:
-                cur.append(c)
-            i += 1
-        stmts.append("".join(cur))
-        return [s for s in stmts if s.strip()], False
-
     def statement(self, stmt: str, lineno: int) -> None:
         out = self.out
         # Labels, possibly several and possibly followed by an instruction.
         while True:
-            label = _split_label(stmt)
+            label = split_label(stmt)
             if label is None:
                 break
             if self.pending_prefixes:
@@ -552,7 +341,7 @@ class _Rewriter:
         name = parts[0].lower()
         arg = parts[1] if len(parts) > 1 else ""
         if self.cfi and name in _DATA_DIRECTIVES and not self.section.startswith(".debug"):
-            self.address_taken.update(_symbols(arg))
+            self.address_taken.update(symbols(arg))
         if name in (".addrsig", ".addrsig_sym"):
             # clang's hints for its own linker's code folding; GNU as does not know them.
             return False
@@ -633,24 +422,24 @@ class _Rewriter:
             s = " ".join(self.pending_prefixes) + " " + s
             self.pending_prefixes = []
         mnemonic = words[0].lower()
-        operands = _split_operands(words[1].strip()) if len(words) > 1 else []
+        operands = split_operands(words[1].strip()) if len(words) > 1 else []
         text = s
-        insn = _Insn(prefixes, mnemonic, operands, lineno, text)
+        insn = Insn(prefixes, mnemonic, operands, lineno, text)
         if self.r11_clobber is not None:
             self.check_r11(insn)
         self.out.extend(self.rewrite(insn))
 
-    def check_r11(self, insn: _Insn) -> None:
+    def check_r11(self, insn: Insn) -> None:
         """Hand-written code must not read %r11 after a rewrite that clobbered it."""
         mentions = [i for i, op in enumerate(insn.operands) if _mentions(op, _R11_FAMILY)]
         if mentions:
             last = len(insn.operands) - 1
             zeroing = (len(insn.operands) == 2 and insn.mnemonic.startswith(("xor", "sub"))
                        and insn.operands[0] == insn.operands[1]
-                       and _reg_name(insn.operands[1]) in ("r11", "r11d"))
-            if zeroing or (mentions == [last] and _is_register(insn.operands[last])
+                       and reg_name(insn.operands[1]) in ("r11", "r11d"))
+            if zeroing or (mentions == [last] and is_register(insn.operands[last])
                     and insn.mnemonic in _R11_KILL
-                    and _reg_name(insn.operands[last]) in ("r11", "r11d")):
+                    and reg_name(insn.operands[last]) in ("r11", "r11d")):
                 self.r11_clobber = None
                 return
             line, text = self.r11_clobber
@@ -666,7 +455,7 @@ class _Rewriter:
             return ["\t.bundle_lock", *lines, "\t.bundle_unlock"]
         return lines
 
-    def rewrite(self, insn: _Insn) -> list[str]:
+    def rewrite(self, insn: Insn) -> list[str]:
         mn = insn.mnemonic
         ops = insn.operands
         if not mn[0].isalpha():
@@ -686,14 +475,14 @@ class _Rewriter:
                 raise self.error(insn.lineno, insn.text,
                                  f"prefix `{p}` is not supported (for TLS, compile with -fPIE "
                                  "so that no general-dynamic sequences are emitted)")
-            if p in _SEGMENT_REGS and not mn.startswith("nop"):
+            if p in SEGMENT_REGS and not mn.startswith("nop"):
                 raise self.error(insn.lineno, insn.text,
                                  f"segment prefix `{p}` is only allowed on nops")
         for op in ops:
             if op.startswith("{"):
                 raise self.error(insn.lineno, insn.text, "AVX-512 operand decorations")
             r = op[1:] if op.startswith("*") else op
-            if _is_register(r) and _bad_register(_reg_name(r)):
+            if is_register(r) and _bad_register(reg_name(r)):
                 raise self.error(insn.lineno, insn.text, _BAD_REGISTER_WHY)
         if mn == "hlt":
             # musl's a_crash(); hlt faults in user mode anyway, ud2 is the canonical trap.
@@ -727,7 +516,7 @@ class _Rewriter:
             return [*self.group(["\tmovl\t%ebp, %esp", _LEA_RSP]), "\tpopq\t%rbp"]
 
         pre, new_ops, addr32 = self.rewrite_operands(insn)
-        if new_ops and _is_register(new_ops[-1]) and _reg_name(new_ops[-1]) in _RSP_FAMILY \
+        if new_ops and is_register(new_ops[-1]) and reg_name(new_ops[-1]) in _RSP_FAMILY \
                 and mn not in _NONWRITING_DEST \
                 and not (mn.startswith("imul") and len(ops) == 1):
             return pre + self.rsp_write(insn, new_ops, addr32)
@@ -745,7 +534,7 @@ class _Rewriter:
 
     # -- verifier rules memory-operand, fs-segment, rip-target ----------------------
 
-    def rewrite_operands(self, insn: _Insn) -> tuple[list[str], list[str], bool]:
+    def rewrite_operands(self, insn: Insn) -> tuple[list[str], list[str], bool]:
         """Rewrite every memory operand; returns (lines before, operands, needs addr32)."""
         pre: list[str] = []
         addr32 = False
@@ -753,26 +542,26 @@ class _Rewriter:
         mn = insn.mnemonic
         ops = insn.operands
         for op in ops:
-            if op.startswith("$") or (_is_register(op)):
+            if op.startswith("$") or (is_register(op)):
                 if self.cfi and op.startswith("$"):
-                    self.address_taken.update(_symbols(op[1:]))
+                    self.address_taken.update(symbols(op[1:]))
                 out.append(op)
                 continue
             if op.startswith("*"):
                 raise self.error(insn.lineno, insn.text, "`*` operand on a non-branch")
             if mn.startswith("lea"):
-                m = _parse_mem(op)
+                m = parse_mem(op)
                 if m.seg is not None:
                     raise self.error(insn.lineno, insn.text, "segment override on lea")
                 if self.cfi:
-                    self.address_taken.update(_symbols(m.disp))
+                    self.address_taken.update(symbols(m.disp))
                 out.append(op)
                 continue
             if mn.startswith("movabs"):
                 raise self.error(insn.lineno, insn.text,
                                  "64-bit absolute memory operands cannot be confined")
             if (mn in ("mov", "movq") and len(ops) == 2 and _is_fs_zero(op)
-                    and _is_register(ops[1]) and _reg_name(ops[1]) in _TO32):
+                    and is_register(ops[1]) and reg_name(ops[1]) in _TO32):
                 # The thread pointer's self-pointer (musl's __pthread_self).
                 return [], [f"{TP_SYMBOL}(%rip)", ops[1]], False
             p, new, a32 = self.rewrite_mem(insn, op)
@@ -781,9 +570,9 @@ class _Rewriter:
             out.append(new)
         return pre, out, addr32
 
-    def rewrite_mem(self, insn: _Insn, op: str) -> tuple[list[str], str, bool]:
+    def rewrite_mem(self, insn: Insn, op: str) -> tuple[list[str], str, bool]:
         try:
-            m = _parse_mem(op)
+            m = parse_mem(op)
         except ValueError as e:
             raise self.error(insn.lineno, insn.text, str(e)) from None
         if m.seg == "fs":
@@ -812,7 +601,7 @@ class _Rewriter:
             return [lea], f"%gs:({_SCRATCH32})", False
         return [], "%gs:" + m.with_regs(base, index), False
 
-    def rewrite_fs(self, insn: _Insn, m: _Mem) -> tuple[list[str], str, bool]:
+    def rewrite_fs(self, insn: Insn, m: Mem) -> tuple[list[str], str, bool]:
         self.uses_scratch(insn)
         if m.base in ("rip", "eip"):
             raise self.error(insn.lineno, insn.text, "%fs: with a %rip base")
@@ -824,7 +613,7 @@ class _Rewriter:
         if base and index:
             pre.append(f"\tleaq\t(%{_to64(base)},{_SCRATCH}), {_SCRATCH}")
             base = None
-        if disp and _int_value(disp) is None:
+        if disp and int_value(disp) is None:
             # Symbolic (x@tpoff): a signed link-time constant; fold it with a 64-bit lea.
             idx = f",%{_to64(index)}" + (f",{m.scale}" if m.scale else "") if index else ""
             if base:
@@ -838,7 +627,7 @@ class _Rewriter:
             return pre, f"%gs:{disp}({_SCRATCH32},%{index}{scale})", False
         return pre, f"%gs:{disp}({_SCRATCH32})", False
 
-    def uses_scratch(self, insn: _Insn) -> None:
+    def uses_scratch(self, insn: Insn) -> None:
         for op in insn.operands:
             if _mentions(op, _R11_FAMILY):
                 raise self.error(insn.lineno, insn.text,
@@ -846,7 +635,7 @@ class _Rewriter:
                                  "scratch")
         self.r11_clobber = (insn.lineno, insn.text)
 
-    def require64(self, insn: _Insn, m: _Mem) -> None:
+    def require64(self, insn: Insn, m: Mem) -> None:
         # These operands are recomputed with a 64-bit lea; a 32-bit register would be
         # zero-extended by the original instruction but not by the lea.
         for r in (m.base, m.index):
@@ -854,7 +643,7 @@ class _Rewriter:
                 raise self.error(insn.lineno, insn.text,
                                  f"address register %{r} must be a 64-bit register here")
 
-    def reg32(self, insn: _Insn, reg: str | None) -> str | None:
+    def reg32(self, insn: Insn, reg: str | None) -> str | None:
         if reg is None:
             return None
         if reg in _TO32:
@@ -866,19 +655,19 @@ class _Rewriter:
 
     # -- verifier rules stack-pointer, base-register --------------------------------
 
-    def check_protected_writes(self, insn: _Insn) -> None:
+    def check_protected_writes(self, insn: Insn) -> None:
         mn = insn.mnemonic
         ops = insn.operands
-        regs = [_reg_name(op) for op in ops if _is_register(op)]
+        regs = [reg_name(op) for op in ops if is_register(op)]
         if mn in _EXCHANGES:
             for r in regs:
                 if r in _R14_FAMILY or r in _RSP_FAMILY:
                     raise self.error(insn.lineno, insn.text,
                                      f"`{mn}` writes %{r}, which sandbox code must not change "
                                      "this way")
-        if not ops or not _is_register(ops[-1]):
+        if not ops or not is_register(ops[-1]):
             return
-        dest = _reg_name(ops[-1])
+        dest = reg_name(ops[-1])
         if dest in _R14_FAMILY and mn not in _NONWRITING_DEST \
                 and not (mn.startswith("imul") and len(ops) == 1) \
                 and mn not in ("call", "callq", "jmp", "jmpq"):
@@ -888,9 +677,9 @@ class _Rewriter:
         if dest in _RSP_FAMILY and mn in ("pop", "popq", "popw"):
             raise self.error(insn.lineno, insn.text, "pop into %rsp cannot be confined")
 
-    def rsp_write(self, insn: _Insn, ops: list[str], addr32: bool) -> list[str]:
+    def rsp_write(self, insn: Insn, ops: list[str], addr32: bool) -> list[str]:
         mn = insn.mnemonic
-        dest = _reg_name(ops[-1])
+        dest = reg_name(ops[-1])
         m = _RSP_ARITH.get(mn)
         if m is None or len(ops) != 2 or dest not in ("rsp", "esp"):
             raise self.error(insn.lineno, insn.text,
@@ -902,13 +691,13 @@ class _Rewriter:
                 raise self.error(insn.lineno, insn.text, "operand size mismatch")
             src = ops[0]
             if stem == "and" and size in ("q", ""):
-                imm = _int_value(src[1:]) if src.startswith("$") else None
+                imm = int_value(src[1:]) if src.startswith("$") else None
                 if imm is not None and (-(1 << 31) <= imm < 0
                                         or (1 << 64) - (1 << 31) <= imm < (1 << 64)):
                     # Alignment keeps the upper half: stays in the window.
                     return [self.format(insn.prefixes, mn, ops, addr32)]
-            if _is_register(src):
-                r = _reg_name(src)
+            if is_register(src):
+                r = reg_name(src)
                 if r in _TO32:
                     src = "%" + _TO32[r]
                 elif r not in _GPR32:
@@ -921,7 +710,7 @@ class _Rewriter:
 
     # -- verifier rule string-instruction -------------------------------------------
 
-    def string_op(self, insn: _Insn, uses: tuple[str, ...]) -> list[str]:
+    def string_op(self, insn: Insn, uses: tuple[str, ...]) -> list[str]:
         for op in insn.operands:
             if op.replace(" ", "").replace("\t", "").lower() not in _STRING_OPERANDS:
                 raise self.error(insn.lineno, insn.text,
@@ -942,7 +731,7 @@ class _Rewriter:
 
     # -- verifier rules runtime-call, prefixes, indirect-branch, return, bundle ------
 
-    def drop_branch_prefixes(self, insn: _Insn, what: str) -> None:
+    def drop_branch_prefixes(self, insn: Insn, what: str) -> None:
         """Hints (bnd, notrack) go: the verifier takes no legacy prefix on a branch."""
         for p in insn.prefixes:
             if p not in _BRANCH_DROP_PREFIXES:
@@ -968,7 +757,7 @@ class _Rewriter:
         return [f"\t.space\t(-(. - {anchor} + {length})) & {BUNDLE_SIZE - 1}, 0x90",
                 *self.group(body)]
 
-    def branch(self, insn: _Insn) -> list[str]:
+    def branch(self, insn: Insn) -> list[str]:
         mn = insn.mnemonic
         is_call = mn.startswith("call")
         ops = insn.operands
@@ -985,8 +774,8 @@ class _Rewriter:
             if is_call:
                 return self.call_direct(target)
             return [self.format([], mn, [target], False)]
-        if _is_register(target):
-            r = _reg_name(target)
+        if is_register(target):
+            r = reg_name(target)
             if r not in _TO32:
                 raise self.error(insn.lineno, insn.text,
                                  f"indirect branch through %{r}: need a 64-bit register")
@@ -1007,7 +796,7 @@ class _Rewriter:
             return self.call_group(lines, _MASKED_BRANCH_LEN)
         return self.group(lines)
 
-    def ret(self, insn: _Insn) -> list[str]:
+    def ret(self, insn: Insn) -> list[str]:
         # `rep ret` is an old AMD branch-predictor idiom: dropped like the hints.
         insn.prefixes = [p for p in insn.prefixes if p not in ("rep", "repz")]
         self.drop_branch_prefixes(insn, "ret")

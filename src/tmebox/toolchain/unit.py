@@ -1,0 +1,237 @@
+"""One translation unit: C or assembly -> rewritten assembly -> an instrumented object.
+
+The step both `tmebox cc` (tmebox.toolchain.cc) and the sandbox libc build
+(tmebox.toolchain.libc) run: `gcc -S` -> `rewrite_assembly` -> `as` -> nop merge. It depends
+on nothing of the toolchain but the rewriter and the nop merge, and the libc build key hashes
+this file whole.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tmebox.errors import RewriteError, ToolchainError
+from tmebox.toolchain import nopmerge
+from tmebox.toolchain.rewriter import rewrite_assembly
+from tmebox.trusted import abi
+
+__all__ = ["NATIVE", "Compiler", "assemble", "calls_end_bundles", "compile_unit",
+           "find_compiler", "run", "sandbox_cflags"]
+
+C_SUFFIXES = (".c",)
+ASM_SUFFIXES = (".s",)
+CPP_ASM_SUFFIXES = (".S",)
+SOURCE_SUFFIXES = C_SUFFIXES + ASM_SUFFIXES + CPP_ASM_SUFFIXES
+# Native mode: plain musl, no rewriter; used for baselines only.
+NATIVE = "native"
+
+
+@dataclass(frozen=True)
+class Compiler:
+    """A system C compiler and where its own headers (stddef.h, intrinsics) live."""
+
+    path: str
+    include_dir: str
+
+
+@functools.cache
+def find_compiler(name: str = "gcc") -> Compiler:
+    """Locate gcc or clang; ToolchainError if it is not installed."""
+    if name not in ("gcc", "clang") and not name.endswith(("gcc", "clang")):
+        raise ToolchainError(f"unsupported compiler {name!r}: use gcc or clang")
+    path = shutil.which(name)
+    if path is None:
+        raise ToolchainError(f"compiler {name!r} not found on PATH")
+    res = subprocess.run([path, "-print-file-name=include"], capture_output=True, text=True)
+    include_dir = res.stdout.strip()
+    if res.returncode != 0 or not os.path.isdir(include_dir):
+        raise ToolchainError(f"{name} -print-file-name=include failed: {res.stderr.strip()}")
+    return Compiler(path=path, include_dir=include_dir)
+
+
+def sandbox_cflags(isolation: str) -> list[str]:
+    """The code-generation flags docs/design.md requires of every sandboxed unit."""
+    if isolation == NATIVE:
+        return []
+    if isolation not in abi.ISOLATION_MODES:
+        raise ToolchainError(
+            f"unsupported isolation {isolation!r}: choose one of {', '.join(abi.ISOLATION_MODES)}"
+        )
+    flags = list(abi.COMMON_CFLAGS)
+    if isolation == "code+data":
+        flags += abi.CODE_DATA_CFLAGS
+    return flags
+
+
+# ---------------------------------------------------------------------------
+# one translation unit
+
+
+def run(cmd: list[str], what: str, *, stdin: str | None = None,
+         show_warnings: bool = False) -> str:
+    try:
+        res = subprocess.run(cmd, input=stdin, capture_output=True, text=True)
+    except OSError as e:
+        raise ToolchainError(f"{what}: cannot run {cmd[0]}: {e}") from None
+    if res.returncode != 0:
+        detail = res.stderr.strip()
+        first = _first_error_line(detail) or f"{cmd[0]} exited with status {res.returncode}"
+        raise ToolchainError(f"{what}: {first}\n{detail}" if detail else f"{what}: {first}")
+    if show_warnings and res.stderr:
+        sys.stderr.write(res.stderr)  # the compiler's warnings, as it prints them
+    return res.stdout
+
+
+def _first_error_line(text: str) -> str:
+    for line in text.splitlines():
+        if "error" in line.lower() or "undefined" in line:
+            return line.strip()
+    lines = text.strip().splitlines()
+    return lines[-1].strip() if lines else ""
+
+
+_LINE_MARKER = re.compile(r'^#\s*(\d+)\s+"([^"]*)"')
+
+
+def _asm_statement_location(asm: str, asm_line: int) -> str | None:
+    """file:line of the C asm statement that produced a line of gcc's -S output, if any.
+
+    gcc puts `# LINE "FILE" 1` before the text of every inline asm statement
+    (inside #APP ... #NO_APP); LINE is where the statement starts in the C file.
+    """
+    lines = asm.splitlines()
+    for i in range(min(asm_line, len(lines)) - 1, -1, -1):
+        text = lines[i].strip()
+        if text == "#NO_APP":
+            return None
+        m = _LINE_MARKER.match(text)
+        if m:
+            return f"{m.group(2)}:{m.group(1)}"
+    return None
+
+
+def rewrite(text: str, *, isolation: str, source: str, align_calls: bool = False) -> str:
+    """rewrite_assembly, with errors in inline asm named by their C line."""
+    try:
+        return rewrite_assembly(text, isolation=isolation, source=source,
+                                align_calls=align_calls)
+    except RewriteError as e:
+        # The rewriter names a line of gcc's assembly; for inline asm in a C file
+        # the C line is what the user can act on.
+        m = re.match(re.escape(source) + r":(\d+):\s*(.*)", str(e), re.S)
+        if source.endswith(C_SUFFIXES) and m:
+            where = _asm_statement_location(text, int(m.group(1)))
+            if where:
+                raise RewriteError(f"{where}: in inline assembly: {m.group(2)}") from None
+        raise
+
+
+def compile_unit(src: Path, obj: Path, *, isolation: str, flags: list[str],
+                 compiler: str = "gcc") -> None:
+    """Compile one .c/.s/.S file into an instrumented object (native mode: not instrumented).
+
+    flags are passed to the compiler as they are (-O, -I, -D, -isystem, ...);
+    the isolation mode's own flags are added here.
+    """
+    cc = find_compiler(compiler)
+    suffix = src.suffix
+    mode_flags = sandbox_cflags(isolation)
+    if suffix in C_SUFFIXES:
+        asm = run([cc.path, *mode_flags, *flags, "-S", "-o", "-", str(src)], f"compiling {src}",
+                   show_warnings=True)
+    elif suffix in CPP_ASM_SUFFIXES:
+        asm = run([cc.path, *mode_flags, *flags, "-E", "-P", "-o", "-", str(src)],
+                   f"preprocessing {src}", show_warnings=True)
+    elif suffix in ASM_SUFFIXES:
+        try:
+            asm = src.read_text()
+        except OSError as e:
+            raise ToolchainError(f"cannot read {src}: {e.strerror}") from None
+    else:
+        raise ToolchainError(f"{src}: unsupported source type (expected .c, .s or .S)")
+    assemble(asm, obj, isolation=isolation, source=str(src))
+
+
+def assemble(asm: str, obj: Path, *, isolation: str, source: str) -> None:
+    """Rewrite assembly text for isolation (native: as it is) and assemble it into obj.
+
+    code+data: the assembler pads each call group only as far as its call needs to
+    end a bundle (_assemble_aligned_calls); if that does not work out, every call
+    group is a whole bundle, which is always correct but costs up to 58 nop bytes a call.
+    """
+    if isolation == "code+data" and _assemble_aligned_calls(asm, obj, source):
+        pass
+    else:
+        if isolation != NATIVE:
+            asm = rewrite(asm, isolation=isolation, source=source)
+        assemble_text(asm, obj, source)
+    if isolation != NATIVE:
+        nopmerge.merge_object(obj)  # bundle padding: one-byte nops -> multi-byte nops
+
+
+def assemble_text(asm: str, obj: Path, source: str) -> None:
+    """`as` on already rewritten text; on failure the text is kept for the user to read."""
+    try:
+        run(["as", "--64", "--noexecstack", "-o", str(obj), "-"], f"assembling {source}",
+             stdin=asm)
+    except ToolchainError as e:
+        # Keep the rewritten text (`as` only names "{standard input}:LINE") where
+        # neither a cleaned-up build directory nor the user's output directory is.
+        try:
+            fd, keep = tempfile.mkstemp(prefix=f"tmebox-{Path(source).stem}-",
+                                        suffix=".failed.s")
+            with os.fdopen(fd, "w") as f:
+                f.write(asm)
+        except OSError:
+            raise e from None
+        raise ToolchainError(f"{e}\n(rewritten assembly kept in {keep})") from None
+
+
+def _assemble_aligned_calls(asm: str, obj: Path, source: str) -> bool:
+    """Assemble code+data asm into obj with call groups padded by the assembler;
+    False: not done, obj is to be rebuilt with whole-bundle call groups.
+
+    Rewrite errors propagate (the fixed scheme would raise the same). An assembler
+    error, or any call in the object that does not end a bundle (say, a code section
+    re-entered under another group, so that the padding counted from the wrong
+    label), returns False: the object is never trusted without the decoding check.
+    """
+    text = rewrite(asm, isolation="code+data", source=source, align_calls=True)
+    try:
+        run(["as", "--64", "--noexecstack", "-o", str(obj), "-"], f"assembling {source}",
+             stdin=text)
+    except ToolchainError:
+        return False
+    return calls_end_bundles(obj) >= 0
+
+
+def calls_end_bundles(obj: Path) -> int:
+    """Number of calls in obj's code if every one ends a bundle (in a section aligned
+    to a bundle), else -1. Decodes each executable section from its start.
+    """
+    import capstone
+    from elftools.elf.constants import SH_FLAGS
+    from elftools.elf.elffile import ELFFile
+
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    md.skipdata = True
+    calls = 0
+    with obj.open("rb") as f:
+        for sec in ELFFile(f).iter_sections():
+            if sec["sh_type"] != "SHT_PROGBITS" or not sec["sh_flags"] & SH_FLAGS.SHF_EXECINSTR:
+                continue
+            aligned = sec["sh_addralign"] % abi.BUNDLE_SIZE == 0
+            for addr, size, mnemonic, _ops in md.disasm_lite(sec.data(), 0):
+                if mnemonic.startswith("call"):
+                    if not aligned or (addr + size) % abi.BUNDLE_SIZE:
+                        return -1
+                    calls += 1
+    return calls
