@@ -92,8 +92,8 @@ def build(sources: list[Path], output: Path | None, isolation: str, opt: str = "
 
     if output is None:
         output = Path(sources[0].with_suffix(".box").name)
-    with tempfile.TemporaryDirectory(prefix="tmebox-cc-") as tmp:
-        objects = [src if src.suffix == ".o" else Path(tmp) / f"{i}-{src.stem}.o"
+    with tempfile.TemporaryDirectory(prefix="tmebox-cc-") as build_dir:
+        objects = [src if src.suffix == ".o" else Path(build_dir) / f"{i}-{src.stem}.o"
                    for i, src in enumerate(sources)]
         todo = [(src, obj) for src, obj in zip(sources, objects, strict=True) if src != obj]
         # The compiler runs in a subprocess, so threads compile files in parallel;

@@ -16,6 +16,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+from elftools.elf.relocation import RelocationSection
+from elftools.elf.sections import SymbolTableSection
+
 from tmebox.errors import ImageError, ToolchainError, VerificationError
 from tmebox.toolchain import libc
 from tmebox.toolchain.unit import run
@@ -79,8 +84,6 @@ class ObjectScan:
 
 def scan_objects(objects: list[Path]) -> ObjectScan:
     """Exports (global, visible FUNC symbols defined in the user's objects) and TLS use."""
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
 
     names: list[str] = []
     has_tls = False
@@ -92,7 +95,7 @@ def scan_objects(objects: list[Path]) -> ObjectScan:
                     if sec.name.startswith((".tdata", ".tbss")):
                         has_tls = True
                 symtab = elf.get_section_by_name(".symtab")
-                if symtab is None:
+                if not isinstance(symtab, SymbolTableSection):
                     continue
                 for sym in symtab.iter_symbols():
                     if (sym["st_info"]["type"] == "STT_FUNC"
@@ -112,9 +115,6 @@ def scan_objects(objects: list[Path]) -> ObjectScan:
 def check_image(path: Path, *, isolation: str, export_names: list[str],
                 stack_size: int) -> dict:
     """Check a linked image against docs/design.md; returns its .tmebox_info object."""
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
-    from elftools.elf.relocation import RelocationSection
 
     syms: dict[str, int] = {}
     try:
@@ -155,7 +155,7 @@ def check_image(path: Path, *, isolation: str, export_names: list[str],
                 raise ToolchainError(f"{abi.RT_SECTION} is not exactly one page of int3 at "
                                      "image offset 0 (an object put something into it)")
             symtab = elf.get_section_by_name(".symtab")
-            if symtab is None:
+            if not isinstance(symtab, SymbolTableSection):
                 raise ToolchainError("linked image has no symbol table")
             for sym in symtab.iter_symbols():
                 if sym.name and sym["st_shndx"] != "SHN_UNDEF":
