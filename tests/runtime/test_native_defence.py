@@ -36,10 +36,11 @@ JUMPER = r"""
     .globl main
 main:
     ret
-    .globl jump             # to %rdi, with %rdi non-canonical (host code faults on it)
+    .globl jump             # to %rdi, with %rdi and %r11 non-canonical (host code faults)
 jump:
     movq %rdi, %rax
     movabsq $0x8000000000000000, %rdi
+    movq %rdi, %r11
     jmpq *%rax
 
     .globl ok
@@ -52,6 +53,7 @@ ok:
 def test_jumps_out_of_the_window_fault_the_sandbox_not_the_host():
     out = run_child(f"""
         import ctypes
+        import capstone
         from elftools.elf.elffile import ELFFile
         from tmebox.errors import SandboxFault
         from tmebox.runtime import _native, layout as lay
@@ -62,8 +64,15 @@ def test_jumps_out_of_the_window_fault_the_sandbox_not_the_host():
                     return int(line.split("-", 1)[0], 16)
 
         with open(_native.__file__, "rb") as f:
-            syms = {{s.name: s["st_value"] for s in ELFFile(f).get_section_by_name(".symtab")
+            elf = ELFFile(f)
+            syms = {{s.name: s["st_value"] for s in elf.get_section_by_name(".symtab")
                     .iter_symbols()}}
+            text = elf.get_section_by_name(".text")
+            at = syms["tmebox_rt_exit_entry"] - text["sh_addr"]
+            code = text.data()[at:at + 32]
+        # past the exit entry's own context load, as if the context were in %r11
+        md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        past_load = [i.address for i in md.disasm(code, syms["tmebox_rt_exit_entry"])][2]
         libc = ctypes.CDLL(None)
         targets = {{
             "unmapped 0x7f0000001000": 0x7F0000001000,
@@ -74,6 +83,7 @@ def test_jumps_out_of_the_window_fault_the_sandbox_not_the_host():
             # the helper's own entry and fault exit, reached without the host
             "tmebox_enter_asm": helper_base() + syms["tmebox_enter_asm"],
             "tmebox_fault_exit": helper_base() + syms["tmebox_fault_exit"],
+            "the middle of an exit path": helper_base() + past_load,
         }}
         with tmebox.Runtime(backend="native") as rt:
             img = rt.load_unverified(assemble({JUMPER!r}))
@@ -97,6 +107,7 @@ def test_jumps_out_of_the_window_fault_the_sandbox_not_the_host():
         "libc strlen -> segv dead",
         "tmebox_enter_asm -> illegal-instruction dead",
         "tmebox_fault_exit -> segv dead",
+        "the middle of an exit path -> segv dead",
     ]
 
 
