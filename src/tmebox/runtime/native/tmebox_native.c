@@ -194,8 +194,9 @@ __asm__(
     "    pxor %xmm15, %xmm15\n"
     /* x87: fninit is the only cheap way to zero the last-instruction and
        last-operand pointers and opcode (FIP/FDP/FOP: where the previous tenant's
-       or the host's last x87 instruction was). This AMD CPU's fxsave/fxrstor
-       skip them unless an exception is pending, so a resume needs it too. */
+       or the host's last x87 instruction was). A resume needs it too: AMD
+       CPUs without XSaveErPtr keep them across fxrstor unless an exception is
+       pending (this one's fxsave stores zeros and its fxrstor loads them). */
     "4:  cmpl $0, 0xa8(%r11)\n"
     "    je 5f\n"
     "    fninit\n"
