@@ -91,3 +91,15 @@ def assemble(body: str, data: str = "", isolation: str = "data", bss: int = 0,
         tp_slot=syms["tp_slot"],
         exports={k: syms[k] for k in glob if 4096 <= syms[k] < syms["code_end"]},
     )
+
+
+def machine_code(body: str) -> bytes:
+    """body assembled on its own as position-independent bytes (for code the host runs)."""
+    with tempfile.TemporaryDirectory() as d:
+        s, o, b = Path(d, "t.s"), Path(d, "t.o"), Path(d, "t.bin")
+        s.write_text(".text\n" + body + "\n")
+        r = subprocess.run(["as", "--64", "-o", str(o), str(s)], capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"as failed:\n{r.stderr}")
+        subprocess.run(["objcopy", "-O", "binary", "-j", ".text", str(o), str(b)], check=True)
+        return b.read_bytes()

@@ -53,17 +53,19 @@ def test_windows_never_overlap_the_host(rt):
 def test_runtime_page_has_two_stubs_and_traps_elsewhere(rt):
     sb = rt.spawn(rt.load_unverified(basic()))
     page = sb.memory.read(sb.base + abi.IMAGE_WINDOW_OFFSET, abi.RT_PAGE_SIZE)
+    slots = []
     for entry in (abi.RT_SYSCALL_OFFSET, abi.RT_EXIT_OFFSET):
-        assert page[entry:entry + 6] == b"\xff\x25\x02\x00\x00\x00"  # jmp *2(%rip)
-        target = int.from_bytes(page[entry + 8:entry + 16], "little")
-        assert target >> 32 != sb.base >> 32  # a host trampoline, outside every window
+        assert page[entry:entry + 4] == b"\x64\xff\x24\x25"  # jmp *%fs:disp32
+        # through a host thread-local (static TLS lies below the thread pointer)
+        slots.append(int.from_bytes(page[entry + 4:entry + 8], "little", signed=True))
+    assert slots[0] < 0 and slots[1] == slots[0] + 8
     # the host enters calls through `call *%r10` ending at the exit entry (not a bundle
     # start, not an entry: no verified branch can reach it)
     call = abi.RT_EXIT_OFFSET - 3
     assert page[call:abi.RT_EXIT_OFFSET] == b"\x41\xff\xd2" and call % abi.BUNDLE_SIZE
     rest = bytearray(page)
     for entry in (abi.RT_SYSCALL_OFFSET, abi.RT_EXIT_OFFSET):
-        rest[entry:entry + 16] = b"\xcc" * 16
+        rest[entry:entry + 8] = b"\xcc" * 8
     rest[call:abi.RT_EXIT_OFFSET] = b"\xcc" * 3
     assert rest == b"\xcc" * abi.RT_PAGE_SIZE
 

@@ -58,6 +58,9 @@ ffibuilder.set_source(
     sources=[str(_REL / "tmebox_native.c")],
     include_dirs=[str(_REL)],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
+    # Full RELRO: the GOT is read-only once the loader has filled it, so a write
+    # primitive in the host cannot redirect the helper's calls (issue 10, finding 1).
+    extra_link_args=["-Wl,-z,relro,-z,now"],
 )
 
 if __name__ == "__main__":

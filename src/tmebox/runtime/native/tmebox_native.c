@@ -1,15 +1,17 @@
 /* Native sandbox helper (docs/design.md "Calls into a sandbox", docs/runtime.md).
  *
- * tmebox_run() saves the host's callee-saved registers, %gs base, MXCSR and x87
- * control word, loads the sandbox's registers (%r14 and %gs base forced to the
- * window base) and jumps into the window. Sandbox code leaves only through
- *   - the runtime page stubs, which jump to tmebox_rt_syscall_entry or
- *     tmebox_rt_exit_entry below, or
- *   - a signal (fault or timer) whose handler finds the thread inside its
- *     sandbox's window and rewrites the interrupted context to resume at
- *     tmebox_fault_exit.
- * None of these trusts sandbox memory or registers: the context is found
- * through a host thread-local, and the host stack pointer comes from it.
+ * tmebox_run() blocks the host's asynchronous signals, saves the host's
+ * callee-saved registers, %gs base, MXCSR and x87 control word, loads the
+ * sandbox's registers (%r14 and %gs base forced to the window base) and jumps
+ * into the window. Sandbox code leaves only through
+ *   - the runtime page stubs, which jump through a host thread-local slot
+ *     (`jmp *%fs:slot`) to tmebox_rt_syscall_entry or tmebox_rt_exit_entry, or
+ *   - a signal (fault, timer, SIGINT) taken while the context says `running`:
+ *     the handler rewrites the interrupted context to resume at tmebox_fault_exit,
+ *     wherever the sandbox was (inside its window or not).
+ * None of these trusts sandbox memory or registers: each exit path finds the
+ * context through the host thread pointer itself, and the host stack pointer
+ * comes from it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -19,6 +21,7 @@
 #include <string.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -34,51 +37,114 @@ _Static_assert(offsetof(struct tmebox_ctx, host_mxcsr) == 0xa0, "ctx layout");
 _Static_assert(offsetof(struct tmebox_ctx, host_fcw) == 0xa4, "ctx layout");
 _Static_assert(offsetof(struct tmebox_ctx, mode) == 0xa8, "ctx layout");
 _Static_assert(offsetof(struct tmebox_ctx, reason) == 0xac, "ctx layout");
+_Static_assert(offsetof(struct tmebox_ctx, fault_signo) == 0xb0, "ctx layout");
+_Static_assert(offsetof(struct tmebox_ctx, running) == 0xe0, "ctx layout");
 _Static_assert(offsetof(struct tmebox_ctx, fxsave) == 0x100, "ctx layout");
+_Static_assert(TMEBOX_REASON_FAULT == 3 && SIGSEGV == 11, "fault exit constants");
 
 #ifndef HWCAP2_FSGSBASE
 #define HWCAP2_FSGSBASE (1 << 1)
 #endif
 
-/* The context of the sandbox this thread is running, NULL outside tmebox_run. */
-__thread struct tmebox_ctx *tmebox_tls_cur
+/* Per-thread state the assembly reaches through %fs (initial-exec: a fixed
+ * offset from the thread pointer, the same in every thread). The runtime page's
+ * stubs jump through `entry`: the page holds the slots' %fs offsets, which are
+ * not addresses, instead of the entries' addresses. */
+struct tmebox_tls {
+    struct tmebox_ctx *cur; /* the context tmebox_run is running, NULL outside it */
+    void *entry[2];         /* tmebox_rt_syscall_entry, tmebox_rt_exit_entry */
+};
+_Static_assert(offsetof(struct tmebox_tls, cur) == 0, "tls layout");
+__thread struct tmebox_tls tmebox_tls
     __attribute__((visibility("hidden"), tls_model("initial-exec")));
 
 /* 0: SSE only, 1: AVX (YMM), 2: AVX-512 (ZMM0-31, opmasks), as enabled by the OS. */
 uint32_t tmebox_vec_level __attribute__((visibility("hidden")));
-const uint16_t tmebox_default_fcw __attribute__((visibility("hidden"))) = 0x037f;
 const uint32_t tmebox_default_mxcsr __attribute__((visibility("hidden"))) = 0x1f80;
 #define FXSAVE_SIZE 512
 
-extern int tmebox_enter_asm(struct tmebox_ctx *c) __attribute__((visibility("hidden")));
+extern int tmebox_enter_asm(void) __attribute__((visibility("hidden")));
 extern char tmebox_rt_syscall_entry[] __attribute__((visibility("hidden")));
 extern char tmebox_rt_exit_entry[] __attribute__((visibility("hidden")));
 extern char tmebox_fault_exit[] __attribute__((visibility("hidden")));
 
+/* The entry and exit paths. Every label a sandbox could learn of (they are all
+ * in the symbol table) starts by finding the context through %fs itself, so
+ * none is a gadget that takes it in a register: a jump to tmebox_enter_asm
+ * while running traps, one to an exit entry is just that exit. Only %fs is
+ * trusted, which no verified instruction can change (wrfsbase is as much an
+ * escape as wrgsbase). */
 __asm__(
+    ".macro tmebox_load_ctx\n"
+    "    movq tmebox_tls@gottpoff(%rip), %r11\n"
+    "    movq %fs:(%r11), %r11\n"
+    ".endm\n"
+
+    /* Back to the host: its stack, %gs base, flags and FPU control words, and
+       return from tmebox_enter_asm with the reason. %r11 holds the context. */
+    ".macro tmebox_exit\n"
+    "    movq 0x90(%r11), %rsp\n"
+    "    movq 0x98(%r11), %rax\n"
+    "    wrgsbase %rax\n"
+    "    cld\n"
+    /* AC (bit 18) only popf sets; should a sandbox have set it, misaligned
+       host accesses would fault. Tested first: popfq costs ~6 ns. */
+    "    pushfq\n"
+    "    btrl $18, (%rsp)\n"
+    "    jnc 1f\n"
+    "    popfq\n"
+    "    jmp 2f\n"
+    "1:  addq $8, %rsp\n"
+    /* the x87 stack empty again (the ABI's state at a return) whatever MMX or
+       x87 code the sandbox left, then the host's control words. Exception flags
+       are cleared first when any is set: a sandbox may leave an unmasked x87
+       exception pending, and emms (a waiting instruction) would raise it here, in
+       host code, killing the process. fnclex costs ~12 ns, hence the test. */
+    "2:  fnstsw %ax\n"
+    "    testb $0x3f, %al\n"
+    "    jz 3f\n"
+    "    fnclex\n"
+    "3:  emms\n"
+    "    ldmxcsr 0xa0(%r11)\n"
+    "    fldcw 0xa4(%r11)\n"
+    "    cmpl $0, tmebox_vec_level(%rip)\n"
+    "    je 4f\n"
+    "    vzeroupper\n"
+    "4:  movl 0xac(%r11), %eax\n"
+    "    popq %r15\n"
+    "    popq %r14\n"
+    "    popq %r13\n"
+    "    popq %r12\n"
+    "    popq %rbx\n"
+    "    popq %rbp\n"
+    "    ret\n"
+    ".endm\n"
+
     ".text\n"
     ".p2align 5\n"
     ".globl tmebox_enter_asm\n"
     ".hidden tmebox_enter_asm\n"
     ".type tmebox_enter_asm,@function\n"
     "tmebox_enter_asm:\n"
+    "    tmebox_load_ctx\n"
+    "    cmpl $0, 0xe0(%r11)\n"
+    "    jne 9f\n"
     "    pushq %rbp\n"
     "    pushq %rbx\n"
     "    pushq %r12\n"
     "    pushq %r13\n"
     "    pushq %r14\n"
     "    pushq %r15\n"
-    "    movq %rsp, 0x90(%rdi)\n"
-    "    stmxcsr 0xa0(%rdi)\n"
-    "    fnstcw 0xa4(%rdi)\n"
+    "    movq %rsp, 0x90(%r11)\n"
+    "    stmxcsr 0xa0(%r11)\n"
+    "    fnstcw 0xa4(%r11)\n"
     "    rdgsbase %rax\n"
-    "    movq %rax, 0x98(%rdi)\n"
-    "    movq %rdi, %r11\n"
+    "    movq %rax, 0x98(%r11)\n"
     /* Vector state. Fresh entry: everything zero, default MXCSR and x87
        control word. Resume after a runtime call: zero the parts the sandbox
        does not own (upper YMM/ZMM halves, ZMM16-31, opmasks), then restore
        its saved x87/SSE state (FXSAVE area). XRSTOR would do both in one
-       instruction but costs ~150 ns here; this path costs a few. */
+       instruction but costs ~110 ns here; this path costs ~35. */
     "    movl tmebox_vec_level(%rip), %eax\n"
     "    testl %eax, %eax\n"
     "    je 3f\n"
@@ -126,12 +192,18 @@ __asm__(
     "    pxor %xmm13, %xmm13\n"
     "    pxor %xmm14, %xmm14\n"
     "    pxor %xmm15, %xmm15\n"
+    /* x87: fninit is the only cheap way to zero the last-instruction and
+       last-operand pointers and opcode (FIP/FDP/FOP: where the previous tenant's
+       or the host's last x87 instruction was). A resume needs it too: AMD
+       CPUs without XSaveErPtr keep them across fxrstor unless an exception is
+       pending (this one's fxsave stores zeros and its fxrstor loads them). */
     "4:  cmpl $0, 0xa8(%r11)\n"
     "    je 5f\n"
+    "    fninit\n"
     "    fxrstor64 0x100(%r11)\n"
     "    jmp 6f\n"
-    /* x87: overwrite the data registers through their MMX aliases, empty the
-       tags, default control word */
+    /* fninit empties the tags but keeps the data registers: overwrite them
+       through their MMX aliases first */
     "5:  pxor %mm0, %mm0\n"
     "    pxor %mm1, %mm1\n"
     "    pxor %mm2, %mm2\n"
@@ -140,13 +212,14 @@ __asm__(
     "    pxor %mm5, %mm5\n"
     "    pxor %mm6, %mm6\n"
     "    pxor %mm7, %mm7\n"
-    "    emms\n"
-    "    fldcw tmebox_default_fcw(%rip)\n"
+    "    fninit\n"
     "    ldmxcsr tmebox_default_mxcsr(%rip)\n"
     "6:\n"
     "    movq 0x88(%r11), %rax\n"
     "    wrgsbase %rax\n"
     "    movq %rax, %r14\n"
+    /* From here on any fault, whatever %rip, ends the sandbox's call. */
+    "    movl $1, 0xe0(%r11)\n"
     /* deterministic flags (ZF PF set, the rest clear) and DF=0 */
     "    xorl %eax, %eax\n"
     "    cld\n"
@@ -166,17 +239,19 @@ __asm__(
     "    movq 0x78(%r11), %r15\n"
     "    movq 0x80(%r11), %r11\n"
     "    jmp *%r11\n"
+    /* running already: sandbox code jumped here; trap, so that it is its fault */
+    "9:  ud2\n"
     ".size tmebox_enter_asm, .-tmebox_enter_asm\n"
 
-    /* Reached from the runtime page stub at image offset 0 by `jmp`, on the
-       sandbox stack with the sandbox's return address at (%rsp). %rcx and
-       %r11 are free (the syscall convention clobbers them). */
+    /* Reached from the runtime page stub at image offset 0, on the sandbox
+       stack with the sandbox's return address at (%rsp). %rcx and %r11 are
+       free (the syscall convention clobbers them). */
     ".p2align 5\n"
     ".globl tmebox_rt_syscall_entry\n"
     ".hidden tmebox_rt_syscall_entry\n"
     "tmebox_rt_syscall_entry:\n"
-    "    movq tmebox_tls_cur@gottpoff(%rip), %r11\n"
-    "    movq %fs:(%r11), %r11\n"
+    "    tmebox_load_ctx\n"
+    "    movl $0, 0xe0(%r11)\n"
     "    movq %rax, 0x00(%r11)\n"
     "    movq %rdx, 0x10(%r11)\n"
     "    movq %rbx, 0x18(%r11)\n"
@@ -192,61 +267,45 @@ __asm__(
     "    movq %r15, 0x78(%r11)\n"
     "    fxsave64 0x100(%r11)\n"
     "    movl $2, 0xac(%r11)\n"
-    "    jmp tmebox_common_exit\n"
+    "    tmebox_exit\n"
 
     /* Reached from the stub at image offset 0x20: a host-initiated call returned. */
     ".p2align 5\n"
     ".globl tmebox_rt_exit_entry\n"
     ".hidden tmebox_rt_exit_entry\n"
     "tmebox_rt_exit_entry:\n"
-    "    movq tmebox_tls_cur@gottpoff(%rip), %r11\n"
-    "    movq %fs:(%r11), %r11\n"
+    "    tmebox_load_ctx\n"
+    "    movl $0, 0xe0(%r11)\n"
     "    movq %rax, 0x00(%r11)\n"
     "    movq %rsp, 0x20(%r11)\n"
     "    movl $1, 0xac(%r11)\n"
-    "    jmp tmebox_common_exit\n"
+    "    tmebox_exit\n"
 
-    /* The signal handler resumes here; it has filled in reason and fault_*. */
+    /* The signal handler resumes here once it has cleared `running` and filled
+       in reason and fault_*. Still running: sandbox code jumped here itself. */
     ".p2align 5\n"
     ".globl tmebox_fault_exit\n"
     ".hidden tmebox_fault_exit\n"
     "tmebox_fault_exit:\n"
-    "    movq tmebox_tls_cur@gottpoff(%rip), %r11\n"
-    "    movq %fs:(%r11), %r11\n"
-    "tmebox_common_exit:\n"
-    "    movq 0x90(%r11), %rsp\n"
-    "    movq 0x98(%r11), %rax\n"
-    "    wrgsbase %rax\n"
-    "    cld\n"
-    /* the x87 stack empty again (the ABI's state at a return) whatever MMX or
-       x87 code the sandbox left, then the host's control words. Exception flags
-       are cleared first when any is set: a sandbox may leave an unmasked x87
-       exception pending, and emms (a waiting instruction) would raise it here, in
-       host code, killing the process. fnclex costs ~12 ns, hence the test. */
-    "    fnstsw %ax\n"
-    "    testb $0x3f, %al\n"
-    "    jz 7f\n"
-    "    fnclex\n"
-    "7:  emms\n"
-    "    ldmxcsr 0xa0(%r11)\n"
-    "    fldcw 0xa4(%r11)\n"
-    "    cmpl $0, tmebox_vec_level(%rip)\n"
-    "    je 2f\n"
-    "    vzeroupper\n"
-    "2:  movl 0xac(%r11), %eax\n"
-    "    popq %r15\n"
-    "    popq %r14\n"
-    "    popq %r13\n"
-    "    popq %r12\n"
-    "    popq %rbx\n"
-    "    popq %rbp\n"
-    "    ret\n");
+    "    tmebox_load_ctx\n"
+    "    cmpl $0, 0xe0(%r11)\n"
+    "    je 5f\n"
+    "    movl $0, 0xe0(%r11)\n"
+    "    movl $3, 0xac(%r11)\n"
+    "    movq $11, 0xb0(%r11)\n"
+    "    leaq tmebox_fault_exit(%rip), %rax\n"
+    "    movq %rax, 0xc0(%r11)\n"
+    "    movq %rax, 0xc8(%r11)\n"
+    "    movq %rsp, 0xd0(%r11)\n"
+    "5:  tmebox_exit\n");
 
 static const int fault_signals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP};
 #define N_FAULT_SIGNALS (sizeof fault_signals / sizeof fault_signals[0])
 static struct sigaction old_actions[N_FAULT_SIGNALS];
 static struct sigaction old_sigint;
 static int timer_signal;
+/* Kernel sigset (bit n-1 = signal n) of the signals blocked while sandbox code runs. */
+static uint64_t async_signals;
 
 /* Per-thread resources, released by the pthread key destructor. */
 struct thread_state {
@@ -261,11 +320,6 @@ static pthread_key_t state_key;
 
 #define ALTSTACK_SIZE (64 * 1024)
 #define TIMER_RETRY_NS 100000
-
-static int in_window(const struct tmebox_ctx *c, uint64_t rip)
-{
-    return (rip >> 32) == (c->base >> 32);
-}
 
 static void arm_timer_abs(struct thread_state *t, uint64_t when_ns)
 {
@@ -298,24 +352,39 @@ static void chain(int idx, int sig, siginfo_t *si, void *uc)
         raise(sig);
 }
 
+/* End the sandbox's call: the interrupted context resumes at tmebox_fault_exit. */
+static void stop_sandbox(struct tmebox_ctx *c, greg_t *g, uint32_t reason, int sig,
+                         const siginfo_t *si)
+{
+    c->fault_signo = (uint64_t)sig;
+    c->fault_code = (uint64_t)(int64_t)si->si_code;
+    c->fault_addr = (uint64_t)si->si_addr;
+    c->fault_rip = (uint64_t)g[REG_RIP];
+    c->fault_rsp = (uint64_t)g[REG_RSP];
+    c->reason = reason;
+    c->running = 0;
+    g[REG_RIP] = (greg_t)tmebox_fault_exit;
+    /* The verifier admits no popf, but should TF, AC or DF ever be set they
+       must not follow us into host code. */
+    g[REG_EFL] &= ~(greg_t)(0x100 | 0x40000 | 0x400);
+}
+
 static void on_signal(int sig, siginfo_t *si, void *uc_)
 {
+    /* The kernel clears DF and TF for a handler, not AC: a sandbox that set it
+       must not make this handler, or those it chains to, fault on alignment. */
+    __asm__ volatile("pushfq\n\tandl $~0x40000, (%%rsp)\n\tpopfq" ::: "cc", "memory");
     ucontext_t *uc = uc_;
     greg_t *g = uc->uc_mcontext.gregs;
-    struct tmebox_ctx *c = tmebox_tls_cur;
-    uint64_t rip = (uint64_t)g[REG_RIP];
+    struct tmebox_ctx *c = tmebox_tls.cur;
+    /* Sandbox code, wherever %rip is: in the window, or anywhere it jumped to. */
+    int sandbox = c && c->running;
 
     if (sig == SIGINT) {
         /* Ctrl-C: Python's own handler records it (KeyboardInterrupt is raised
            when the call returns); sandbox code is left at once. */
-        if (c && in_window(c, rip)) {
-            c->fault_signo = (uint64_t)sig;
-            c->fault_rip = rip;
-            c->fault_rsp = (uint64_t)g[REG_RSP];
-            c->reason = TMEBOX_REASON_INTERRUPTED;
-            g[REG_RIP] = (greg_t)tmebox_fault_exit;
-            g[REG_EFL] &= ~(greg_t)(0x100 | 0x40000 | 0x400);
-        }
+        if (sandbox)
+            stop_sandbox(c, g, TMEBOX_REASON_INTERRUPTED, sig, si);
         if (old_sigint.sa_flags & SA_SIGINFO) {
             if (old_sigint.sa_sigaction)
                 old_sigint.sa_sigaction(sig, si, uc_);
@@ -327,25 +396,22 @@ static void on_signal(int sig, siginfo_t *si, void *uc_)
         }
         return;
     }
-    if (c && in_window(c, rip)) {
-        c->fault_signo = (uint64_t)sig;
-        c->fault_code = (uint64_t)(int64_t)si->si_code;
-        c->fault_addr = (uint64_t)si->si_addr;
-        c->fault_rip = rip;
-        c->fault_rsp = (uint64_t)g[REG_RSP];
-        c->reason = sig == timer_signal ? TMEBOX_REASON_TIMEOUT : TMEBOX_REASON_FAULT;
-        g[REG_RIP] = (greg_t)tmebox_fault_exit;
-        /* The verifier admits no popf, but should TF or AC ever be set they
-           must not follow us into host code. */
-        g[REG_EFL] &= ~(greg_t)(0x100 | 0x40000 | 0x400);
-        return;
-    }
     if (sig == timer_signal) {
+        if (sandbox) {
+            stop_sandbox(c, g, TMEBOX_REASON_TIMEOUT, sig, si);
+            return;
+        }
         /* Between tmebox_run's deadline check and the jump into the window
            (or on the way out): try again shortly. Outside tmebox_run the
            timer is disarmed, so a late tick is simply dropped. */
         if (c && tls_state && tls_state->timer_ok)
             arm_timer_abs(tls_state, tmebox_monotonic_ns() + TIMER_RETRY_NS);
+        return;
+    }
+    /* A fault the CPU raised (si_code > 0) on this thread while it ran sandbox
+       code is the sandbox's; one another process sent is the host's. */
+    if (sandbox && si->si_code > 0) {
+        stop_sandbox(c, g, TMEBOX_REASON_FAULT, sig, si);
         return;
     }
     for (size_t i = 0; i < N_FAULT_SIGNALS; i++)
@@ -400,6 +466,8 @@ static struct thread_state *thread_state(void)
     }
     pthread_setspecific(state_key, t);
     tls_state = t;
+    tmebox_tls.entry[0] = tmebox_rt_syscall_entry;
+    tmebox_tls.entry[1] = tmebox_rt_exit_entry;
     return t;
 }
 
@@ -485,6 +553,10 @@ static void do_init(void)
         init_error = -EAGAIN;
         return;
     }
+    async_signals = ~0ull;
+    for (size_t i = 0; i < N_FAULT_SIGNALS; i++)
+        async_signals &= ~(1ull << (fault_signals[i] - 1));
+    async_signals &= ~(1ull << (timer_signal - 1) | 1ull << (SIGINT - 1));
     sigfillset(&our_action.sa_mask);
     if (sigaction(timer_signal, &our_action, NULL) != 0) {
         init_error = -errno;
@@ -529,6 +601,13 @@ uint64_t tmebox_monotonic_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* rt_sigprocmask directly: glibc's wrappers refuse to block its own SIGCANCEL
+   and SIGSETXID, whose handlers would write their frames on the sandbox stack too. */
+static void set_sigmask(int how, const uint64_t *set, uint64_t *old)
+{
+    syscall(SYS_rt_sigprocmask, how, set, old, sizeof *set);
+}
+
 int tmebox_run(struct tmebox_ctx *c)
 {
     struct thread_state *t = tls_state;
@@ -545,9 +624,15 @@ int tmebox_run(struct tmebox_ctx *c)
             return -errno;
         arm_timer_abs(t, deadline);
     }
-    tmebox_tls_cur = c;
-    int reason = tmebox_enter_asm(c);
-    tmebox_tls_cur = NULL;
+    /* No host handler may run on the sandbox's stack, nor with its %gs base and
+       FPU modes: every signal but the faults, the timer and SIGINT (all
+       handled on the alternate stack) waits until the sandbox has left. */
+    uint64_t host_mask;
+    set_sigmask(SIG_BLOCK, &async_signals, &host_mask);
+    tmebox_tls.cur = c;
+    int reason = tmebox_enter_asm();
+    tmebox_tls.cur = NULL;
+    set_sigmask(SIG_SETMASK, &host_mask, NULL);
     if (deadline) {
         struct itimerspec off = {0};
         timer_settime(t->timer, 0, &off, NULL);
@@ -620,19 +705,27 @@ int tmebox_resume(struct tmebox_ctx *c, int64_t result, int bundle_align,
     return tmebox_run(c);
 }
 
+/* The %fs offset of a thread-local: not an address (the same in every thread). */
+static int32_t tls_offset(void *slot)
+{
+    intptr_t tp;
+    __asm__("movq %%fs:0, %0" : "=r"(tp));
+    return (int32_t)((intptr_t)slot - tp);
+}
+
 void tmebox_write_rt_page(uint8_t *page)
 {
-    /* int3 everywhere; at 0x000 and 0x020 `jmp *2(%rip)` through the 8-byte
-       slot that follows it (the slot is not a bundle start); right before 0x020
-       the `call *%r10` host-initiated calls enter through (tmebox_call). A sandbox
-       cannot reach it: direct branches may only target the two entries, masked
-       ones only bundle starts. */
-    static const uint8_t jmp[6] = {0xff, 0x25, 0x02, 0x00, 0x00, 0x00};
-    uint64_t targets[2] = {(uint64_t)tmebox_rt_syscall_entry, (uint64_t)tmebox_rt_exit_entry};
+    /* int3 everywhere; at 0x000 and 0x020 `jmp *%fs:slot` through the thread's
+       tmebox_tls.entry, so that the page holds no host address; right before
+       0x020 the `call *%r10` host-initiated calls enter through (tmebox_call). A
+       sandbox cannot reach it: direct branches may only target the two entries,
+       masked ones only bundle starts. */
+    static const uint8_t jmp_fs[4] = {0x64, 0xff, 0x24, 0x25}; /* jmp *%fs:disp32 */
     memset(page, 0xcc, 4096);
     for (int i = 0; i < 2; i++) {
-        memcpy(page + 0x20 * i, jmp, sizeof jmp);
-        memcpy(page + 0x20 * i + 8, &targets[i], 8);
+        int32_t disp = tls_offset(&tmebox_tls.entry[i]);
+        memcpy(page + 0x20 * i, jmp_fs, sizeof jmp_fs);
+        memcpy(page + 0x20 * i + sizeof jmp_fs, &disp, sizeof disp);
     }
     memcpy(page + 0x20 - sizeof call_r10, call_r10, sizeof call_r10);
 }

@@ -45,7 +45,9 @@ struct tmebox_ctx {
     uint64_t fault_rip;     /* 0xc8 */
     uint64_t fault_rsp;     /* 0xd0 */
     uint64_t deadline_ns;   /* 0xd8 CLOCK_MONOTONIC; 0 = no deadline */
-    uint64_t pad1[4];       /* 0xe0 */
+    uint32_t running;       /* 0xe0 1 from just before the jump into the window until an exit
+                               path or the signal handler takes the thread back */
+    uint32_t pad1[7];       /* 0xe4 */
     uint8_t fxsave[];       /* 0x100 sandbox x87/SSE state across a runtime call (FXSAVE) */
 };
 
