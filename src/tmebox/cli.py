@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from tmebox.errors import TmeboxError
+from tmebox.trusted import abi
 
 
 def _cmd_setup(args: argparse.Namespace) -> int:
@@ -57,6 +58,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         argv=args.args,
         backend=args.backend,
         timeout=args.timeout,
+        min_isolation=args.min_isolation,
     )
 
 
@@ -93,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("sources", nargs="+", metavar="FILE.c|FILE.s")
     s.add_argument("-o", dest="output", metavar="OUT")
     s.add_argument("-O", dest="opt", default="2", metavar="LEVEL", help="0, 1, 2, 3 or s")
-    s.add_argument("--isolation", choices=["data", "code+data"], default="code+data")
+    s.add_argument("--isolation", choices=abi.ISOLATION_MODES, default=abi.DEFAULT_ISOLATION)
     s.add_argument("-I", dest="include", action="append", default=[], metavar="DIR")
     s.add_argument("-D", dest="define", action="append", default=[], metavar="NAME[=V]")
     s.add_argument("-l", dest="libs", action="append", default=[], metavar="LIB",
@@ -110,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="run a sandbox image's main() (FILE.c is compiled first)")
     s.add_argument("--backend", choices=["native", "tme"], default="native")
     s.add_argument("--timeout", type=float, default=None, metavar="S")
+    s.add_argument("--min-isolation", choices=abi.ISOLATION_MODES, default=abi.DEFAULT_ISOLATION,
+                   help="weakest isolation mode accepted (data: only for trusted code)")
     s.add_argument("image", metavar="IMAGE|FILE.c")
     s.add_argument("args", nargs=argparse.REMAINDER)
     s.set_defaults(func=_cmd_run)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from tmebox.trusted.errors import ImageError, TmeboxError, VerificationError
 
-__all__ = ["ImageError", "LibcError", "OutOfSandboxes", "RewriteError", "SandboxError",
-           "SandboxExited", "SandboxFault", "SandboxTimeout", "TmeboxError", "ToolchainError",
-           "VerificationError"]
+__all__ = ["ImageError", "IsolationError", "LibcError", "OutOfSandboxes", "RewriteError",
+           "RuntimeClosed", "SandboxDestroyed", "SandboxError", "SandboxExited", "SandboxFault",
+           "SandboxTimeout", "TmeboxError", "ToolchainError", "VerificationError"]
 
 
 class ToolchainError(TmeboxError):
@@ -53,6 +53,18 @@ class SandboxTimeout(SandboxError):
 
 class SandboxExited(SandboxError):
     """The sandbox has exited and cannot run main() again."""
+
+
+class SandboxDestroyed(SandboxError):
+    """The sandbox was destroyed (or its Runtime closed): its window belongs to it no more."""
+
+
+class RuntimeClosed(TmeboxError):
+    """The Runtime was closed: its images and sandboxes are released."""
+
+
+class IsolationError(VerificationError):
+    """An image's isolation mode is weaker than the Runtime's min_isolation allows."""
 
 
 class OutOfSandboxes(TmeboxError):

@@ -84,3 +84,16 @@ def test_run_timeout(source, capfd):
 def test_run_missing_image(tmp_path, capfd):
     assert cli.main(["run", str(tmp_path / "nope.box")]) == 1
     assert "no such image" in capfd.readouterr().err
+
+
+def test_run_refuses_a_data_mode_image_unless_the_host_opts_in(source, tmp_path, capfd):
+    from tmebox.toolchain import cc
+
+    box = tmp_path / "data.box"
+    cc.build(sources=[source], output=box, isolation="data")
+    assert cli.main(["run", str(box), "x", "s"]) == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "min_isolation 'code+data'" in err[0]
+    assert "--min-isolation data" in err[0]
+    assert cli.main(["run", "--min-isolation", "data", str(box), "x", "s"]) == 13
+    assert capfd.readouterr().out == "data.box 3:x\n"

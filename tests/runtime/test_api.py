@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from programs import basic
 
 import tmebox
 from tmebox.errors import OutOfSandboxes, TmeboxError
+from tmebox.runtime import api
 from tmebox.runtime import layout as lay
 from tmebox.runtime.native_backend import POOL, check_map_count
 from tmebox.trusted import abi
@@ -95,3 +98,26 @@ def test_faults_stay_contained_after_faulthandler_is_enabled_again():
         finally:
             if not was:
                 faulthandler.disable()
+
+
+def test_load_maps_the_bytes_it_verified(build_image, monkeypatch):
+    """The file is read once: replacing it while the verifier runs changes nothing mapped."""
+    from tmebox.trusted import verifier
+
+    good = build_image("int f(void) { return 1; }\nint main(void) { return 0; }", name="good")
+    swap = build_image("int f(void) { return 2; }\nint main(void) { return 0; }", name="swap")
+    original, replacement = good.read_bytes(), swap.read_bytes()
+    real = verifier.verify_image
+
+    def verify_then_swap(image):
+        verdict = real(image)
+        good.write_bytes(replacement)  # the attacker wins every race after this point
+        return verdict
+
+    monkeypatch.setattr(verifier, "verify_image", verify_then_swap)
+    monkeypatch.setattr(api, "_VERIFIED", {})
+    with tmebox.Runtime(max_sandboxes=1) as rt:
+        img = rt.load(good)
+        assert good.read_bytes() == replacement
+        assert img.plan.digest == hashlib.sha256(original).hexdigest()
+        assert rt.spawn(img).call("f") == 1

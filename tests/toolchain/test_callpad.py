@@ -248,5 +248,5 @@ def test_images_verify_run_and_have_no_whole_bundle_call_groups(name: str, build
 def runtime():
     from tmebox.runtime.api import Runtime
 
-    with Runtime(backend="native") as rt:
+    with Runtime(backend="native", min_isolation="data") as rt:  # tests run both modes
         yield rt

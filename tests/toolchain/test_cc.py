@@ -327,7 +327,7 @@ def native_outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]
 def runtime():
     from tmebox.runtime.api import Runtime
 
-    with Runtime(backend="native") as rt:
+    with Runtime(backend="native", min_isolation="data") as rt:  # tests run both modes
         yield rt
 
 

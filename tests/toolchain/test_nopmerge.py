@@ -220,7 +220,8 @@ def test_static_nops_on_a_real_program(tmp_path, sandbox_libc, monkeypatch):
 def rt():
     import tmebox
 
-    with tmebox.Runtime(backend="native", max_sandboxes=4) as runtime:
+    with tmebox.Runtime(backend="native", max_sandboxes=4,
+                        min_isolation="data") as runtime:  # tests run both modes
         yield runtime
 
 

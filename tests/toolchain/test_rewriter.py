@@ -1023,7 +1023,7 @@ def test_flags_live_across_string_ops_run_like_native(build_image, mode: str,
     subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(so), str(src)], check=True)
     native = ctypes.CDLL(str(so)).flags_across_string_ops
     image = build_image(FLAGS_ACROSS_STRING_OPS, mode=mode)
-    with tmebox.Runtime(backend="native", max_sandboxes=4) as rt:
+    with tmebox.Runtime(backend="native", max_sandboxes=4, min_isolation=mode) as rt:
         sb = rt.spawn(rt.load(image), timeout=10)
         for flag in (0, 1, 255):
             expected = (7 if flag else 9) * 1100 + 3

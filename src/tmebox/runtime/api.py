@@ -14,12 +14,16 @@ import hashlib
 import os
 import threading
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from tmebox.errors import (
     ImageError,
+    IsolationError,
     OutOfSandboxes,
+    RuntimeClosed,
+    SandboxDestroyed,
     SandboxError,
     SandboxExited,
     SandboxFault,
@@ -53,6 +57,25 @@ _PAD = tuple((0,) * (6 - n) for n in range(7))
 # Verdicts of the verifier by image content hash: an image is verified once per process.
 _VERIFIED: dict[str, bool] = {}
 _VERIFIED_LOCK = threading.Lock()
+
+
+class Isolation(StrEnum):
+    """An image's isolation mode, weakest first (the values are the image format's)."""
+
+    DATA = "data"  # memory accesses confined; control flow is not: for trusted code
+    CODE_DATA = "code+data"  # control flow confined too: for untrusted code
+
+    @classmethod
+    def parse(cls, value: str) -> Isolation:
+        try:
+            return cls(value)
+        except ValueError:
+            raise TmeboxError(f"unknown isolation mode {value!r}; choose one of "
+                              f"{', '.join(m.value for m in cls)}") from None
+
+    @property
+    def strength(self) -> int:
+        return list(Isolation).index(self)
 
 
 def as_int32(value: int) -> int:
@@ -95,17 +118,32 @@ def _make_backend(name: str, max_sandboxes: int, options: dict[str, Any]) -> Any
 
 
 class LoadedImage:
-    """An image verified and prepared for one Runtime's backend."""
+    """An image verified and prepared for one Runtime's backend (until the Runtime closes)."""
 
     def __init__(self, runtime: Runtime, plan: ImagePlan, prepared: Any) -> None:
         self.runtime = runtime
         self.plan = plan
-        self.prepared = prepared
+        self._prepared = prepared
         self.layout = plan.layout()
+
+    @property
+    def prepared(self) -> Any:
+        """The backend's copy (native: the sealed code memfd); gone once the Runtime closed."""
+        if self._prepared is None:
+            raise RuntimeClosed(f"{self.name}: the image was released when its Runtime closed")
+        return self._prepared
+
+    def _release(self) -> Any:
+        prepared, self._prepared = self._prepared, None
+        return prepared
 
     @property
     def name(self) -> str:
         return self.plan.name
+
+    @property
+    def isolation(self) -> Isolation:
+        return Isolation(self.plan.isolation)
 
     @property
     def exports(self) -> dict[str, int]:
@@ -120,12 +158,17 @@ class Runtime:
 
     max_sandboxes bounds the sandboxes alive at once; the native backend
     checks at creation that vm.max_map_count allows that many windows.
+    min_isolation is the weakest isolation mode load() accepts: the mode is written in
+    the image, by whoever built it, so the host has the last word (docs/runtime.md
+    "Choosing isolation").
     """
 
     def __init__(self, backend: str = "native", max_sandboxes: int = DEFAULT_MAX_SANDBOXES,
+                 min_isolation: Isolation | str = Isolation.CODE_DATA,
                  **backend_options: Any) -> None:
         if max_sandboxes < 1:
             raise TmeboxError(f"max_sandboxes must be at least 1, not {max_sandboxes}")
+        self.min_isolation = Isolation.parse(min_isolation)
         self.backend_name = backend
         self.max_sandboxes = max_sandboxes
         self._backend = _make_backend(backend, max_sandboxes, backend_options)
@@ -151,12 +194,22 @@ class Runtime:
         return len(self._sandboxes)
 
     def load(self, image: str | os.PathLike[str]) -> LoadedImage:
-        """Read and verify an image file; nothing of it is mapped before it passes."""
+        """Read and verify an image file; nothing of it is mapped before it passes.
+
+        The file is read once: the bytes verified are the bytes mapped.
+        """
         self._check_open()
         from tmebox.trusted.image import Image
         from tmebox.trusted.verifier import verify_image
 
         parsed = Image.load(Path(image))
+        mode = Isolation(parsed.isolation)
+        if mode.strength < self.min_isolation.strength:
+            raise IsolationError(
+                f"{image}: built for isolation {mode.value!r}, weaker than this Runtime's "
+                f"min_isolation {self.min_isolation.value!r}; {mode.value!r} does not confine "
+                "control flow, so it suits only trusted code. To accept it, create the Runtime "
+                f"with min_isolation={mode.value!r} (tmebox run --min-isolation {mode.value})")
         with _VERIFIED_LOCK:
             known = _VERIFIED.get(parsed.sha256)
         if not known:
@@ -171,7 +224,8 @@ class Runtime:
         """Take a hand-built plan WITHOUT verifying its code (runtime tests and benchmarks).
 
         The code runs with the window's data confinement only as far as it was
-        written to follow docs/design.md; nothing checks that it does.
+        written to follow docs/design.md; nothing checks that it does, and
+        min_isolation does not apply: the caller vouches for the code.
         """
         self._check_open()
         return self._prepare(plan)
@@ -179,17 +233,20 @@ class Runtime:
     def _prepare(self, plan: ImagePlan) -> LoadedImage:
         loaded = LoadedImage(self, plan, self._backend.prepare(plan))
         with self._lock:
-            self._images.append(loaded)
-        return loaded
+            if not self._closed:
+                self._images.append(loaded)
+                return loaded
+        self._backend.release_image(loaded._release())
+        raise RuntimeClosed("this Runtime was closed while the image was being loaded")
 
     def spawn(self, image: LoadedImage, argv: Sequence[str | bytes] | None = None,
               envp: Sequence[str | bytes] = (), stdin: Any = None, stdout: Any = None,
               stderr: Any = None, timeout: float | None = None) -> Sandbox:
         """A new sandbox of image with libc initialised (`_start` ran up to the park)."""
-        self._check_open()
         if image.runtime is not self:
             raise TmeboxError(f"{image.name} was loaded by another Runtime")
         with self._lock:
+            self._check_open()  # under the lock: close() cannot miss this sandbox
             if len(self._sandboxes) >= self.max_sandboxes:
                 raise OutOfSandboxes(
                     f"this Runtime already has {len(self._sandboxes)} sandboxes "
@@ -210,33 +267,36 @@ class Runtime:
             self._sandboxes.discard(sb)
 
     def close(self) -> None:
-        """Destroy every sandbox and release the images."""
-        if self._closed:
-            return
-        for sb in list(self._sandboxes):
-            sb.destroy()
-        for img in self._images:
-            self._backend.release_image(img.prepared)
-        self._images.clear()
+        """Destroy every sandbox and release the images; both raise if used afterwards."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            sandboxes, images = list(self._sandboxes), self._images
+            self._images = []
+        for sb in sandboxes:
+            sb._destroy("destroyed when its Runtime was closed")
+        for img in images:
+            self._backend.release_image(img._release())
         self._backend.close()
-        self._closed = True
 
     def _check_open(self) -> None:
         if self._closed:
-            raise TmeboxError("this Runtime is closed")
+            raise RuntimeClosed("this Runtime is closed")
 
 
 class Sandbox:
     """One tenant: a window, its memory and its registers.
 
     States: parked (libc initialised; call() and run() allowed), exited
-    (main returned or exit was called), dead (faulted or timed out), destroyed.
+    (main returned or exit was called), dead (faulted or timed out), destroyed
+    (every method, and every access through `memory`, raises SandboxDestroyed).
     """
 
     # Slots: call() reads eight attributes per call; slot access is the cheaper kind.
     __slots__ = ("runtime", "image", "_engine", "_layout", "base", "memory", "_mem", "timeout",
                  "state", "exit_status", "_lock", "_rips", "_parked", "_call_rsp", "_ret",
-                 "_proc", "_ran", "_fn", "_handle", "__weakref__")
+                 "_proc", "_ran", "_fn", "_handle", "_gone", "__weakref__")
 
     def __init__(self, runtime: Runtime, image: LoadedImage, engine: Any,
                  timeout: float | None) -> None:
@@ -250,6 +310,7 @@ class Sandbox:
         self.timeout = timeout
         self.state = "new"
         self.exit_status: int | None = None
+        self._gone = ""  # how it was destroyed, once it is
         self._lock = threading.Lock()
         # The host's: waits while the sandbox runs on another thread (docs/runtime.md).
         self.memory = GuardedMemory(self._mem, self._lock)
@@ -348,6 +409,8 @@ class Sandbox:
         return v
 
     def _lookup(self, name: str) -> int:
+        if self.state == "destroyed":
+            self._check_state(f"call({name!r})")
         off = self.image.plan.exports.get(name)
         if off is None:
             raise SandboxError(f"{self.image.name} exports no function {name!r}")
@@ -374,6 +437,8 @@ class Sandbox:
     def free(self, addr: int, n: int) -> None:
         """Give back memory from alloc()."""
         with self._lock:
+            if self.state == "destroyed":
+                self._check_state("free")
             if hasattr(self._engine, "free"):
                 self._engine.free(addr, n)
                 return
@@ -389,22 +454,43 @@ class Sandbox:
         tme backend only: the lines are re-encrypted in place from this sandbox's KeyID
         to to's; nothing is copied and afterwards only `to` can read them.
         """
+        with self._lock:
+            self._check_state("transfer")
         if not hasattr(self._engine, "transfer"):
             raise TmeboxError("transfer needs the tme backend")
         if to.runtime is not self.runtime:
             raise TmeboxError("transfer: both sandboxes must belong to one Runtime")
-        with self._lock:
+        if to is self:
+            raise TmeboxError("transfer: a sandbox cannot transfer to itself")
+        # Both locks (in a fixed order, so that a.transfer(to=b) and b.transfer(to=a) do
+        # not deadlock): `to` cannot be destroyed, and its KeyID reused by a new tenant,
+        # while the lines are handed over.
+        first, second = sorted((self, to), key=id)
+        with first._lock, second._lock:
             self._check_state("transfer")
+            if to.state == "destroyed":
+                to._check_state("transfer (receiving)")
             return int(self._engine.transfer(buf, n, to._engine))
 
     def destroy(self) -> None:
-        """Unmap the window; the sandbox cannot be used afterwards."""
+        """Empty the window; every later use of the sandbox or its `memory` raises
+        SandboxDestroyed (destroy() itself may be called again)."""
+        self._destroy("destroyed")
+
+    def _destroy(self, how: str) -> None:
         with self._lock:
             if self.state == "destroyed":
                 return
             self.state = "destroyed"
-            self._engine.destroy()
-        self.runtime._forget(self)
+            self._gone = how
+            # First, so that no host access can reach the window whatever happens next.
+            self._mem.close(f"{self._name()}: memory access: the sandbox was {how}")
+            self._parked = None
+            self._handle = None  # the native context is freed with the engine
+            try:
+                self._engine.destroy()
+            finally:
+                self.runtime._forget(self)
 
     def __enter__(self) -> Sandbox:
         return self
@@ -414,9 +500,14 @@ class Sandbox:
 
     # -- the run loop ------------------------------------------------------------------------
 
+    def _name(self) -> str:
+        return f"{self.image.name} (sandbox at {self.base:#x})"
+
     def _check_state(self, what: str) -> None:
         if self.state == "parked":
             return
+        if self.state == "destroyed":
+            raise SandboxDestroyed(f"{self._name()}: {what}: the sandbox was {self._gone}")
         if self.state == "exited":
             raise SandboxExited(f"{self.image.name}: {what}: the sandbox exited with status "
                                 f"{self.exit_status}")
@@ -499,7 +590,8 @@ class _Exited(SandboxExited):
 
 
 def run_command(target: Path, argv: Sequence[str], backend: str = "native",
-                timeout: float | None = None) -> int:
+                timeout: float | None = None,
+                min_isolation: Isolation | str = Isolation.CODE_DATA) -> int:
     """`tmebox run`: run IMAGE (or compile FILE.c first) with the terminal's stdio."""
     target = Path(target)
     argv0 = target.stem if target.suffix == ".c" else target.name
@@ -507,7 +599,7 @@ def run_command(target: Path, argv: Sequence[str], backend: str = "native",
         target = compile_cached(target)
     elif not target.exists():
         raise ImageError(f"{target}: no such image")
-    with Runtime(backend=backend, max_sandboxes=1) as rt:
+    with Runtime(backend=backend, max_sandboxes=1, min_isolation=min_isolation) as rt:
         img = rt.load(target)
         sb = rt.spawn(img, argv=[argv0, *argv], timeout=timeout)
         return sb.run()

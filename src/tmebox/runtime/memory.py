@@ -4,14 +4,16 @@ Sandbox pointers are full addresses inside the window (base + offset), but the
 host only ever uses their low 32 bits, which is what `%gs` + 32-bit
 addressing does in hardware: a pointer the sandbox forged to point elsewhere
 still lands in its own window. Accesses outside the mapped parts raise
-SandboxMemoryError instead of faulting the host.
+SandboxMemoryError instead of faulting the host, and every access after the sandbox
+was destroyed raises SandboxDestroyed: its window may already hold the next tenant, or
+nothing at all.
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
 
-from tmebox.errors import SandboxError
+from tmebox.errors import SandboxDestroyed, SandboxError
 
 OFFSET_MASK = 0xFFFF_FFFF
 
@@ -30,6 +32,15 @@ class SandboxMemory:
         self.read_lo = read_lo
         self.write_lo = write_lo
         self.hi = hi
+        self._gone: str | None = None  # why the memory is closed, once it is
+
+    def close(self, why: str) -> None:
+        """Refuse every later access with SandboxDestroyed(why): the window is not ours."""
+        self._gone = why
+
+    def check_open(self) -> None:
+        if self._gone is not None:
+            raise SandboxDestroyed(self._gone)
 
     def check(self, addr: int, n: int, write: bool) -> int:
         """The window offset of [addr, addr+n) if the host may access it, else raise."""
@@ -45,12 +56,16 @@ class SandboxMemory:
 
     def ok(self, addr: int, n: int, write: bool) -> bool:
         off = addr & OFFSET_MASK
-        return n >= 0 and off >= (self.write_lo if write else self.read_lo) and off + n <= self.hi
+        return (self._gone is None and n >= 0
+                and off >= (self.write_lo if write else self.read_lo) and off + n <= self.hi)
 
+    # Every access below goes through check_open() first; subclasses only move bytes.
     def read(self, addr: int, n: int) -> bytes:
+        self.check_open()
         return self._read(self.check(addr, n, False), n)
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        self.check_open()
         self._write(self.check(addr, len(data), True), data)
 
     def read_u64(self, addr: int) -> int:
@@ -61,6 +76,7 @@ class SandboxMemory:
 
     def release(self, addr: int, n: int) -> None:
         """Give the pages of [addr, addr+n) back; they read as zero afterwards."""
+        self.check_open()
         self._release(self.check(addr, n, True), n)
 
     def _read(self, off: int, n: int) -> bytes:
@@ -81,6 +97,9 @@ class GuardedMemory:
     return reads back the slot it has just pushed (docs/design.md), so a host write
     landing in between could choose where it returns to. The runtime's own accesses
     during a run (runtime calls) use the memory directly.
+
+    Sandbox.destroy() closes the memory under the same lock, so an access waiting for it
+    raises SandboxDestroyed afterwards instead of reaching the window's next owner.
     """
 
     __slots__ = ("_mem", "_lock")
@@ -90,6 +109,8 @@ class GuardedMemory:
         self._lock = lock
 
     def ok(self, addr: int, n: int, write: bool) -> bool:
+        """Whether the host may access [addr, addr+n); raises once the sandbox is destroyed."""
+        self._mem.check_open()
         return self._mem.ok(addr, n, write)
 
     def read(self, addr: int, n: int) -> bytes:

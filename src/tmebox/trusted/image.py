@@ -2,31 +2,45 @@
 
 The verifier and the runtime both see an image only through `Image`, so what is verified is
 exactly what gets mapped: the R+X bytes, the R+W bytes, the relocations. Every malformed input
-becomes an `ImageError` naming the file and the problem; pyelftools is only asked about ranges
-already checked against the file size.
+becomes an `ImageError` naming the file and the problem.
+
+The image is the attacker's, so the reader parses the few ELF structures it needs itself, with
+`struct` on the file's bytes: every count, size and offset is checked against the file and a
+small fixed bound before anything is read, and nothing is ever decompressed or zero-filled
+(the metadata sections may be neither SHT_NOBITS nor SHF_COMPRESSED). Memory and time are then
+linear in the file, which is itself bounded (MAX_FILE_SIZE).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
+import stat
 import struct
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
-from typing import Any
-
-from elftools.elf.constants import P_FLAGS, SH_FLAGS
-from elftools.elf.elffile import ELFFile
-from elftools.elf.relocation import RelocationSection
-from elftools.elf.sections import SymbolTableSection
 
 from tmebox.trusted import abi
 from tmebox.trusted.errors import ImageError
 
 R_X86_64_RELATIVE = 8
-EHDR_SIZE = 64
-PHDR_SIZE = 56
+EHDR_SIZE, PHDR_SIZE, SHDR_SIZE, SYM_SIZE, RELA_SIZE = 64, 56, 64, 24, 24
+PT_LOAD, PT_INTERP, PT_TLS = 1, 3, 7
+PF_X, PF_W, PF_R = 1, 2, 4
+SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_NOBITS, SHT_REL = 1, 2, 3, 4, 8, 9
+SHF_ALLOC, SHF_EXECINSTR, SHF_COMPRESSED = 0x2, 0x4, 0x800
+
+# Fixed bounds, far above what `tmebox cc` produces (tens of sections, a few program headers,
+# a .tmebox_info of a few KiB), so that no field of the file decides how much is allocated.
+MAX_FILE_SIZE = 256 << 20
+MAX_PHDRS = 64
+MAX_SECTIONS = 4096
+MAX_INFO_SIZE = 1 << 20
+MAX_SECTION_NAMES_SIZE = 1 << 20
+MAX_SYMBOLS = 1 << 20
+MAX_RELOCATIONS = 1 << 20
 # An image must fit in its window between the low guard (where it is placed) and the high guard.
 MAX_IMAGE_SIZE = abi.WINDOW_SIZE - abi.IMAGE_WINDOW_OFFSET - abi.GUARD_SIZE
 REQUIRED_SYMBOLS = (
@@ -106,7 +120,14 @@ class Image:
     def load(cls, path: Path | str) -> Image:
         path = Path(path)
         try:
-            data = path.read_bytes()
+            # O_NONBLOCK: opening a FIFO must not wait for a writer.
+            with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):  # /dev/zero, a FIFO: no size to bound
+                    raise ImageError(f"{path}: not a regular file")
+                if st.st_size > MAX_FILE_SIZE:
+                    raise ImageError(f"{path}: larger than {MAX_FILE_SIZE >> 20} MiB")
+                data = f.read(MAX_FILE_SIZE + 1)  # the file may have grown since
         except OSError as e:
             raise ImageError(f"{path}: cannot read image: {e.strerror or e}") from None
         return cls.from_bytes(data, str(path))
@@ -114,6 +135,28 @@ class Image:
     @classmethod
     def from_bytes(cls, data: bytes, name: str = "<image>") -> Image:
         return _Reader(bytes(data), name).read()
+
+
+@dataclass(frozen=True)
+class _Header:
+    phoff: int
+    phnum: int
+    shoff: int
+    shnum: int
+    shstrndx: int
+
+
+@dataclass(frozen=True)
+class _Section:
+    index: int
+    name: str
+    type: int
+    flags: int
+    addr: int
+    offset: int
+    size: int
+    link: int
+    entsize: int
 
 
 class _Reader:
@@ -125,18 +168,37 @@ class _Reader:
         return ImageError(f"{self.name}: {problem}")
 
     def read(self) -> Image:
-        self.check_header()
-        try:
-            elf = ELFFile(BytesIO(self.raw))
-            return self.read_elf(elf)
-        except ImageError:
-            raise
-        # pyelftools (and construct under it) raise many unrelated types on corrupt input.
-        except Exception as e:
-            raise self.fail(f"malformed ELF ({type(e).__name__}: {e})") from None
+        if len(self.raw) > MAX_FILE_SIZE:
+            raise self.fail(f"larger than {MAX_FILE_SIZE >> 20} MiB")
+        header = self.read_header()
+        code, data, tls = self.read_segments(header)
+        sections = self.read_sections(header)
+        rt_range = self.read_rt(sections, code)
+        symbols = self.read_symbols(sections)
+        info = self.read_info(sections, code, data, symbols)
+        relocations = self.read_relocations(sections, data)
+        return Image(
+            name=self.name,
+            sha256=hashlib.sha256(self.raw).hexdigest(),
+            size=data.end,
+            code=code,
+            data=data,
+            rt_range=rt_range,
+            symbols=symbols,
+            info=info,
+            relocations=relocations,
+            phdrs=self.raw[header.phoff:header.phoff + header.phnum * PHDR_SIZE],
+            phnum=header.phnum,
+            tls=tls,
+        )
 
-    def check_header(self) -> None:
-        """Checks pyelftools would trip over, done on raw bytes so the messages are clear."""
+    def file_range(self, what: str, offset: int, size: int) -> bytes:
+        if offset < 0 or size < 0 or offset + size > len(self.raw):
+            raise self.fail(f"{what} (file offset {offset:#x}, size {size:#x}) lies outside "
+                            f"the file ({len(self.raw):#x} bytes)")
+        return self.raw[offset:offset + size]
+
+    def read_header(self) -> _Header:
         raw = self.raw
         if len(raw) < EHDR_SIZE or raw[:4] != b"\x7fELF":
             raise self.fail("not an ELF file")
@@ -149,69 +211,43 @@ class _Reader:
             raise self.fail("not a static PIE (ELF type is not ET_DYN)")
         phoff, shoff = struct.unpack_from("<QQ", raw, 32)
         phentsize, phnum, shentsize, shnum, shstrndx = struct.unpack_from("<HHHHH", raw, 54)
-        if phentsize != PHDR_SIZE or phnum == 0 or phoff + phnum * PHDR_SIZE > len(raw):
-            raise self.fail("program header table missing or outside the file")
-        if shentsize != 64 or shnum == 0 or shoff + shnum * 64 > len(raw) or shstrndx >= shnum:
-            raise self.fail("section header table missing or outside the file")
+        if (phentsize != PHDR_SIZE or not 0 < phnum <= MAX_PHDRS
+                or phoff + phnum * PHDR_SIZE > len(raw)):
+            raise self.fail(f"program header table missing, outside the file or longer than "
+                            f"{MAX_PHDRS} entries")
+        # shnum 0 (more than 0xff00 sections, the count in section 0) is refused with it.
+        if (shentsize != SHDR_SIZE or not 0 < shnum <= MAX_SECTIONS
+                or shoff + shnum * SHDR_SIZE > len(raw) or shstrndx >= shnum):
+            raise self.fail(f"section header table missing, outside the file or longer than "
+                            f"{MAX_SECTIONS} entries")
+        return _Header(phoff, phnum, shoff, shnum, shstrndx)
 
-    def read_elf(self, elf: ELFFile) -> Image:
-        code, data, tls = self.read_segments(elf)
-        size = data.end
-        sections = self.read_sections(elf)
-        rt_range = self.read_rt(sections, code)
-        symbols = self.read_symbols(elf)
-        info = self.read_info(sections, code, data, symbols)
-        relocations = self.read_relocations(elf, data)
-        e_phoff = elf.header["e_phoff"]
-        phnum = elf.header["e_phnum"]
-        return Image(
-            name=self.name,
-            sha256=hashlib.sha256(self.raw).hexdigest(),
-            size=size,
-            code=code,
-            data=data,
-            rt_range=rt_range,
-            symbols=symbols,
-            info=info,
-            relocations=relocations,
-            phdrs=self.raw[e_phoff:e_phoff + phnum * PHDR_SIZE],
-            phnum=phnum,
-            tls=tls,
-        )
-
-    def file_range(self, what: str, offset: int, size: int) -> bytes:
-        if offset < 0 or size < 0 or offset + size > len(self.raw):
-            raise self.fail(f"{what} (file offset {offset:#x}, size {size:#x}) lies outside "
-                            f"the file ({len(self.raw):#x} bytes)")
-        return self.raw[offset:offset + size]
-
-    def read_segments(self, elf: ELFFile) -> tuple[Segment, Segment, Tls | None]:
+    def read_segments(self, header: _Header) -> tuple[Segment, Segment, Tls | None]:
         loads: list[Segment] = []
         flags: list[int] = []
         tls: Tls | None = None
-        for i in range(elf.num_segments()):
-            ph = elf.get_segment(i).header
-            kind = ph["p_type"]
-            if kind == "PT_INTERP":
+        for i in range(header.phnum):
+            kind, pflags, offset, vaddr, _paddr, filesz, memsz, align = struct.unpack_from(
+                "<IIQQQQQQ", self.raw, header.phoff + i * PHDR_SIZE)
+            if kind == PT_INTERP:
                 raise self.fail("has an interpreter (PT_INTERP): not a static PIE")
-            if kind not in ("PT_LOAD", "PT_TLS"):
+            if kind not in (PT_LOAD, PT_TLS):
                 continue
-            vaddr, memsz, filesz = ph["p_vaddr"], ph["p_memsz"], ph["p_filesz"]
+            what = "PT_LOAD" if kind == PT_LOAD else "PT_TLS"
             if filesz > memsz or vaddr + memsz > MAX_IMAGE_SIZE:
-                raise self.fail(f"segment {i} ({kind} at {vaddr:#x}, memsz {memsz:#x}) is "
+                raise self.fail(f"segment {i} ({what} at {vaddr:#x}, memsz {memsz:#x}) is "
                                 f"larger than a sandbox window allows")
-            body = self.file_range(f"segment {i}", ph["p_offset"], filesz)
-            if kind == "PT_TLS":
+            body = self.file_range(f"segment {i}", offset, filesz)
+            if kind == PT_TLS:
                 if tls is not None:
                     raise self.fail("more than one PT_TLS segment")
-                tls = Tls(vaddr, body, memsz, ph["p_align"])
+                tls = Tls(vaddr, body, memsz, align)
                 continue
-            if ph["p_flags"] & P_FLAGS.PF_W and ph["p_flags"] & P_FLAGS.PF_X:
+            if pflags & PF_W and pflags & PF_X:
                 raise self.fail(f"segment {i} at {vaddr:#x} is writable and executable")
             loads.append(Segment(vaddr, body, memsz))
-            flags.append(ph["p_flags"] & (P_FLAGS.PF_R | P_FLAGS.PF_W | P_FLAGS.PF_X))
-        rx, rw = P_FLAGS.PF_R | P_FLAGS.PF_X, P_FLAGS.PF_R | P_FLAGS.PF_W
-        if len(loads) != 2 or flags != [rx, rw]:
+            flags.append(pflags & (PF_R | PF_W | PF_X))
+        if len(loads) != 2 or flags != [PF_R | PF_X, PF_R | PF_W]:
             raise self.fail(f"needs exactly two PT_LOAD segments, R+X then R+W; found "
                             f"{len(loads)} with flags {flags}")
         code, data = loads
@@ -231,54 +267,111 @@ class _Reader:
             raise self.fail(f"TLS template at {tls.offset:#x} lies outside the data segment")
         return code, data, tls
 
-    def read_sections(self, elf: ELFFile) -> dict[str, Any]:
-        sections = {}
-        for section in elf.iter_sections():
-            h = section.header
-            if h["sh_type"] != "SHT_NOBITS":
-                self.file_range(f"section {section.name!r}", h["sh_offset"], h["sh_size"])
-            if h["sh_type"] == "SHT_REL":
-                raise self.fail(f"section {section.name!r}: REL relocations are not allowed")
-            sections[section.name] = section
-        return sections
+    def read_sections(self, header: _Header) -> dict[str, _Section]:
+        rows = [struct.unpack_from("<IIQQQQIIQQ", self.raw, header.shoff + i * SHDR_SIZE)
+                for i in range(header.shnum)]
+        sections = []
+        for i, (_name, kind, flags, addr, offset, size, link, _info, _align, entsize) in \
+                enumerate(rows):
+            if kind != SHT_NOBITS:
+                self.file_range(f"section {i}", offset, size)
+            sections.append(_Section(i, "", kind, flags, addr, offset, size, link, entsize))
+        names = self.contents(sections[header.shstrndx], "the section name table", SHT_STRTAB,
+                              MAX_SECTION_NAMES_SIZE)
+        by_name: dict[str, _Section] = {}
+        for section, row in zip(sections, rows, strict=True):
+            name = self.string(names, row[0], f"name of section {section.index}")
+            section = dataclasses.replace(section, name=name)
+            if section.type == SHT_REL:
+                raise self.fail(f"section {name!r}: REL relocations are not allowed")
+            # Only by their type are relocations found: a retyped one would go unapplied.
+            if name.startswith(".rel") and section.type != SHT_RELA:
+                raise self.fail(f"section {name!r} has type {section.type}, not RELA")
+            if name and name in by_name:
+                raise self.fail(f"two sections are named {name!r}")
+            by_name[name] = section
+        by_name.pop("", None)
+        return by_name
 
-    def read_rt(self, sections: dict[str, Any], code: Segment) -> tuple[int, int]:
+    def contents(self, section: _Section, what: str, kind: int, limit: int) -> bytes:
+        """The bytes of a section the reader interprets: stored, uncompressed, bounded."""
+        if section.type != kind:
+            raise self.fail(f"{what} (section {section.index}) has type {section.type}, not "
+                            f"{kind}")
+        if section.flags & SHF_COMPRESSED:
+            raise self.fail(f"{what} (section {section.index}) is compressed")
+        if section.size > limit:
+            raise self.fail(f"{what} (section {section.index}) is {section.size:#x} bytes, "
+                            f"more than {limit:#x}")
+        return self.file_range(what, section.offset, section.size)
+
+    def string(self, table: bytes, offset: int, what: str) -> str:
+        end = table.find(b"\0", offset)
+        if offset >= len(table) or end < 0:
+            raise self.fail(f"{what} at {offset:#x} is not a string of its table")
+        try:
+            return table[offset:end].decode()
+        except UnicodeDecodeError:
+            raise self.fail(f"{what} is not UTF-8") from None
+
+    def read_rt(self, sections: dict[str, _Section], code: Segment) -> tuple[int, int]:
         rt = sections.get(abi.RT_SECTION)
         if rt is None:
             raise self.fail(f"missing section {abi.RT_SECTION}")
-        start, size = rt["sh_addr"], rt["sh_size"]
-        if start != 0 or size != abi.RT_PAGE_SIZE or not rt["sh_flags"] & SH_FLAGS.SHF_EXECINSTR:
-            raise self.fail(f"{abi.RT_SECTION} must be one executable page at image offset 0 "
-                            f"(found {size:#x} bytes at {start:#x})")
+        if (rt.type == SHT_NOBITS or rt.flags & SHF_COMPRESSED or rt.addr != 0
+                or rt.size != abi.RT_PAGE_SIZE or not rt.flags & SHF_EXECINSTR):
+            raise self.fail(f"{abi.RT_SECTION} must be one stored executable page at image "
+                            f"offset 0 (found {rt.size:#x} bytes at {rt.addr:#x})")
         if code.end <= abi.RT_PAGE_SIZE:
             raise self.fail("code segment holds nothing but the runtime page")
         return (0, abi.RT_PAGE_SIZE)
 
-    def read_symbols(self, elf: ELFFile) -> dict[str, int]:
-        symtab = elf.get_section_by_name(".symtab")
-        if not isinstance(symtab, SymbolTableSection):
+    def read_symbols(self, sections: dict[str, _Section]) -> dict[str, int]:
+        symtab = sections.get(".symtab")
+        if symtab is None:
             raise self.fail("missing symbol table .symtab")
-        found = {}
+        if symtab.entsize != SYM_SIZE or symtab.size % SYM_SIZE:
+            raise self.fail(f".symtab entries are not {SYM_SIZE} bytes")
+        table = self.contents(symtab, ".symtab", SHT_SYMTAB, MAX_SYMBOLS * SYM_SIZE)
+        by_index = {s.index: s for s in sections.values()}
+        if symtab.link not in by_index:
+            raise self.fail(f".symtab links to section {symtab.link}, which does not exist")
+        strings = self.contents(by_index[symtab.link], ".symtab's string table", SHT_STRTAB,
+                                len(self.raw))
+        # The string offsets naming each required symbol (a name may end a longer string).
+        wanted: dict[int, str] = {}
         for name in REQUIRED_SYMBOLS:
-            syms = symtab.get_symbol_by_name(name)
-            if not syms:
+            key = name.encode() + b"\0"
+            at = strings.find(key)
+            while at >= 0:
+                wanted[at] = name
+                at = strings.find(key, at + 1)
+        found: dict[str, int] = {}
+        for st_name, _info, _other, _shndx, value, _size in struct.iter_unpack("<IBBHQQ", table):
+            name = wanted.get(st_name)
+            if name is not None and name not in found:
+                found[name] = value
+        for name in REQUIRED_SYMBOLS:
+            if name not in found:
                 raise self.fail(f"missing symbol {name}")
-            found[name] = syms[0]["st_value"]
         expect = {abi.RT_SYSCALL_SYMBOL: abi.RT_SYSCALL_OFFSET,
                   abi.RT_EXIT_SYMBOL: abi.RT_EXIT_OFFSET}
         for name, offset in expect.items():
             if found[name] != offset:
                 raise self.fail(f"symbol {name} at {found[name]:#x}, must be {offset:#x}")
-        return found
+        return {name: found[name] for name in REQUIRED_SYMBOLS}
 
-    def read_info(self, sections: dict[str, Any], code: Segment, data: Segment,
+    def read_info(self, sections: dict[str, _Section], code: Segment, data: Segment,
                   symbols: dict[str, int]) -> ImageInfo:
         section = sections.get(abi.INFO_SECTION)
         if section is None:
             raise self.fail(f"missing section {abi.INFO_SECTION}")
+        # Written by objcopy --add-section as PROGBITS (NOBITS would be a zero-fill).
+        text = self.contents(section, abi.INFO_SECTION, SHT_PROGBITS, MAX_INFO_SIZE)
         try:
-            obj = json.loads(section.data().rstrip(b"\0").decode())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            obj = json.loads(text.rstrip(b"\0").decode())
+        # ValueError: also integers of more digits than Python converts.
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise self.fail(f"{abi.INFO_SECTION} is not JSON: {e}") from None
         want = {"format": int, "isolation": str, "exports": dict, "stack_size": int,
                 "entry": int, "tp_slot": int}
@@ -310,14 +403,18 @@ class _Reader:
         return ImageInfo(isolation=obj["isolation"], exports=dict(obj["exports"]),
                          stack_size=obj["stack_size"], entry=obj["entry"], tp_slot=tp)
 
-    def read_relocations(self, elf: ELFFile, data: Segment) -> tuple[tuple[int, int], ...]:
+    def read_relocations(self, sections: dict[str, _Section],
+                         data: Segment) -> tuple[tuple[int, int], ...]:
         relocs = []
-        for section in elf.iter_sections():
-            if not isinstance(section, RelocationSection) or not section["sh_flags"] & \
-                    SH_FLAGS.SHF_ALLOC:
+        for section in sorted(sections.values(), key=lambda s: s.index):
+            if section.type != SHT_RELA or not section.flags & SHF_ALLOC:
                 continue
-            for rel in section.iter_relocations():
-                offset, kind = rel["r_offset"], rel["r_info_type"]
+            if section.entsize != RELA_SIZE or section.size % RELA_SIZE:
+                raise self.fail(f"section {section.name!r}: entries are not {RELA_SIZE} bytes")
+            table = self.contents(section, f"section {section.name!r}", SHT_RELA,
+                                  (MAX_RELOCATIONS - len(relocs)) * RELA_SIZE)
+            for offset, r_info, addend in struct.iter_unpack("<QQq", table):
+                kind = r_info & 0xFFFF_FFFF
                 if kind != R_X86_64_RELATIVE:
                     raise self.fail(f"relocation type {kind} at {offset:#x} in "
                                     f"{section.name}: only R_X86_64_RELATIVE is allowed")
@@ -325,5 +422,5 @@ class _Reader:
                 if not data.offset <= offset <= data.offset + len(data.data) - 8:
                     raise self.fail(f"relocation at {offset:#x} lies outside the data "
                                     "segment's initialised bytes")
-                relocs.append((offset, rel["r_addend"]))
+                relocs.append((offset, addend))
         return tuple(relocs)
