@@ -96,6 +96,9 @@ MSR_EFER = 0xC000_0080
 USER_SS, USER_CS = 0x2B, 0x33
 GDT = (0, 0x00AF_9B00_0000_FFFF, 0x00CF_9300_0000_FFFF, 0, 0, 0x00CF_F300_0000_FFFF,
        0x00AF_FB00_0000_FFFF)
+# What the set-up runs at CPL 3 (at window-0 offset 0x2000): fninit; ldmxcsr 3(%rip); int3;
+# two bytes of padding; the MXCSR of a reset, 0x1f80.
+USER_INIT = bytes.fromhex("dbe3" "0fae1503000000" "cc" "0000" "801f0000")
 
 EXC_DE, EXC_BP, EXC_UD, EXC_DF, EXC_GP, EXC_PF = 0, 3, 6, 8, 13, 14
 CR2_NONE = 1 << 63  # non-canonical: no page fault reports it (such an access is a #GP)
@@ -861,11 +864,13 @@ class TmeBackend:
 
     def _enter_user_mode(self) -> UcContext:
         """The CPU state every guest entry starts from: CPL 3, 64-bit user code and data
-        segments, all registers zero, RFLAGS 0x2, the x87/SSE state of a reset.
+        segments, all registers zero, RFLAGS 0x2, x87 and SSE as after a reset (`fninit`:
+        control word 0x37f, all registers empty; MXCSR 0x1f80). Unicorn's own reset state
+        has control word 0 (single precision, exceptions unmasked) and MXCSR 0.
 
         Writing CS/SS through unicorn changes only the selectors, not the CPL, so this goes
         the architectural way: a GDT with user segments (Linux's selectors, 0x33 and 0x2b),
-        and an `iretq` from CPL 0 that lands on an int3 in a user page. The GDT is dropped
+        and an `iretq` from CPL 0 to `USER_INIT` in a user page. The GDT is dropped
         afterwards (GDTR limit 0): the loaded segments stay cached in the CPU, and any
         selector a guest tries to load is a #GP.
         """
@@ -877,7 +882,7 @@ class TmeBackend:
         uc.reg_write(_RSP, 0x4000)  # the iretq frame goes below the GDT's page end
         try:
             intno, ctx = self._boot_run({0x1000: (ring0, PTE_P),
-                                         0x2000: (b"\xcc", PTE_P | PTE_US),
+                                         0x2000: (USER_INIT, PTE_P | PTE_US),
                                          0x3000: (gdt, PTE_P | PTE_RW | PTE_NX)}, 0x1000)
         finally:
             uc.reg_write(x86.UC_X86_REG_GDTR, (0, 0, 0, 0))
