@@ -87,7 +87,8 @@ PTE_P, PTE_RW, PTE_US, PTE_D = 1, 2, 4, 1 << 6
 PTE_NX = 1 << 63
 PTE_ADDR = 0x000F_FFFF_FFFF_F000
 PTE_TABLE = PTE_P | PTE_RW | PTE_US  # upper levels: the leaf entry decides
-CR0_PG, CR0_WP, CR4_PAE, EFER_SCE, EFER_NXE = 1 << 31, 1 << 16, 1 << 5, 1, 1 << 11
+CR0_PG, CR0_WP, CR0_NE, CR4_PAE = 1 << 31, 1 << 16, 1 << 5, 1 << 5
+EFER_SCE, EFER_NXE = 1, 1 << 11
 MSR_EFER = 0xC000_0080
 
 # Guest code runs at CPL 3 in these segments (Linux's user selectors, so %cs and %ss read
@@ -100,7 +101,7 @@ GDT = (0, 0x00AF_9B00_0000_FFFF, 0x00CF_9300_0000_FFFF, 0, 0, 0x00CF_F300_0000_F
 # two bytes of padding; the MXCSR of a reset, 0x1f80.
 USER_INIT = bytes.fromhex("dbe3" "0fae1503000000" "cc" "0000" "801f0000")
 
-EXC_DE, EXC_BP, EXC_UD, EXC_DF, EXC_GP, EXC_PF = 0, 3, 6, 8, 13, 14
+EXC_DE, EXC_BP, EXC_UD, EXC_DF, EXC_GP, EXC_PF, EXC_MF = 0, 3, 6, 8, 13, 14, 16
 CR2_NONE = 1 << 63  # non-canonical: no page fault reports it (such an access is a #GP)
 
 _ARG_REGS = (x86.UC_X86_REG_RDI, x86.UC_X86_REG_RSI, x86.UC_X86_REG_RDX, x86.UC_X86_REG_RCX,
@@ -790,14 +791,16 @@ class TmeBackend:
     # -- the CPU ----------------------------------------------------------------------------
 
     def _setup_cpu(self) -> None:
-        """Paging on (long mode, NX, write-protect), learn where QEMU keeps the 'previous
-        exception' that turns a second page fault into a double fault, then drop to user
-        mode: every guest entry starts from that CPL 3 state."""
+        """Paging on (long mode, NX, write-protect; x87 errors as #MF, as Linux has it),
+        SYSCALL enabled (so sysret at CPL 3 is the #GP it is natively); learn where QEMU
+        keeps the 'previous exception' that turns a second page fault into a double fault;
+        then drop to user mode: every guest entry starts from that CPL 3 state."""
         uc = self.uc
         uc.msr_write(MSR_EFER, uc.msr_read(MSR_EFER) | EFER_NXE | EFER_SCE)
         uc.reg_write(x86.UC_X86_REG_CR3, self.mmu.pml4 << 12)
         uc.reg_write(x86.UC_X86_REG_CR4, uc.reg_read(x86.UC_X86_REG_CR4) | CR4_PAE)
-        uc.reg_write(x86.UC_X86_REG_CR0, uc.reg_read(x86.UC_X86_REG_CR0) | CR0_PG | CR0_WP)
+        uc.reg_write(x86.UC_X86_REG_CR0,
+                     uc.reg_read(x86.UC_X86_REG_CR0) | CR0_PG | CR0_WP | CR0_NE)
         self._old_exception_at = self._find_old_exception()
         self._clean = self._enter_user_mode()
         self._scratch_ctx = uc.context_save()
@@ -1006,8 +1009,9 @@ class TmeBackend:
             uc.emu_stop()
             return
         # Vectors 32-255 come only from `int n`: natively a #GP (the IDT has no user gate).
-        signo = {EXC_DE: signal.SIGFPE, EXC_UD: signal.SIGILL, EXC_GP: signal.SIGSEGV}.get(
-            intno, signal.SIGSEGV if intno >= 32 else signal.SIGILL)
+        signo = {EXC_DE: signal.SIGFPE, EXC_UD: signal.SIGILL, EXC_GP: signal.SIGSEGV,
+                 EXC_MF: signal.SIGFPE}.get(intno, signal.SIGSEGV if intno >= 32 else
+                                            signal.SIGILL)
         self._fault_stop(engine, signo, rip, rip)
 
     def _on_port_io(self, uc: Uc, *_: object) -> int:
