@@ -985,6 +985,11 @@ class TmeBackend:
     def _on_interrupt(self, uc: Uc, intno: int, _: object) -> None:
         engine = self._running
         assert engine is not None
+        if self._stop is not None:
+            # The rest of a block after a machine check or an instruction hook's fault: that
+            # first stop stands (no later int3 may turn it into a runtime call).
+            uc.emu_stop()
+            return
         rip = self.rip.get()
         if intno in (EXC_PF, EXC_DF):
             addr = self.cr2.get()
@@ -992,8 +997,7 @@ class TmeBackend:
                 self._fault_stop(engine, signal.SIGSEGV, rip, rip)
                 return
             if self._page_in(engine, addr):
-                if self._stop is None:
-                    self._reset_exception_state()
+                self._reset_exception_state()
                 return
             self._fault_stop(engine, signal.SIGSEGV, addr, rip)
             return
