@@ -3,7 +3,8 @@
 One physical pool (the `tmebox.tme.Platform`'s memory) holds every sandbox's image,
 stack, heap and host buffers as ciphertext. Sandbox k runs on KeyID k, and window k
 (virtual `k << 32`) aliases the whole pool: window offset = pool offset. The CPU is
-unicorn, one per backend, shared by all sandboxes.
+unicorn, one per backend, shared by all sandboxes; guest code runs at CPL 3 and every
+fresh entry starts from one clean CPU context (`TmeBackend._enter_user_mode`).
 
 Speed comes from never calling Python on an ordinary guest access. The emulated CPU
 runs with x86 paging on; its page tables and every mapped page live in host arrays
