@@ -27,6 +27,7 @@ from test_native import (  # noqa: F401
     test_exit_inside_a_call,
     test_fault_message_names_the_instruction,
     test_faults_are_contained,
+    test_pending_x87_exception_stays_in_the_sandbox,
     test_registers_are_cleared_on_every_entry_and_base_is_forced,
     test_run_main_with_captured_stdout,
     test_runtime_calls_inside_call,

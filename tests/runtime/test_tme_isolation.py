@@ -8,10 +8,12 @@ jump into its code, inspect the raw pool as the host, and reuse a dead tenant's 
 from __future__ import annotations
 
 import random
+import struct
 
 import pytest
 from asm_image import assemble
 from programs import BASIC
+from unicorn import x86_const as x86
 
 import tmebox
 from tmebox.errors import SandboxFault
@@ -270,3 +272,221 @@ def test_integrity_transfer_hands_over_readability(basic_plan, algorithm):
             a.call("load64", p)  # no longer a's: a machine check, not the plaintext
         assert e.value.kind == "machine-check"
         assert b.run() == 42
+
+
+# -- CPU state across tenants: every fresh entry starts from a clean architectural state --
+
+_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+_SELECTORS = ("cs", "ss", "ds", "es", "fs", "gs")
+# snapshot(p): the CPU state as the call found it, at p: GPRs, RFLAGS, FS/GS base, the
+# selectors, an FXSAVE image (x87 environment with 64-bit FIP/FDP, FOP, data registers,
+# MXCSR, XMM0-15) and an FNSTENV image. There is no YMM/ZMM/opmask state to read: the
+# emulator has no AVX (test below).
+SNAP_GPRS, SNAP_RFLAGS, SNAP_FSBASE, SNAP_GSBASE, SNAP_SEL = 0, 0x80, 0x88, 0x90, 0x98
+SNAP_FXSAVE, SNAP_FNSTENV, SNAP_SIZE = 0x100, 0x300, 0x340
+STATE = r"""
+    .globl main
+main:
+    xorl %eax, %eax
+    ret
+
+    .globl snapshot
+snapshot:
+""" + "".join(f"    movq %{r}, %gs:{8 * i}(%edi)\n" for i, r in enumerate(_GPRS)) + rf"""
+    pushfq
+    popq %rax
+    movq %rax, %gs:{SNAP_RFLAGS}(%edi)
+    rdfsbase %rax
+    movq %rax, %gs:{SNAP_FSBASE}(%edi)
+    rdgsbase %rax
+    movq %rax, %gs:{SNAP_GSBASE}(%edi)
+""" + "".join(f"    movw %{s}, %gs:{SNAP_SEL + 2 * i}(%edi)\n"
+            for i, s in enumerate(_SELECTORS)) + rf"""
+    fxsave64 %gs:{SNAP_FXSAVE}(%edi)
+    fnstenv %gs:{SNAP_FNSTENV}(%edi)
+    xorl %eax, %eax
+    ret
+
+    .globl dirty            # dirty(p, other): leave every class of state changed, then
+dirty:                      # return (%rsi == 0) or fault (otherwise, after hlt)
+    movq %rsi, %r13
+    fldl %gs:(%edi)         # x87 with memory operands: FIP, FDP and FOP point here
+    fldpi
+    faddl %gs:8(%edi)
+    movl $0x0c7f, %gs:16(%edi)
+    fldcw %gs:16(%edi)      # round toward zero
+    movl $0xffc0, %gs:16(%edi)
+    ldmxcsr %gs:16(%edi)    # FZ, DAZ, round toward zero
+    pcmpeqb %xmm0, %xmm0
+""" + "".join(f"    movdqa %xmm0, %xmm{i}\n" for i in range(1, 16)) + r"""
+    pushfq
+    orq $0x40000, (%rsp)    # AC
+    popfq
+    std                     # DF
+    testq %r13, %r13
+    movabsq $0x4141414141414141, %rax
+""" + "".join(f"    movq %rax, %{r}\n" for r in ("rbx", "rcx", "rdx", "rbp", "r8", "r9", "r10",
+                                                "r11", "r12", "r15")) + r"""
+    wrfsbase %rax           # unverified code may move its own FS/GS base...
+    jz 1f
+    wrgsbase %r13           # ...to another tenant's window
+    hlt                     # #GP: the call ends here, with all of the above in the CPU
+1:  movq %rax, %r14
+    movq %rax, %rsi
+    movq %rax, %rdi
+    ret
+
+    .globl load64
+load64:
+    movq %gs:(%edi), %rax
+    ret
+
+    .globl touch            # store to each of esi pages from edi (one page fault each)
+touch:
+1:  movq %rsi, %gs:(%edi)
+    addl $4096, %edi
+    decl %esi
+    jnz 1b
+    xorl %eax, %eax
+    ret
+
+    .globl ymm
+ymm:
+    vpcmpeqb %ymm0, %ymm0, %ymm0
+    ret
+
+    .globl zmm
+zmm:
+    vpternlogd $0xff, %zmm0, %zmm0, %zmm0
+    ret
+
+    .globl opmask
+opmask:
+    kxnorw %k0, %k0, %k1
+    ret
+"""
+
+
+def _snapshot(sb, p: int) -> dict[str, object]:
+    """snapshot() into the buffer at p, decoded."""
+    sb.call("snapshot", p)
+    raw = sb.memory.read(p, SNAP_SIZE)
+    q = struct.unpack_from
+    fx = raw[SNAP_FXSAVE:SNAP_FXSAVE + 512]
+    return {
+        **{r: q("<Q", raw, SNAP_GPRS + 8 * i)[0] for i, r in enumerate(_GPRS)},
+        "rflags": q("<Q", raw, SNAP_RFLAGS)[0],
+        "fs_base": q("<Q", raw, SNAP_FSBASE)[0], "gs_base": q("<Q", raw, SNAP_GSBASE)[0],
+        **{s: q("<H", raw, SNAP_SEL + 2 * i)[0] for i, s in enumerate(_SELECTORS)},
+        "fcw": q("<H", fx, 0)[0], "fsw": q("<H", fx, 2)[0], "ftw": fx[4], "fop": q("<H", fx, 6)[0],
+        "fip": q("<Q", fx, 8)[0], "fdp": q("<Q", fx, 16)[0], "mxcsr": q("<I", fx, 24)[0],
+        "st": fx[32:160], "xmm": fx[160:416],
+        "fnstenv": raw[SNAP_FNSTENV:SNAP_FNSTENV + 28],
+    }
+
+
+def _assert_reset_state(s: dict[str, object], sb, p: int) -> None:
+    """What a reset CPU holds, apart from the entry's argument p, its stack and base."""
+    for r in _GPRS:
+        want = {"rdi": p, "r14": sb.base}.get(r, 0)
+        if r != "rsp":
+            assert s[r] == want, r
+    assert s["rflags"] & (1 << 10) == 0, "DF"
+    assert s["rflags"] & (1 << 18) == 0, "AC"
+    assert s["fs_base"] == 0 and s["gs_base"] == sb.base
+    assert (s["fcw"], s["fsw"], s["ftw"], s["fop"], s["fip"], s["fdp"]) == (0x37F, 0, 0, 0, 0, 0)
+    assert s["mxcsr"] == 0x1F80
+    assert s["st"] == bytes(128) and s["xmm"] == bytes(256)
+    env = s["fnstenv"]
+    assert struct.unpack_from("<HxxHxxH", env)[0] == 0x37F  # type: ignore[arg-type]
+    assert env[12:28] == bytes(16), "FIP, FCS/FOP, FDP, FDS of fnstenv"  # type: ignore[index]
+
+
+@pytest.fixture(scope="module")
+def state_plan():
+    return assemble(STATE)
+
+
+@pytest.mark.parametrize("how", ["returns", "faults"])
+def test_a_fresh_entry_sees_no_cpu_state_of_a_previous_tenant(state_plan, how):
+    """Finding 3 and its whole class: tenant A leaves every register class changed (x87
+    with memory operands: FIP/FDP/FOP; DF, AC; MXCSR; XMM; its FS/GS base moved to B's
+    window) and returns or faults; B's next call, and A's own next call, find a reset CPU."""
+    with _runtime() as rt:
+        img = rt.load_unverified(state_plan)
+        a, b = rt.spawn(img), rt.spawn(img)
+        snap_a, snap_b = a.alloc(SNAP_SIZE), b.alloc(SNAP_SIZE)
+        pristine = _snapshot(b, snap_b)
+        _assert_reset_state(pristine, b, snap_b)
+        p = a.alloc(64)
+        a.memory.write(p, struct.pack("<dd", 1.5, 2.25))
+        a.memory.write_u64(p + 32, 0x5EC12E7)
+        if how == "returns":
+            a.call("dirty", p, 0)
+            # A's own next call is clean too, and its %gs reaches its own window again
+            _assert_reset_state(_snapshot(a, snap_a), a, snap_a)
+            assert a.call("load64", p + 32) == 0x5EC12E7
+        else:
+            with pytest.raises(SandboxFault) as e:
+                a.call("dirty", p, b.base)
+            assert e.value.kind == "segv"
+            # what the faulting tenant left in the emulated CPU really is dirty
+            uc = rt.backend.uc
+            assert uc.reg_read(x86.UC_X86_REG_GS_BASE) == b.base
+            assert uc.reg_read(x86.UC_X86_REG_FPCW) == 0x0C7F
+            assert uc.reg_read(x86.UC_X86_REG_EFLAGS) & (1 << 10)
+        assert _snapshot(b, snap_b) == pristine
+        # B's run takes page faults one after another as before (no double fault left)
+        fresh = b.alloc(16 * 4096)
+        assert b.call("touch", fresh, 16) == 0
+        assert b.memory.read_u64(fresh + 15 * 4096) == 1
+
+
+def test_the_fresh_x87_and_sse_state_is_that_of_a_reset_cpu(state_plan):
+    """Unicorn's own reset leaves the x87 control word 0 (single precision) and MXCSR 0."""
+    with _runtime() as rt:
+        sb = rt.spawn(rt.load_unverified(state_plan))
+        s = _snapshot(sb, sb.alloc(SNAP_SIZE))
+        assert (s["fcw"], s["mxcsr"], s["ftw"]) == (0x37F, 0x1F80, 0)
+
+
+def test_within_one_call_x87_pointers_are_tracked(state_plan):
+    """The emulator does keep FIP/FDP: the clean-entry test above could see a leak."""
+    with _runtime() as rt:
+        sb = rt.spawn(rt.load_unverified(state_plan))
+        p = sb.alloc(64)
+        sb.memory.write(p, struct.pack("<dd", 1.5, 2.25))
+        sb.call("dirty", p, 0)
+        uc = rt.backend.uc
+        assert uc.reg_read(x86.UC_X86_REG_FIP) >> 32 == sb.base >> 32
+        assert uc.reg_read(x86.UC_X86_REG_FDP) & MASK == (p + 8) & MASK
+
+
+@pytest.mark.parametrize("func", ["ymm", "zmm"])
+def test_there_is_no_avx_state_to_leak(state_plan, func):
+    """256-bit VEX and EVEX are #UD in the emulator (and rejected by the verifier)."""
+    with _runtime() as rt:
+        sb = rt.spawn(rt.load_unverified(state_plan))
+        with pytest.raises(SandboxFault) as e:
+            sb.call(func)
+        assert e.value.kind == "illegal-instruction"
+
+
+def test_a_fresh_entry_clears_the_emulators_wide_vector_registers(state_plan):
+    """No guest instruction reaches the upper halves of YMM/ZMM or ZMM16-31 (there are no
+    opmask registers at all: unicorn decodes VEX k-instructions as legacy ones), but they
+    are CPU state: put there behind a tenant's back, the next fresh entry does not see
+    them."""
+    wide = [*((getattr(x86, f"UC_X86_REG_YMM{i}"), 256) for i in range(16)),
+            *((getattr(x86, f"UC_X86_REG_ZMM{i}"), 512) for i in range(32))]
+    with _runtime() as rt:
+        img = rt.load_unverified(state_plan)
+        a, b = rt.spawn(img), rt.spawn(img)
+        a.call("opmask")
+        uc = rt.backend.uc
+        for r, bits in wide:
+            uc.reg_write(r, (1 << bits) - 1)
+        assert all(uc.reg_read(r) == (1 << bits) - 1 for r, bits in wide)
+        b.call("main")
+        assert [uc.reg_read(r) for r, _ in wide] == [0] * len(wide)

@@ -3,7 +3,8 @@
 One physical pool (the `tmebox.tme.Platform`'s memory) holds every sandbox's image,
 stack, heap and host buffers as ciphertext. Sandbox k runs on KeyID k, and window k
 (virtual `k << 32`) aliases the whole pool: window offset = pool offset. The CPU is
-unicorn, one per backend, shared by all sandboxes.
+unicorn, one per backend, shared by all sandboxes; guest code runs at CPL 3 and every
+fresh entry starts from one clean CPU context (`TmeBackend._enter_user_mode`).
 
 Speed comes from never calling Python on an ordinary guest access. The emulated CPU
 runs with x86 paging on; its page tables and every mapped page live in host arrays
@@ -42,6 +43,7 @@ from unicorn import (
     UC_ERR_READ_UNMAPPED,
     UC_ERR_WRITE_PROT,
     UC_ERR_WRITE_UNMAPPED,
+    UC_HOOK_INSN,
     UC_HOOK_INTR,
     UC_MODE_64,
     UC_PROT_ALL,
@@ -50,7 +52,7 @@ from unicorn import (
 )
 from unicorn import unicorn_const as ucc
 from unicorn import x86_const as x86
-from unicorn.unicorn_py3.unicorn import uclib
+from unicorn.unicorn_py3.unicorn import UcContext, uclib
 
 from tmebox.errors import OutOfSandboxes, SandboxError, TmeboxError
 from tmebox.runtime.backend import (
@@ -82,13 +84,26 @@ WATCHDOG_PERIOD = 0.005
 LONG_RUN_NS = 1_000_000
 
 # Page-table entry bits.
-PTE_P, PTE_RW, PTE_D = 1, 2, 1 << 6
+PTE_P, PTE_RW, PTE_US, PTE_D = 1, 2, 4, 1 << 6
 PTE_NX = 1 << 63
 PTE_ADDR = 0x000F_FFFF_FFFF_F000
-CR0_PG, CR0_WP, CR4_PAE, EFER_NXE = 1 << 31, 1 << 16, 1 << 5, 1 << 11
+PTE_TABLE = PTE_P | PTE_RW | PTE_US  # upper levels: the leaf entry decides
+CR0_PG, CR0_WP, CR0_NE, CR4_PAE = 1 << 31, 1 << 16, 1 << 5, 1 << 5
+EFER_SCE, EFER_NXE = 1, 1 << 11
 MSR_EFER = 0xC000_0080
 
-EXC_DE, EXC_BP, EXC_UD, EXC_DF, EXC_GP, EXC_PF = 0, 3, 6, 8, 13, 14
+# Guest code runs at CPL 3 in these segments (Linux's user selectors, so %cs and %ss read
+# as they do natively); GDT entries: null, kernel code, kernel data, -, -, user data, user
+# code (64-bit), as the set-up's iretq needs them. Flat, present, 4 GiB limit.
+USER_SS, USER_CS = 0x2B, 0x33
+GDT = (0, 0x00AF_9B00_0000_FFFF, 0x00CF_9300_0000_FFFF, 0, 0, 0x00CF_F300_0000_FFFF,
+       0x00AF_FB00_0000_FFFF)
+# What the set-up runs at CPL 3 (at window-0 offset 0x2000): fninit; ldmxcsr 3(%rip); int3;
+# two bytes of padding; the MXCSR of a reset, 0x1f80.
+USER_INIT = bytes.fromhex("dbe3" "0fae1503000000" "cc" "0000" "801f0000")
+
+EXC_DE, EXC_BP, EXC_UD, EXC_DF, EXC_GP, EXC_PF, EXC_MF = 0, 3, 6, 8, 13, 14, 16
+CR2_NONE = 1 << 63  # non-canonical: no page fault reports it (such an access is a #GP)
 
 _ARG_REGS = (x86.UC_X86_REG_RDI, x86.UC_X86_REG_RSI, x86.UC_X86_REG_RDX, x86.UC_X86_REG_RCX,
              x86.UC_X86_REG_R8, x86.UC_X86_REG_R9)
@@ -235,12 +250,12 @@ class _Mmu:
                 pdpt_i = k >> 7
                 pml4 = self._pt(self.pml4)
                 if not int(pml4[pdpt_i]) & PTE_P:
-                    pml4[pdpt_i] = self._pt_alloc() << 12 | PTE_P | PTE_RW
+                    pml4[pdpt_i] = self._pt_alloc() << 12 | PTE_TABLE
                 pdpt = self._pt((int(pml4[pdpt_i]) & PTE_ADDR) >> 12)
                 pd = w.pd[off >> 30] = self._pt_alloc()
-                pdpt[(k & 127) << 2 | off >> 30] = pd << 12 | PTE_P | PTE_RW
+                pdpt[(k & 127) << 2 | off >> 30] = pd << 12 | PTE_TABLE
             pt = w.pt[off >> 21] = self._pt_alloc()
-            self._pt(pd)[(off >> 21) & 511] = pt << 12 | PTE_P | PTE_RW
+            self._pt(pd)[(off >> 21) & 511] = pt << 12 | PTE_TABLE
         return self._pt(pt)
 
     def new_window(self, keyid: int, code_lo: int, code_hi: int) -> _Window:
@@ -298,14 +313,15 @@ class _Mmu:
         if lo <= page < hi:
             # Own code: read + execute (QEMU cannot execute from a checked page, so a
             # poisoned line of a code page is executed as zeros: it faults, it leaks nothing).
-            table[(page >> 12) & 511] = frame << 12 | PTE_P
+            table[(page >> 12) & 511] = frame << 12 | PTE_P | PTE_US
             w.has_code_frames = True
         elif frame in self.bad:
             slot = self._take_slot(frame)
             table[(page >> 12) & 511] = np.uint64(MMIO_BASE + slot * PAGE | PTE_P | PTE_RW
-                                                  | PTE_NX)
+                                                  | PTE_US | PTE_NX)
         else:
-            table[(page >> 12) & 511] = np.uint64(frame << 12 | PTE_P | PTE_RW | PTE_NX)
+            table[(page >> 12) & 511] = np.uint64(frame << 12 | PTE_P | PTE_RW | PTE_US
+                                                  | PTE_NX)
         w.pages[page] = frame
         self.directory[page] = (keyid, frame)
         self.frame_owner[frame] = (keyid, page)
@@ -760,6 +776,11 @@ class TmeBackend:
         self._closed = threading.Event()
         self._setup_cpu()
         self.uc.hook_add(UC_HOOK_INTR, _weakly(self._on_interrupt))
+        for insn, hook in ((x86.UC_X86_INS_IN, self._on_port_io),
+                           (x86.UC_X86_INS_OUT, self._on_port_io),
+                           (x86.UC_X86_INS_SYSCALL, self._on_kernel_entry),
+                           (x86.UC_X86_INS_SYSENTER, self._on_kernel_entry)):
+            self.uc.hook_add(UC_HOOK_INSN, _weakly(hook), None, 1, 0, insn)
         self.mmu.on_machine_check = _weakly(self._machine_check)
         self.mmu.stopped = _weakly(self._stopped)
         self.entry_regs = _RegBatch(self.uc, (*_ARG_REGS, _RSP, x86.UC_X86_REG_R14,
@@ -771,63 +792,123 @@ class TmeBackend:
     # -- the CPU ----------------------------------------------------------------------------
 
     def _setup_cpu(self) -> None:
-        """Paging on (long mode, NX, write-protect), then learn where QEMU keeps the
-        'previous exception' that turns a second page fault into a double fault."""
+        """Paging on (long mode, NX, write-protect; x87 errors as #MF, as Linux has it),
+        SYSCALL enabled (so sysret at CPL 3 is the #GP it is natively); learn where QEMU
+        keeps the 'previous exception' that turns a second page fault into a double fault;
+        then drop to user mode: every guest entry starts from that CPL 3 state."""
         uc = self.uc
-        uc.msr_write(MSR_EFER, uc.msr_read(MSR_EFER) | EFER_NXE)
+        uc.msr_write(MSR_EFER, uc.msr_read(MSR_EFER) | EFER_NXE | EFER_SCE)
         uc.reg_write(x86.UC_X86_REG_CR3, self.mmu.pml4 << 12)
         uc.reg_write(x86.UC_X86_REG_CR4, uc.reg_read(x86.UC_X86_REG_CR4) | CR4_PAE)
-        uc.reg_write(x86.UC_X86_REG_CR0, uc.reg_read(x86.UC_X86_REG_CR0) | CR0_PG | CR0_WP)
-        self._clean = uc.context_save()
+        uc.reg_write(x86.UC_X86_REG_CR0,
+                     uc.reg_read(x86.UC_X86_REG_CR0) | CR0_PG | CR0_WP | CR0_NE)
         self._old_exception_at = self._find_old_exception()
+        self._clean = self._enter_user_mode()
         self._scratch_ctx = uc.context_save()
+
+    def _boot_run(self, pages: dict[int, tuple[bytes, int]], rip: int) -> tuple[int, UcContext]:
+        """Run set-up code at rip in window 0 (KeyID 0 is the platform's, never a
+        sandbox's) on the given pages (window offset -> bytes, PTE flags) until its first
+        interrupt; returns that interrupt and the CPU context at it. The pages are gone
+        afterwards and the CPU is back where it was."""
+        uc, mmu = self.uc, self.mmu
+        start = uc.context_save()
+        w = mmu.new_window(0, 0, 0)
+        frames = []
+        for off, (blob, flags) in pages.items():
+            frame = mmu.free_frames.pop()
+            frames.append(frame)
+            mmu.arena[frame, :len(blob)] = np.frombuffer(blob, np.uint8)
+            table = mmu._pte_table(w, off, True)
+            assert table is not None
+            table[(off >> 12) & 511] = np.uint64(frame << 12 | flags)
+        seen: list[tuple[int, UcContext]] = []
+
+        def on_interrupt(uc: Uc, intno: int, _: object) -> None:
+            seen.append((intno, uc.context_save()))
+            uc.emu_stop()
+
+        h = uc.hook_add(UC_HOOK_INTR, on_interrupt)
+        try:
+            uc.emu_start(rip, 0)
+        finally:
+            uc.hook_del(h)
+            for frame in frames:
+                mmu.arena[frame] = 0
+                mmu.free_frames.append(frame)
+            mmu.drop_window(0)
+            mmu.tb_stale = True
+            mmu.apply_stale()
+            uc.context_restore(start)
+        if not seen:
+            raise TmeboxError("this unicorn build does not look like 2.1.x: set-up code in "
+                              "the emulator ended without an interrupt")
+        return seen[0]
 
     def _find_old_exception(self) -> int:
         """Offset in a saved context of the int QEMU sets to 14 on a page fault.
 
         Unicorn hands exceptions to UC_HOOK_INTR without delivering them, so QEMU never
         resets its record of the last exception; a second page fault in the same run
-        would become a double fault. Found by one page fault on a probe page of
-        window 0 (never a sandbox's: KeyID 0 is the platform key).
+        would become a double fault. Found by one page fault (mov 0x3000, %al: page not
+        present).
         """
-        uc, mmu = self.uc, self.mmu
-        probe = mmu.new_window(0, 0x1000, 0x2000)
-        frame = mmu.free_frames.pop()
-        mmu.arena[frame, :8] = np.frombuffer(b"\x8a\x04\x25\x00\x30\x00\x00\xcc", np.uint8)
-        table = mmu._pte_table(probe, 0x1000, True)
-        assert table is not None
-        table[1] = frame << 12 | PTE_P
-        blobs: list[bytes] = []
-        ctx = self._clean
-
-        def on_fault(uc: Uc, intno: int, _: object) -> None:
-            blobs.append(ctypes.string_at(uc.context_save().context, ctx.size))
-            uc.emu_stop()
-
-        h = uc.hook_add(UC_HOOK_INTR, on_fault)
-        try:
-            uc.emu_start(0x1000, 0)  # mov 0x3000, %al: page not present
-        finally:
-            uc.hook_del(h)
+        ctx = self.uc.context_save()
+        _, at_fault = self._boot_run({0x1000: (b"\x8a\x04\x25\x00\x30\x00\x00\xcc", PTE_P)},
+                                     0x1000)
         before = ctypes.string_at(ctx.context, ctx.size)
-        hits = [i for i in range(0, min(len(before), len(blobs[0])) - 3, 4)
+        after = ctypes.string_at(at_fault.context, at_fault.size)
+        hits = [i for i in range(0, min(len(before), len(after)) - 3, 4)
                 if struct.unpack_from("<i", before, i)[0] == -1
-                and struct.unpack_from("<i", blobs[0], i)[0] == EXC_PF] if blobs else []
-        table[1] = 0
-        mmu.arena[frame] = 0
-        mmu.free_frames.append(frame)
-        mmu.drop_window(0)
-        mmu.apply_stale()
-        mmu.tb_stale = True
-        mmu.apply_stale()
-        uc.context_restore(self._clean)
+                and struct.unpack_from("<i", after, i)[0] == EXC_PF]
         if len(hits) != 1:
             raise TmeboxError(f"this unicorn build does not look like 2.1.x: found {len(hits)} "
                               "candidates for the exception state in a CPU context")
         return hits[0]
 
+    def _enter_user_mode(self) -> UcContext:
+        """The CPU state every guest entry starts from: CPL 3, 64-bit user code and data
+        segments, all registers zero, RFLAGS 0x2, x87 and SSE as after a reset (`fninit`:
+        control word 0x37f, all registers empty; MXCSR 0x1f80). Unicorn's own reset state
+        has control word 0 (single precision, exceptions unmasked) and MXCSR 0.
+
+        Writing CS/SS through unicorn changes only the selectors, not the CPL, so this goes
+        the architectural way: a GDT with user segments (Linux's selectors, 0x33 and 0x2b),
+        and an `iretq` from CPL 0 to `USER_INIT` in a user page. The GDT is dropped
+        afterwards (GDTR limit 0): the loaded segments stay cached in the CPU, and any
+        selector a guest tries to load is a #GP.
+        """
+        uc = self.uc
+        gdt = b"".join(d.to_bytes(8, "little") for d in GDT)
+        ring0 = bytes([0x6A, USER_SS, 0x6A, 0, 0x6A, 2, 0x6A, USER_CS, 0x68]) + (
+            0x2000).to_bytes(4, "little") + b"\x48\xcf"  # push ss, rsp, rflags, cs, rip; iretq
+        uc.reg_write(x86.UC_X86_REG_GDTR, (0, 0x3000, len(gdt) - 1, 0))
+        uc.reg_write(_RSP, 0x4000)  # the iretq frame goes below the GDT's page end
+        try:
+            intno, ctx = self._boot_run({0x1000: (ring0, PTE_P),
+                                         0x2000: (USER_INIT, PTE_P | PTE_US),
+                                         0x3000: (gdt, PTE_P | PTE_RW | PTE_NX)}, 0x1000)
+        finally:
+            uc.reg_write(x86.UC_X86_REG_GDTR, (0, 0, 0, 0))
+            uc.reg_write(_RSP, 0)
+        if intno != EXC_BP:
+            raise TmeboxError(f"dropping the emulated CPU to user mode failed (exception "
+                              f"{intno} instead of the int3 at CPL 3)")
+        uc.context_restore(ctx)
+        uc.reg_write(x86.UC_X86_REG_GDTR, (0, 0, 0, 0))
+        uc.reg_write(_RIP, 0)
+        uc.reg_write(x86.UC_X86_REG_CR2, CR2_NONE)
+        if uc.reg_read(x86.UC_X86_REG_CS) != USER_CS or uc.reg_read(
+                x86.UC_X86_REG_SS) != USER_SS:
+            raise TmeboxError("dropping the emulated CPU to user mode failed (CS/SS are not "
+                              "the user selectors)")
+        return uc.context_save()
+
     def _reset_exception_state(self) -> None:
+        """After a handled page fault: QEMU's last exception forgotten, CR2 'no address'
+        (so a software `int $14` is not mistaken for a page fault at a stale address)."""
         uc, ctx = self.uc, self._scratch_ctx
+        self.cr2.set(CR2_NONE)
         uc.context_update(ctx)
         ctypes.memmove(ctypes.cast(ctx.context, ctypes.c_void_p).value
                        + self._old_exception_at, b"\xff\xff\xff\xff", 4)
@@ -886,7 +967,7 @@ class TmeBackend:
                 # if the stop was meant for a sandbox that ran before this one.
                 self._watchdog_hit = False
                 continue
-            # Stopped with no reason of ours: an instruction that halts the CPU (hlt).
+            # Stopped with no reason of ours: a jump to address 0 (unicorn's `until`).
             return self._emu_error(engine, UcError(UC_ERR_INSN_INVALID), rip)
 
     def _emu_error(self, engine: TmeEngine, err: UcError, rip: int) -> int:
@@ -897,7 +978,7 @@ class TmeBackend:
                       UC_ERR_READ_PROT, UC_ERR_WRITE_PROT, UC_ERR_FETCH_PROT):
             signo = signal.SIGSEGV
         else:
-            signo = signal.SIGILL  # an exception unicorn could not handle (e.g. a privileged op)
+            signo = signal.SIGILL  # an exception unicorn could not handle
         engine._fault = FaultInfo(signo, rip & OFFSET_MASK, rip & OFFSET_MASK,
                                   self.rsp.get() & OFFSET_MASK)
         return STOP_FAULT
@@ -905,12 +986,19 @@ class TmeBackend:
     def _on_interrupt(self, uc: Uc, intno: int, _: object) -> None:
         engine = self._running
         assert engine is not None
+        if self._stop is not None:
+            # The rest of a block after a machine check or an instruction hook's fault: that
+            # first stop stands (no later int3 may turn it into a runtime call).
+            uc.emu_stop()
+            return
         rip = self.rip.get()
         if intno in (EXC_PF, EXC_DF):
             addr = self.cr2.get()
+            if addr == CR2_NONE:  # `int $14` or `int $8`: a gate a user cannot use, a #GP
+                self._fault_stop(engine, signal.SIGSEGV, rip, rip)
+                return
             if self._page_in(engine, addr):
-                if self._stop is None:
-                    self._reset_exception_state()
+                self._reset_exception_state()
                 return
             self._fault_stop(engine, signal.SIGSEGV, addr, rip)
             return
@@ -925,9 +1013,30 @@ class TmeBackend:
                 return
             uc.emu_stop()
             return
-        signo = {EXC_DE: signal.SIGFPE, EXC_UD: signal.SIGILL, EXC_GP: signal.SIGSEGV}.get(
-            intno, signal.SIGILL)
+        # Vectors 32-255 come only from `int n`: natively a #GP (the IDT has no user gate).
+        signo = {EXC_DE: signal.SIGFPE, EXC_UD: signal.SIGILL, EXC_GP: signal.SIGSEGV,
+                 EXC_MF: signal.SIGFPE}.get(intno, signal.SIGSEGV if intno >= 32 else
+                                            signal.SIGILL)
         self._fault_stop(engine, signo, rip, rip)
+
+    def _on_port_io(self, uc: Uc, *_: object) -> int:
+        """in/out: at CPL 3 with IOPL 0 and no I/O bitmap a #GP, which unicorn skips."""
+        self._insn_fault(signal.SIGSEGV)
+        return 0
+
+    def _on_kernel_entry(self, uc: Uc, _: object) -> None:
+        """syscall/sysenter: unicorn makes them no-ops. There is no kernel behind them
+        (sysenter is #UD in long mode on AMD, like this machine): an invalid opcode."""
+        self._insn_fault(signal.SIGILL)
+
+    def _insn_fault(self, signo: int) -> None:
+        """Fault at the current instruction, from an instruction hook. The emulator stops at
+        the end of the translated block (the block's other instructions still run: they
+        are the guest's own, at CPL 3)."""
+        engine = self._running
+        if engine is not None and self._stop is None:
+            rip = self.rip.get()
+            self._fault_stop(engine, signo, rip, rip)
 
     def _stopped(self) -> bool:
         return self._stop is not None
