@@ -226,6 +226,11 @@ def test_memory_operand_forms() -> None:
     assert body("movl %gs:8(%eax), %ecx") == ["movl %gs:8(%eax), %ecx"]
     assert body("movaps %xmm0, 16(%rsp)") == ["movaps %xmm0, %gs:16(%esp)"]
     assert body("nopw 0x0(%rax,%rax,1)") == ["nopw 0x0(%rax,%rax,1)"]
+    # A register bit offset reaches past a %rip operand; %gs + 32 bits wraps it.
+    assert body("btq %rdi, bits(%rip)") == ["leaq bits(%rip), %r11", "btq %rdi, %gs:(%r11d)"]
+    assert body("btsl %esi, 4+bits(%rip)") == ["leaq 4+bits(%rip), %r11",
+                                               "btsl %esi, %gs:(%r11d)"]
+    assert body("btl $3, bits(%rip)") == ["btl $3, bits(%rip)"]
 
 
 def test_stack_pointer_writes_both_modes() -> None:
@@ -622,6 +627,13 @@ def test_verifier_accepts_rewritten_gcc_output(mode: str, tmp_path: Path) -> Non
 def test_verifier_accepts_goldens(name: str, mode: str, tmp_path: Path) -> None:
     out = rw((GOLDEN / f"{name}.s").read_text(), mode)
     link_and_verify(assemble(out, tmp_path, name), mode, tmp_path)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_verifier_accepts_rewritten_bit_strings(mode: str, tmp_path: Path) -> None:
+    src = "\t.text\n\tbtq %rdi, bits(%rip)\n\tbtcw %ax, bits(%rip)\n\tret\n" \
+          "\t.bss\nbits:\t.zero 64\n"
+    link_and_verify(assemble(rw(src, mode), tmp_path), mode, tmp_path)
 
 
 @pytest.mark.parametrize("mode", MODES)

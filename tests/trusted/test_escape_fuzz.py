@@ -12,6 +12,7 @@ import pytest
 
 from tmebox.fuzz import Oracle, Outcome, Sample, campaign
 from tmebox.fuzz.oracle import BASES
+from tmebox.trusted import verifier
 
 STACK = 0x800000  # window offset inside the child's R+W region
 REGS = tuple([0x1000] * 4 + [STACK] + [0x1000] * 11)
@@ -80,8 +81,18 @@ def test_rip_relative_bit_string_escapes_on_the_cpu(cpu: Oracle) -> None:
         result.summary()
 
 
-def test_verifier_rejects_rip_relative_bit_string() -> None:
-    from tmebox.trusted import verifier
-    verdict = verifier.verify_code(bytes.fromhex(BIT_STRING_ESCAPE), code_offset=0x1000,
-                                   image_size=0x10000)
-    assert not verdict.ok, "btr [rip], reg reaches any address: the verifier must refuse it"
+@pytest.mark.parametrize("code", ["480fb32d00000000cc", "0fa30500000000cc", "660fab0500000000cc",
+                                  "480fbb0d00000000cc"])
+def test_verifier_rejects_rip_relative_bit_strings(code: str) -> None:
+    verdict = verifier.verify_code(bytes.fromhex(code), code_offset=0x1000, image_size=0x10000)
+    assert verdict.rule == "memory-operand", "bt*/[rip], reg reaches any address"
+
+
+# The same forms with %gs + 0x67 stay: the CPU wraps operand + offset/8 to 32 bits.
+@pytest.mark.parametrize("offset", [1 << 35, -(1 << 40), (1 << 63) - 1, -(1 << 63), 0x1234 << 3])
+@pytest.mark.parametrize("code", ["6567480fb328cc", "6567480fa328cc", "65670fbb28cc"])
+def test_gs32_bit_strings_stay_in_the_window(cpu: Oracle, code: str, offset: int) -> None:
+    assert verifier.verify_code(bytes.fromhex(code), code_offset=0x1000, image_size=0x10000).ok
+    regs = REGS[:5] + (offset % (1 << 64),) + REGS[6:]
+    result = cpu.run([Sample(bytes.fromhex(code), regs, base_index=1)])[0]
+    assert result.outcome in (Outcome.END, Outcome.FAULT), result.summary()

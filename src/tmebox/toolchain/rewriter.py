@@ -44,6 +44,7 @@ __all__ = ["rewrite_assembly", "main"]
 
 _BASE = "%" + BASE_REG  # %r14
 _SCRATCH = "%" + SCRATCH_REG  # %r11
+_BIT_STRING = frozenset(m + w for m in ("bt", "bts", "btr", "btc") for w in ("", "w", "l", "q"))
 # With align_calls: the label at the start of each code section that call padding counts from.
 CALL_ANCHOR = ".Ltmebox_sec"
 _SCRATCH32 = _SCRATCH + "d"  # %r11d
@@ -584,6 +585,11 @@ class _Rewriter:
             if m.seg is not None or m.base == "eip":
                 raise self.error(insn.lineno, insn.text,
                                  "only plain disp(%rip) operands are allowed")
+            if insn.mnemonic in _BIT_STRING and is_register(insn.operands[0]):
+                # A register bit offset reaches operand + offset/8 (verifier: memory-operand):
+                # address the operand through %gs + 32 bits, where that sum wraps.
+                self.uses_scratch(insn)
+                return [f"\tleaq\t{op}, {_SCRATCH}"], f"%gs:({_SCRATCH32})", False
             return [], op, False
         if m.base is None and m.index is None:
             if _has_signed_reloc(m.disp):

@@ -122,6 +122,10 @@ _PREFIX_SLOT = {0x65: 0, 0x67: 1, 0x66: 2, 0xF0: 3, 0xF2: 3, 0xF3: 3}
 _LEGACY_PREFIXES = frozenset(b"\xf0\xf2\xf3\x2e\x36\x3e\x26\x64\x65\x66\x67")
 _NOPS = frozenset((M.NOP,))
 _NO_ACCESS = frozenset((M.NOP, M.LEA))  # memory operand syntax, no memory access
+# bt/bts/btr/btc with a register bit offset touch operand + (offset >> 3): a signed 64-bit
+# reach the decoder does not report. Only 32-bit addressing wraps that sum inside the window.
+_BIT_OFFSET_FORMS = _codes(" ".join(f"{m}_RM{n}_R{n}" for m in ("BT", "BTS", "BTR", "BTC")
+                                    for n in (16, 32, 64)))
 _GPR32 = frozenset((R.EAX, R.ECX, R.EDX, R.EBX, R.ESP, R.EBP, R.ESI, R.EDI, R.R8D, R.R9D,
                     R.R10D, R.R11D, R.R12D, R.R13D, R.R14D, R.R15D))
 _WRITES = frozenset((ix.OpAccess.WRITE, ix.OpAccess.COND_WRITE, ix.OpAccess.READ_WRITE,
@@ -250,6 +254,9 @@ def rule_memory_operand(x: Insn) -> bool:
     explicit = any(ins.op_kind(i) == ix.OpKind.MEMORY for i in range(ins.op_count))
     if explicit and ins.mnemonic not in _NO_ACCESS and not (rip or _gs32(ins)):
         raise Reject("memory-operand", "memory access without %gs + 32-bit addressing")
+    if rip and ins.code in _BIT_OFFSET_FORMS and ins.op0_kind == ix.OpKind.MEMORY:
+        raise Reject("memory-operand", "%rip-relative bit string with a register bit offset "
+                     "(reaches the operand + offset/8)")
     for m in x.memory:
         if m.segment == R.GS and m.address_size == ix.CodeSize.CODE32:
             continue

@@ -16,6 +16,13 @@
     fld qword ptr gs:[esi]
     prefetcht0 byte ptr gs:[edi + 64]
     clflush byte ptr gs:[edi]
+# case: bit strings with a register bit offset on %gs + 32-bit (the CPU wraps offset/8 too)
+    btr qword ptr gs:[eax], rbp
+    bts dword ptr gs:[esp + 8], ecx
+    bt word ptr gs:[r8d], ax
+    btc qword ptr gs:[edi], 63
+# case: bit strings with an immediate bit offset stay within their operand, %rip too
+    bt qword ptr [rip + inside_data], 5
 # case: %rip-relative inside the image, lea and nop keep any operand
     mov rax, qword ptr [rip + inside_data]
     lea rax, [rip + outside_image]

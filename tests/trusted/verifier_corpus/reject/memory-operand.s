@@ -36,3 +36,11 @@
     .byte 0x65, 0x8b, 0x04, 0x25, 0, 0x10, 0, 0
 # case: %eip-relative (0x67 + rip form) without %gs
     .byte 0x67, 0x48, 0x8b, 0x05, 0, 0, 0, 0
+# case: bit string on %rip with a register bit offset (touches operand + offset/8: anywhere)
+    btr qword ptr [rip + inside_data], rbp
+# case: bt with a 32-bit register bit offset on %rip (+- 256 MiB)
+    bt dword ptr [rip + inside_data], eax
+# case: 16-bit bts on %rip
+    bts word ptr [rip + inside_data], cx
+# case: bit string with a register bit offset through a 64-bit register
+    btc qword ptr [rax], rdx
