@@ -25,8 +25,8 @@ import sys
 import time
 
 import tmebox
-from tmebox.runtime import native_backend as nb
-from tmebox.runtime.native_backend import lib
+from tmebox.runtime.native import windows as nb
+from tmebox.runtime.native.helper import lib
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from runtime_common import tenant_image  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tmebox.runtime.api import compile_cached
+from tmebox.programs import compile_cached
 
 TENANT_C = r"""
 #include <stdio.h>

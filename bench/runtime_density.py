@@ -23,7 +23,7 @@ from pathlib import Path
 import tmebox
 from tmebox.errors import OutOfSandboxes
 from tmebox.runtime import layout
-from tmebox.runtime.native_backend import MAP_COUNT_SLACK, MAPS_PER_WINDOW, POOL
+from tmebox.runtime.native.windows import MAP_COUNT_SLACK, MAPS_PER_WINDOW, POOL
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from runtime_common import tenant_image  # noqa: E402

@@ -1,5 +1,7 @@
 """Fixtures shared by every test layer.
 
+- The session runs with its own cache root (`$TMEBOX_CACHE`, a temporary directory) and
+  the user's cache as `$TMEBOX_SHARED_CACHE` for the sandbox libc and fetched sources.
 - `sandbox_libc` (session): builds the sandbox libc of both isolation modes once
   (cached in ~/.cache/tmebox; the first build takes a minute or two) and maps
   mode -> prefix directory.
@@ -15,10 +17,26 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from tmebox.trusted import cache
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A private cache root for the session (verdicts, `tmebox run`'s programs); expensive,
+    content-addressed artefacts (the sandbox libc, fetched sources) stay shared."""
+    os.environ.setdefault("TMEBOX_SHARED_CACHE", str(cache.shared()))
+    os.environ["TMEBOX_CACHE"] = tempfile.mkdtemp(prefix="tmebox-test-cache-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(os.environ["TMEBOX_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

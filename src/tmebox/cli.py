@@ -51,9 +51,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from tmebox.runtime import api
+    from tmebox import programs
 
-    return api.run_command(
+    return programs.run_command(
         target=Path(args.image),
         argv=args.args,
         backend=args.backend,

@@ -62,7 +62,7 @@ class DemoResult:
 
 def build_tenants(isolation: str = "code+data") -> dict[str, Path]:
     """Compile the tenant programs shipped with tmebox (cached by source and toolchain)."""
-    from tmebox.runtime.api import compile_cached
+    from tmebox.programs import compile_cached
 
     src_dir = resources.files("tmebox") / "demo_tenants"
     images = {}

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from tmebox.trusted.errors import ImageError, TmeboxError, VerificationError
 
-__all__ = ["ImageError", "IsolationError", "LibcError", "OutOfSandboxes", "RewriteError",
-           "RuntimeClosed", "SandboxDestroyed", "SandboxError", "SandboxExited", "SandboxFault",
-           "SandboxTimeout", "TmeboxError", "ToolchainError", "VerificationError"]
+# Not typing.TYPE_CHECKING: typing imports re, and the rewriter must start light.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from tmebox.runtime.backend import FaultKind
+
+__all__ = ["ImageError", "IsolationError", "LibcError", "OutOfSandboxes",
+           "RewriteError", "RuntimeClosed", "SandboxDestroyed", "SandboxError", "SandboxExited",
+           "SandboxFault", "SandboxTimeout", "TmeboxError", "ToolchainError", "VerificationError"]
 
 
 class ToolchainError(TmeboxError):
@@ -26,13 +31,9 @@ class SandboxError(TmeboxError):
 
 
 class SandboxFault(SandboxError):
-    """The sandbox faulted; the host and every other sandbox keep running.
+    """The sandbox faulted; the host and every other sandbox keep running."""
 
-    kind is one of: segv, illegal-instruction, divide-error, stack-overflow,
-    machine-check, bus-error.
-    """
-
-    def __init__(self, kind: str, address: int | None = None, instruction: str | None = None,
+    def __init__(self, kind: FaultKind, address: int | None = None, instruction: str | None = None,
                  detail: str = "") -> None:
         self.kind = kind
         self.address = address

@@ -31,7 +31,7 @@ def source(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("TMEBOX_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 def test_run_a_c_file_compiles_once_and_runs_main(source, capfd, monkeypatch):
@@ -41,7 +41,7 @@ def test_run_a_c_file_compiles_once_and_runs_main(source, capfd, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
     assert cli.main(["run", str(source), "hi"]) == 12
     assert capfd.readouterr().out == "prog 2:hi\n"
-    cached = list((source.parent.parent / "cache" / "tmebox" / "run").glob("prog-*.box"))
+    cached = list((source.parent.parent / "cache" / "run").glob("prog-*.box"))
     assert len(cached) == 1
     mtime = cached[0].stat().st_mtime_ns
     assert cli.main(["run", str(source), "again"]) == 12

@@ -11,7 +11,7 @@ import tmebox
 from tmebox.errors import OutOfSandboxes, TmeboxError
 from tmebox.runtime import api
 from tmebox.runtime import layout as lay
-from tmebox.runtime.native_backend import POOL, check_map_count
+from tmebox.runtime.native.windows import POOL, check_map_count
 from tmebox.trusted import abi
 
 

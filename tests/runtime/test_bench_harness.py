@@ -177,7 +177,7 @@ def _tarball(top: str = "pkg-1.0") -> bytes:
 
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TMEBOX_CACHE", str(tmp_path))
+    monkeypatch.setenv("TMEBOX_SHARED_CACHE", str(tmp_path))
     return tmp_path / "bench" / "src"
 
 

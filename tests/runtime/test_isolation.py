@@ -13,7 +13,7 @@ from programs import basic, scribbler
 
 from tmebox.errors import SandboxError, SandboxExited
 from tmebox.runtime import layout as lay
-from tmebox.runtime.native_backend import MAPS_PER_WINDOW, WARM_WINDOWS
+from tmebox.runtime.native.windows import MAPS_PER_WINDOW, WARM_WINDOWS
 
 CANARY = bytes(random.Random(7).randrange(256) for _ in range(4096))
 

@@ -240,7 +240,7 @@ def own_pool():
     import ctypes
 
     from tmebox.runtime import layout as lay
-    from tmebox.runtime.native_backend import WindowPool
+    from tmebox.runtime.native.windows import WindowPool
     from tmebox.trusted import abi
 
     pool = WindowPool()
@@ -294,12 +294,12 @@ def test_pool_growth_respects_the_limit(own_pool):
 
 def test_window_the_host_maps_after_the_maps_were_read_is_not_handed_out(own_pool, monkeypatch):
     from tmebox.runtime import layout as lay
-    from tmebox.runtime.native_backend import (
+    from tmebox.runtime.native.helper import mmap as _mmap
+    from tmebox.runtime.native.windows import (
         MAP_ANONYMOUS,
         MAP_FIXED_NOREPLACE,
         MAP_PRIVATE,
         PROT_READ,
-        _mmap,
     )
 
     stale = lay.read_host_maps()
@@ -329,7 +329,7 @@ def test_window_the_host_maps_after_the_maps_were_read_is_not_handed_out(own_poo
 
 def test_spawn_and_destroy_many_leave_no_window_mappings():
     import tmebox
-    from tmebox.runtime.native_backend import POOL
+    from tmebox.runtime.native.windows import POOL
 
     with tmebox.Runtime(max_sandboxes=300) as rt:
         img = rt.load_unverified(basic())

@@ -193,7 +193,7 @@ def test_native_helper_is_linked_with_full_relro():
 # -- 4. nothing the sandbox can read holds a host address --------------------------------
 
 def _host_ranges() -> list[tuple[int, int]]:
-    from tmebox.runtime.native_backend import POOL
+    from tmebox.runtime.native.windows import POOL
 
     windows = POOL.windows
     ranges = []

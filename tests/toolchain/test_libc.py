@@ -99,7 +99,7 @@ def test_build_key_follows_the_rewriter(tmp_path: Path, monkeypatch: pytest.Monk
     crt.write_text(crt.read_text() + "\n")
     changed = libc.build_key()
     assert changed != before and libc.build_key("code+data") == changed
-    monkeypatch.setenv("TMEBOX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TMEBOX_SHARED_CACHE", str(tmp_path / "cache"))
     assert libc.libc_dir("data") == tmp_path / "cache" / "libc" / \
         f"{libc.MUSL_VERSION}-{libc.build_key()}" / "data"
 
@@ -117,7 +117,7 @@ def _fake_tarball(path: Path) -> None:
 
 def test_tarball_with_wrong_hash_is_refused_and_deleted(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TMEBOX_CACHE", str(tmp_path))
+    monkeypatch.setenv("TMEBOX_SHARED_CACHE", str(tmp_path))
     tarball = tmp_path / "src" / libc.MUSL_TARBALL
     _fake_tarball(tarball)
     calls = []
@@ -134,7 +134,7 @@ def test_tarball_with_wrong_hash_is_refused_and_deleted(tmp_path: Path,
 
 
 def test_no_apt_gives_instructions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TMEBOX_CACHE", str(tmp_path))
+    monkeypatch.setenv("TMEBOX_SHARED_CACHE", str(tmp_path))
     monkeypatch.setattr(libc.shutil, "which", lambda name: None)
     with pytest.raises(LibcError, match=f"apt-get is not available.*{libc.MUSL_SHA256}"):
         libc.fetch_musl()
@@ -143,7 +143,7 @@ def test_no_apt_gives_instructions(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_cached_tarball_is_used_without_apt(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     real = libc.fetch_musl()  # the real, hash-checked one (cached by the fixture's build)
-    monkeypatch.setenv("TMEBOX_CACHE", str(tmp_path))
+    monkeypatch.setenv("TMEBOX_SHARED_CACHE", str(tmp_path))
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / libc.MUSL_TARBALL).write_bytes(real.read_bytes())
     monkeypatch.setattr(libc, "_apt", lambda *a, **k: pytest.fail("apt-get was called"))
@@ -172,7 +172,7 @@ def test_deb_src_entries_mirror_the_deb_entries(tmp_path: Path,
 
 def test_failed_build_leaves_nothing_usable(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TMEBOX_CACHE", str(tmp_path))
+    monkeypatch.setenv("TMEBOX_SHARED_CACHE", str(tmp_path))
     monkeypatch.setattr(libc, "fetch_musl", lambda progress=False: tmp_path / "t.tar.gz")
 
     def broken_build(tarball: Path, work: Path, mode: str, progress: bool) -> Path:

@@ -172,8 +172,8 @@ _start:
 
 @pytest.fixture
 def cache_dir(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.setenv("TMEBOX_CACHE", str(tmp_path))
     path = tmp_path / "verdicts"
-    monkeypatch.setattr(verifier, "CACHE_DIR", path)
     monkeypatch.setattr(verifier, "_VERDICTS", {})
     return path
 

@@ -50,7 +50,7 @@ def _status() -> dict[str, int]:
 
 def maps_needed(count: int) -> int:
     from tmebox.runtime import layout as lay
-    from tmebox.runtime.native_backend import MAP_COUNT_SLACK, MAPS_PER_WINDOW
+    from tmebox.runtime.native.windows import MAP_COUNT_SLACK, MAPS_PER_WINDOW
 
     return len(lay.read_host_maps()) + MAPS_PER_WINDOW * count + MAP_COUNT_SLACK
 
@@ -60,7 +60,7 @@ def fit_counts(counts: tuple[int, ...], raise_limit: bool = True) -> tuple[list[
 
     Returns the counts to run and a note for the report (empty if nothing changed).
     """
-    from tmebox.runtime.native_backend import MAP_COUNT_SLACK, MAPS_PER_WINDOW
+    from tmebox.runtime.native.windows import MAP_COUNT_SLACK, MAPS_PER_WINDOW
 
     need = maps_needed(max(counts))
     limit = int(MAP_COUNT_FILE.read_text())

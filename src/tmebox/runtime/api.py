@@ -10,16 +10,13 @@ See docs/runtime.md for the whole interface.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections.abc import Sequence
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from tmebox.errors import (
-    ImageError,
     IsolationError,
     OutOfSandboxes,
     RuntimeClosed,
@@ -40,12 +37,19 @@ from tmebox.runtime.backend import (
     STOP_SYSCALL,
     STOP_TIMEOUT,
     STOPPED,
+    Backend,
+    Engine,
     FaultInfo,
+    FaultKind,
     classify,
 )
 from tmebox.runtime.loader import ImagePlan, initial_stack, plan_from_image
 from tmebox.runtime.memory import GuardedMemory, SandboxMemory
 from tmebox.trusted import abi
+from tmebox.trusted.image import Isolation
+
+__all__ = ["BACKENDS", "DEFAULT_MAX_SANDBOXES", "Isolation", "LoadedImage", "Runtime", "Sandbox",
+           "as_int32"]
 
 BACKENDS = ("native", "tme")
 DEFAULT_MAX_SANDBOXES = 1024
@@ -59,33 +63,10 @@ _VERIFIED: dict[str, bool] = {}
 _VERIFIED_LOCK = threading.Lock()
 
 
-class Isolation(StrEnum):
-    """An image's isolation mode, weakest first (the values are the image format's)."""
-
-    DATA = "data"  # memory accesses confined; control flow is not: for trusted code
-    CODE_DATA = "code+data"  # control flow confined too: for untrusted code
-
-    @classmethod
-    def parse(cls, value: str) -> Isolation:
-        try:
-            return cls(value)
-        except ValueError:
-            raise TmeboxError(f"unknown isolation mode {value!r}; choose one of "
-                              f"{', '.join(m.value for m in cls)}") from None
-
-    @property
-    def strength(self) -> int:
-        return list(Isolation).index(self)
-
-
 def as_int32(value: int) -> int:
     """The C `int` a function returned (call() gives the whole of %rax, signed 64-bit)."""
     value &= 0xFFFF_FFFF
     return value - (1 << 32) if value >> 31 else value
-
-
-def _through(invoke: Any, *args: int) -> int:
-    return invoke(*args)
 
 
 def _signed_args(name: str, args: tuple[int, ...]) -> list[int]:
@@ -98,20 +79,19 @@ def _signed_args(name: str, args: tuple[int, ...]) -> list[int]:
     return out
 
 
-def _make_backend(name: str, max_sandboxes: int, options: dict[str, Any]) -> Any:
+def _make_backend(name: str, max_sandboxes: int, options: dict[str, Any]) -> Backend[Any]:
+    # Imported when chosen: the native helper needs the CPU's FSGSBASE, tme needs unicorn.
     if name == "native":
-        from tmebox.runtime.native_backend import NativeBackend
+        from tmebox.runtime.native import NativeBackend
 
         if options:
             raise TmeboxError(f"the native backend takes no options ({', '.join(options)})")
         return NativeBackend(max_sandboxes)
     if name == "tme":
+        from tmebox.runtime.tme_backend import TmeBackend
+
         try:
-            from tmebox.runtime import tme_backend  # type: ignore[attr-defined]
-        except ImportError:
-            raise TmeboxError("the tme backend is not available in this build") from None
-        try:
-            return tme_backend.TmeBackend(max_sandboxes, **options)
+            return TmeBackend(max_sandboxes, **options)
         except TypeError as e:
             raise TmeboxError(f"tme backend: {e}") from None
     raise TmeboxError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
@@ -181,7 +161,7 @@ class Runtime:
         return self
 
     @property
-    def backend(self) -> Any:
+    def backend(self) -> Backend[Any]:
         """The backend object (e.g. the tme backend's `platform`, `sync()`)."""
         return self._backend
 
@@ -298,13 +278,13 @@ class Sandbox:
                  "state", "exit_status", "_lock", "_rips", "_parked", "_call_rsp", "_ret",
                  "_proc", "_ran", "_fn", "_handle", "_gone", "__weakref__")
 
-    def __init__(self, runtime: Runtime, image: LoadedImage, engine: Any,
+    def __init__(self, runtime: Runtime, image: LoadedImage, engine: Engine,
                  timeout: float | None) -> None:
         self.runtime = runtime
         self.image = image
         self._engine = engine
         # A backend may place each sandbox differently (tme: at its own pool offset).
-        self._layout = getattr(engine, "layout", image.layout)
+        self._layout = engine.layout
         self.base: int = engine.base
         self._mem: SandboxMemory = engine.memory  # the runtime's own accesses
         self.timeout = timeout
@@ -321,8 +301,7 @@ class Sandbox:
         self._proc: syscalls.ProcessState | None = None
         self._ran = False
         # The fast path of call(): fn(handle, rip, rsp, return_to, a0..a5).
-        raw = getattr(engine, "raw_invoker", None)
-        self._fn, self._handle = raw() if raw else (_through, engine.invoker())
+        self._fn, self._handle = engine.invoker()
 
     def __repr__(self) -> str:
         return f"<Sandbox {self.image.name} at {self.base:#x} {self.state}>"
@@ -426,8 +405,9 @@ class Sandbox:
             raise ValueError(f"alloc({n}): size must be positive")
         with self._lock:
             self._check_state("alloc")
-            if hasattr(self._engine, "alloc"):  # tme: 64-byte lines of the shared pool
-                return int(self._engine.alloc(n))
+            pool = self._engine.pool
+            if pool is not None:  # tme: 64-byte lines of the shared pool
+                return pool.alloc(n)
             assert self._proc is not None
             off = self._proc.mmap_alloc((n + 4095) & ~4095)
         if off is None:
@@ -439,8 +419,9 @@ class Sandbox:
         with self._lock:
             if self.state == "destroyed":
                 self._check_state("free")
-            if hasattr(self._engine, "free"):
-                self._engine.free(addr, n)
+            pool = self._engine.pool
+            if pool is not None:
+                pool.free(addr, n)
                 return
             assert self._proc is not None
             r = syscalls.handle(syscalls.SYS_MUNMAP, (addr, n, 0, 0, 0, 0), self._mem,
@@ -456,7 +437,8 @@ class Sandbox:
         """
         with self._lock:
             self._check_state("transfer")
-        if not hasattr(self._engine, "transfer"):
+        pool = self._engine.pool
+        if pool is None:
             raise TmeboxError("transfer needs the tme backend")
         if to.runtime is not self.runtime:
             raise TmeboxError("transfer: both sandboxes must belong to one Runtime")
@@ -470,7 +452,7 @@ class Sandbox:
             self._check_state("transfer")
             if to.state == "destroyed":
                 to._check_state("transfer (receiving)")
-            return int(self._engine.transfer(buf, n, to._engine))
+            return pool.transfer(buf, n, to._engine)
 
     def destroy(self) -> None:
         """Empty the window; every later use of the sandbox or its `memory` raises
@@ -559,7 +541,7 @@ class Sandbox:
     def _fault_error(self, f: FaultInfo, stop: int) -> SandboxFault:
         detail = f"in {self.image.name}"
         if stop == STOP_BADSTACK:
-            kind = "segv"
+            kind = FaultKind.SEGV
             detail += ": runtime call with the stack pointer outside the stack"
         else:
             kind = classify(f, self._layout.stack_bottom)
@@ -587,43 +569,3 @@ class _Exited(SandboxExited):
     def __init__(self, status: int) -> None:
         super().__init__(f"the sandbox exited with status {status}")
         self.status = status
-
-
-def run_command(target: Path, argv: Sequence[str], backend: str = "native",
-                timeout: float | None = None,
-                min_isolation: Isolation | str = Isolation.CODE_DATA) -> int:
-    """`tmebox run`: run IMAGE (or compile FILE.c first) with the terminal's stdio."""
-    target = Path(target)
-    argv0 = target.stem if target.suffix == ".c" else target.name
-    if target.suffix == ".c":
-        target = compile_cached(target)
-    elif not target.exists():
-        raise ImageError(f"{target}: no such image")
-    with Runtime(backend=backend, max_sandboxes=1, min_isolation=min_isolation) as rt:
-        img = rt.load(target)
-        sb = rt.spawn(img, argv=[argv0, *argv], timeout=timeout)
-        return sb.run()
-
-
-def compile_cached(source: Path, isolation: str = abi.DEFAULT_ISOLATION) -> Path:
-    """Compile a C file into an image once; later calls reuse it (keyed by source + toolchain)."""
-    from tmebox.toolchain import cc
-
-    try:
-        text = source.read_bytes()
-    except OSError as e:
-        raise ImageError(f"{source}: cannot read: {e.strerror or e}") from None
-    # Keyed by the source and the toolchain that compiles it: a rewriter change rebuilds.
-    h = hashlib.sha256(text + str(source.resolve()).encode() + isolation.encode())
-    toolchain = Path(cc.__file__).parent
-    for module in sorted([*toolchain.glob("*.py"), *toolchain.glob("data/*")]):
-        h.update(module.name.encode() + module.read_bytes())
-    key = h.hexdigest()[:24]
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tmebox" / "run"
-    out = cache / f"{source.stem}-{key}.box"
-    if not out.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / f".{out.name}.{os.getpid()}"
-        cc.build(sources=[source], output=tmp, isolation=isolation)
-        tmp.replace(out)
-    return out

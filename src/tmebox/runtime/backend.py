@@ -1,9 +1,10 @@
-"""The seam between the backend-independent Sandbox and a backend's execution engine.
+"""The seam between the backend-independent Sandbox and a backend.
 
-A backend (native today, the emulated TME-MK backend later) provides an
-`Engine` per sandbox. The Sandbox drives it with three operations and
-reads the outcome as one of the STOP_* codes; runtime calls are serviced by
-`tmebox.runtime.syscalls`, identically for every backend.
+A backend (`tmebox.runtime.native`, `tmebox.runtime.tme`) prepares images and makes one
+`Engine` per sandbox. The Sandbox drives an engine with enter/invoke/resume and reads the
+outcome as one of the STOP_* codes; runtime calls are serviced by `tmebox.runtime.syscalls`,
+identically for every backend. Nothing here is probed for: what a backend can do is in
+its types (`Engine.pool` is None where host buffers come from the sandbox's own mmap area).
 """
 
 from __future__ import annotations
@@ -11,9 +12,16 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from enum import StrEnum
+from typing import Protocol, TypeVar
 
+from tmebox.runtime.layout import WindowLayout
+from tmebox.runtime.loader import ImagePlan
 from tmebox.runtime.memory import SandboxMemory
+
+__all__ = ["MACHINE_CHECK", "STOPPED", "STOP_BADSTACK", "STOP_FAULT", "STOP_INTERRUPTED",
+           "STOP_RETURN", "STOP_SYSCALL", "STOP_TIMEOUT", "Backend", "Engine", "FaultInfo",
+           "FaultKind", "Invoke", "SharedPool", "classify"]
 
 # Why the engine stopped (the native helper uses the same numbers).
 STOP_RETURN = 1  # the called function returned to __tmebox_rt_exit; result() holds rax
@@ -28,6 +36,17 @@ MACHINE_CHECK = 0x100
 STOPPED = -(1 << 63)  # an invoker's result when the call did not simply return
 
 
+class FaultKind(StrEnum):
+    """What a SandboxFault was (the values are what the CLI and docs print)."""
+
+    SEGV = "segv"  # an access outside the sandbox's memory, or a protection violation
+    STACK_OVERFLOW = "stack-overflow"  # a segv just below the stack's end
+    BUS_ERROR = "bus-error"
+    DIVIDE_ERROR = "divide-error"  # #DE, and x87/SSE exceptions (#MF, #XM)
+    ILLEGAL_INSTRUCTION = "illegal-instruction"  # #UD, a stray int3
+    MACHINE_CHECK = "machine-check"  # tme backend: an integrity (MAC) failure
+
+
 @dataclass(frozen=True)
 class FaultInfo:
     """A fault inside sandbox code, in window offsets (low 32 bits of the addresses)."""
@@ -38,7 +57,7 @@ class FaultInfo:
     rsp: int  # window offset of the stack pointer at the fault
 
 
-def classify(fault: FaultInfo, stack_bottom: int) -> str:
+def classify(fault: FaultInfo, stack_bottom: int) -> FaultKind:
     """The SandboxFault kind of a fault; stack_bottom is the window offset of the stack's end.
 
     The main stack grows down into the read-only code (docs/design.md), so a
@@ -47,23 +66,40 @@ def classify(fault: FaultInfo, stack_bottom: int) -> str:
     """
     if fault.signo == signal.SIGSEGV:
         if fault.address < stack_bottom and fault.rsp <= stack_bottom + 4096:
-            return "stack-overflow"
-        return "segv"
+            return FaultKind.STACK_OVERFLOW
+        return FaultKind.SEGV
     if fault.signo == signal.SIGBUS:
-        return "bus-error"
+        return FaultKind.BUS_ERROR
     if fault.signo == MACHINE_CHECK:
-        return "machine-check"
+        return FaultKind.MACHINE_CHECK
     if fault.signo == signal.SIGFPE:
-        return "divide-error"
+        return FaultKind.DIVIDE_ERROR
     # SIGILL, and SIGTRAP from the int3 that fills every unused runtime-page slot
-    return "illegal-instruction"
+    return FaultKind.ILLEGAL_INSTRUCTION
+
+
+# Sandbox.call's fast path: fn(handle, rip, rsp, return_to, a0, ..., a5) -> rax, signed.
+Invoke = Callable[..., int]
 
 
 class Engine(Protocol):
     """One sandbox's execution state on a backend."""
 
-    memory: SandboxMemory
-    base: int  # window base (full address of window offset 0)
+    @property
+    def memory(self) -> SandboxMemory:
+        """The window's memory as the runtime accesses it (window offsets)."""
+
+    @property
+    def base(self) -> int:
+        """Window base: the full address of window offset 0."""
+
+    @property
+    def layout(self) -> WindowLayout:
+        """Where this sandbox's code, data, stack and heap are in its window."""
+
+    @property
+    def pool(self) -> SharedPool | None:
+        """Host buffers from a pool shared by sandboxes, or None: from the sandbox's heap."""
 
     def enter(self, rip: int, rsp: int, args: tuple[int, ...], return_to: int | None) -> int:
         """Start fresh at full address rip with registers cleared and args in the ABI registers.
@@ -71,21 +107,24 @@ class Engine(Protocol):
         If return_to is given it is pushed (below rsp) as the return address.
         """
 
-    def invoker(self) -> Callable[..., int]:
-        """The fast path of Sandbox.call: f(rip, rsp, return_to, a0, ..., a5) -> rax.
+    def invoker(self) -> tuple[Invoke, object]:
+        """(fn, handle): fn(handle, rip, rsp, return_to, a0, ..., a5) enters like enter().
 
-        Arguments are signed 64-bit ints. It returns STOPPED when the call did not
+        Arguments are signed 64-bit ints. fn returns STOPPED when the call did not
         simply return (then, or if rax happened to equal STOPPED, last_stop() says why).
         """
-
-    # Optional: raw_invoker() -> (fn, handle), called as fn(handle, rip, rsp, return_to,
-    # a0, ..., a5) with invoker()'s meaning, saves a call layer (the native backend has it).
 
     def last_stop(self) -> int:
         """The STOP_* code of the last invoker call."""
 
     def resume(self, result: int) -> int:
-        """Finish the pending runtime call with result and continue."""
+        """Finish the pending runtime call with result and continue.
+
+        The return address is popped from the sandbox stack (STOP_BADSTACK unless the stack
+        pointer is in the sandbox's RW memory); execution continues at window base + its low
+        32 bits, masked to a bundle start in code+data mode, with %rax = result and %rcx and
+        %r11 zero (what a `syscall` leaves there is the host's).
+        """
 
     def result(self) -> int:
         """rax after STOP_RETURN, as an unsigned 64-bit value."""
@@ -110,3 +149,37 @@ class Engine(Protocol):
 
     def destroy(self) -> None:
         """Release the window; the engine is unusable afterwards."""
+
+
+class SharedPool(Protocol):
+    """Host buffers as lines of a pool that every sandbox's window aliases (tme backend)."""
+
+    def alloc(self, n: int) -> int:
+        """n bytes for the sandbox; returns its full address. Raises SandboxError if full."""
+
+    def free(self, addr: int, n: int) -> None:
+        """Give back a buffer from alloc()."""
+
+    def transfer(self, addr: int, n: int, to: Engine) -> int:
+        """Hand the buffer to sandbox `to` (same backend); returns its address there."""
+
+
+ImageT = TypeVar("ImageT")
+
+
+class Backend(Protocol[ImageT]):
+    """Prepares images and runs sandboxes of them; ImageT is its prepared-image type."""
+
+    name: str
+
+    def prepare(self, plan: ImagePlan) -> ImageT:
+        """The backend's copy of a verified image (native: a sealed code memfd)."""
+
+    def release_image(self, image: ImageT) -> None:
+        """Free what prepare() made, once no sandbox of it is alive."""
+
+    def new_engine(self, image: ImageT) -> Engine:
+        """A fresh sandbox of image (raises OutOfSandboxes when no window is free)."""
+
+    def close(self) -> None:
+        """Release process-wide resources; no engine of this backend is alive any more."""

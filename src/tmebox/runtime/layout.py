@@ -12,6 +12,9 @@ from pathlib import Path
 from tmebox.errors import ImageError
 from tmebox.trusted import abi
 
+__all__ = ["PAGE", "WindowLayout", "free_window_runs", "host_mapped_windows", "page_up",
+           "read_host_maps", "window_base"]
+
 PAGE = abi.PAGE_SIZE
 # Windows 1 .. 32766: window 0 holds the null page and low host mappings, the
 # last one the host's stack; 2^15 windows cover the 47-bit user address space.

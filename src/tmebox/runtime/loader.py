@@ -19,6 +19,8 @@ from tmebox.runtime.layout import WindowLayout
 from tmebox.trusted import abi
 from tmebox.trusted.image import Image
 
+__all__ = ["MAX_ARGS_BYTES", "ImagePlan", "initial_stack", "plan_from_image"]
+
 AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ = 0, 3, 4, 5, 6
 AT_ENTRY, AT_HWCAP, AT_SECURE, AT_RANDOM = 9, 16, 23, 25
 MAX_ARGS_BYTES = 128 << 10  # argv + envp strings; Linux allows more, sandboxes need less

@@ -15,6 +15,8 @@ from contextlib import AbstractContextManager
 
 from tmebox.errors import SandboxDestroyed, SandboxError
 
+__all__ = ["OFFSET_MASK", "GuardedMemory", "SandboxMemory", "SandboxMemoryError"]
+
 OFFSET_MASK = 0xFFFF_FFFF
 
 

@@ -21,6 +21,8 @@ from tmebox.runtime.layout import PAGE, WindowLayout, page_up
 from tmebox.runtime.memory import OFFSET_MASK, SandboxMemory
 from tmebox.trusted import abi
 
+__all__ = ["SANDBOX_PID", "Exit", "Park", "ProcessState", "Sink", "Source", "handle"]
+
 # x86-64 system call numbers
 SYS_READ, SYS_WRITE, SYS_CLOSE = 0, 1, 3
 SYS_LSEEK, SYS_MMAP, SYS_MPROTECT, SYS_MUNMAP, SYS_BRK = 8, 9, 10, 11, 12

@@ -63,13 +63,17 @@ from tmebox.runtime.backend import (
     STOP_SYSCALL,
     STOP_TIMEOUT,
     STOPPED,
+    Engine,
     FaultInfo,
+    Invoke,
+    SharedPool,
 )
 from tmebox.runtime.layout import PAGE, WindowLayout, page_up
 from tmebox.runtime.loader import ImagePlan
 from tmebox.runtime.memory import OFFSET_MASK, SandboxMemory, SandboxMemoryError
 from tmebox.tme import LINE_SIZE, MachineCheck, PconfigStatus, Platform
 from tmebox.trusted import abi
+from tmebox.trusted.image import Isolation
 
 LINES_PER_PAGE = PAGE // LINE_SIZE
 DEFAULT_POOL_SIZE = 512 << 20
@@ -622,7 +626,7 @@ class TmeEngine:
         self.keyid = keyid
         self.base = keyid << abi.WINDOW_SHIFT
         self.region = (region, region + size)
-        self.bundle = image.plan.isolation == "code+data"
+        self.bundle = image.plan.isolation == Isolation.CODE_DATA
         delta = region - abi.IMAGE_WINDOW_OFFSET
         L = image.layout
         self.layout = WindowLayout(
@@ -652,17 +656,18 @@ class TmeEngine:
             be.entry_regs.write([*vals, rsp, self.base, self.base])
             return be._run(self, rip)
 
-    def invoker(self) -> Callable[..., int]:
-        """Sandbox.call's fast path: f(rip, rsp, return_to, a0..a5) -> signed rax or STOPPED."""
+    def invoker(self) -> tuple[Invoke, object]:
+        """Sandbox.call's fast path: f(None, rip, rsp, return_to, a0..a5) -> signed rax or
+        STOPPED."""
 
-        def invoke(rip: int, rsp: int, return_to: int, *args: int) -> int:
+        def invoke(_: object, rip: int, rsp: int, return_to: int, *args: int) -> int:
             stop = self._last_stop = self.enter(rip, rsp, args, return_to)
             if stop != STOP_RETURN:
                 return STOPPED
             v = self.result()
             return v - (1 << 64) if v >> 63 else v
 
-        return invoke
+        return invoke, None
 
     def last_stop(self) -> int:
         return self._last_stop
@@ -723,7 +728,11 @@ class TmeEngine:
             self.alive = False
             self.backend._destroy(self)
 
-    # -- tme-only operations (Sandbox.alloc/free/transfer delegate here) -------------------
+    # -- the SharedPool protocol: Sandbox.alloc/free/transfer ------------------------------
+
+    @property
+    def pool(self) -> SharedPool:
+        return self
 
     def alloc(self, n: int) -> int:
         return self.backend._alloc_buffer(self, n)
@@ -731,7 +740,9 @@ class TmeEngine:
     def free(self, addr: int, n: int) -> None:
         self.backend._free_buffer(self, addr, n)
 
-    def transfer(self, addr: int, n: int, to: TmeEngine) -> int:
+    def transfer(self, addr: int, n: int, to: Engine) -> int:
+        if not isinstance(to, TmeEngine) or to.backend is not self.backend:
+            raise TmeboxError("transfer: both sandboxes must run on one tme backend")
         return self.backend._transfer(self, addr, n, to)
 
 

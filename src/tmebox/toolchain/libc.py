@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tmebox.errors import LibcError, ToolchainError
 from tmebox.toolchain import unit
-from tmebox.trusted import abi
+from tmebox.trusted import abi, cache
 
 MODES = ("data", "code+data")
 # Plain musl for native baselines (benchmarks, run-tests that compare outputs).
@@ -50,9 +50,8 @@ _TOOLCHAIN_DIR = Path(__file__).parent
 
 
 def cache_dir() -> Path:
-    """~/.cache/tmebox, or $TMEBOX_CACHE."""
-    env = os.environ.get("TMEBOX_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "tmebox"
+    """The shared, content-addressed cache (tmebox.trusted.cache.shared): ~/.cache/tmebox."""
+    return cache.shared()
 
 
 # ---------------------------------------------------------------------------
@@ -178,14 +177,9 @@ def build_key(mode: str = "data") -> str:
     The one-unit step (unit.py, the rewriter, the nop merge), the ABI, this file and the crt.
     Plain musl (native) depends on neither the rewriter nor the crt.
     """
-    h = hashlib.sha256()
-    h.update(MUSL_SHA256.encode())
     if mode == NATIVE:
-        h.update((_TOOLCHAIN_DIR / "libc.py").read_bytes())
-        return "native-" + h.hexdigest()[:16]
-    for f in _key_files():
-        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
+        return "native-" + cache.fingerprint([_TOOLCHAIN_DIR / "libc.py"], MUSL_SHA256)
+    return cache.fingerprint(_key_files(), MUSL_SHA256)
 
 
 def libc_dir(mode: str) -> Path:

@@ -20,10 +20,34 @@ import os
 import stat
 import struct
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from tmebox.trusted import abi
-from tmebox.trusted.errors import ImageError
+from tmebox.trusted.errors import ImageError, TmeboxError
+
+__all__ = ["Image", "ImageInfo", "Isolation", "Segment", "Tls"]
+
+assert abi.ISOLATION_MODES == ("data", "code+data")
+
+
+class Isolation(StrEnum):
+    """An image's isolation mode, weakest first (the values are abi.ISOLATION_MODES)."""
+
+    DATA = "data"  # memory accesses confined; control flow is not: for trusted code
+    CODE_DATA = "code+data"  # control flow confined too: for untrusted code
+
+    @classmethod
+    def parse(cls, value: str) -> Isolation:
+        try:
+            return cls(value)
+        except ValueError:
+            raise TmeboxError(f"unknown isolation mode {value!r}; choose one of "
+                              f"{', '.join(m.value for m in cls)}") from None
+
+    @property
+    def strength(self) -> int:
+        return list(Isolation).index(self)
 
 R_X86_64_RELATIVE = 8
 EHDR_SIZE, PHDR_SIZE, SHDR_SIZE, SYM_SIZE, RELA_SIZE = 64, 56, 64, 24, 24
@@ -82,7 +106,7 @@ class Tls:
 class ImageInfo:
     """The `.tmebox_info` JSON object."""
 
-    isolation: str
+    isolation: Isolation
     exports: dict[str, int]
     stack_size: int
     entry: int
@@ -105,7 +129,7 @@ class Image:
     tls: Tls | None = field(default=None)
 
     @property
-    def isolation(self) -> str:
+    def isolation(self) -> Isolation:
         return self.info.isolation
 
     @property
@@ -348,9 +372,9 @@ class _Reader:
                 at = strings.find(key, at + 1)
         found: dict[str, int] = {}
         for st_name, _info, _other, _shndx, value, _size in struct.iter_unpack("<IBBHQQ", table):
-            name = wanted.get(st_name)
-            if name is not None and name not in found:
-                found[name] = value
+            symbol = wanted.get(st_name)
+            if symbol is not None and symbol not in found:
+                found[symbol] = value
         for name in REQUIRED_SYMBOLS:
             if name not in found:
                 raise self.fail(f"missing symbol {name}")
@@ -400,12 +424,12 @@ class _Reader:
                             "the data segment")
         if not 0 < obj["stack_size"] < MAX_IMAGE_SIZE:
             raise self.fail(f"{abi.INFO_SECTION}: stack_size {obj['stack_size']} out of range")
-        return ImageInfo(isolation=obj["isolation"], exports=dict(obj["exports"]),
+        return ImageInfo(isolation=Isolation(obj["isolation"]), exports=dict(obj["exports"]),
                          stack_size=obj["stack_size"], entry=obj["entry"], tp_slot=tp)
 
     def read_relocations(self, sections: dict[str, _Section],
                          data: Segment) -> tuple[tuple[int, int], ...]:
-        relocs = []
+        relocs: list[tuple[int, int]] = []
         for section in sorted(sections.values(), key=lambda s: s.index):
             if section.type != SHT_RELA or not section.flags & SHF_ALLOC:
                 continue

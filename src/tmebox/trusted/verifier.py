@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.metadata
-import os
 from pathlib import Path
 
+from tmebox.trusted import cache
 from tmebox.trusted.image import Image
 from tmebox.trusted.rules import RULES, classify
 from tmebox.trusted.scan import verify_code, verify_image
@@ -21,21 +21,10 @@ from tmebox.trusted.verdict import Store, Verdict
 
 __all__ = ["RULES", "Verdict", "classify", "verify_code", "verify_file", "verify_image"]
 
-# Same root as the sandbox libc cache (tmebox.toolchain.libc): $TMEBOX_CACHE or ~/.cache/tmebox.
-CACHE_DIR = Path(os.environ.get("TMEBOX_CACHE") or Path.home() / ".cache" / "tmebox") / "verdicts"
-
-
-def _source_hash() -> str:
-    """Hash of the code that decides verdicts: a verifier change invalidates stored ones."""
-    h = hashlib.sha256()
-    for module in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(module.name.encode() + b"\0" + module.read_bytes())
-    for package in ("iced-x86", "capstone"):
-        h.update(f"{package} {importlib.metadata.version(package)}".encode())
-    return h.hexdigest()
-
-
-_SOURCE_HASH = _source_hash()
+# Hash of the code that decides verdicts: a verifier change invalidates stored ones.
+_SOURCE_HASH = cache.fingerprint(
+    sorted(Path(__file__).parent.glob("*.py")),
+    *(f"{p} {importlib.metadata.version(p)}" for p in ("iced-x86", "capstone")), length=64)
 _VERDICTS: dict[str, Verdict] = {}
 
 
@@ -44,7 +33,7 @@ def verify_file(path: Path | str) -> Verdict:
     (authenticated, see verdict.py) on disk."""
     image = Image.load(path)
     key = hashlib.sha256(f"{image.sha256} {_SOURCE_HASH}".encode()).hexdigest()
-    store = Store(CACHE_DIR)
+    store = Store(cache.root() / "verdicts")
     verdict = _VERDICTS.get(key) or store.get(key)
     if verdict is None:
         verdict = verify_image(image)

@@ -1,0 +1,52 @@
+"""C file in, exit status out: the compile-and-run conveniences of `tmebox run`, the demo and
+the benchmarks. They sit above both the toolchain and the runtime, which know nothing of each
+other."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from tmebox.errors import ImageError
+from tmebox.runtime.api import Runtime
+from tmebox.toolchain import cc
+from tmebox.trusted import abi, cache
+from tmebox.trusted.image import Isolation
+
+__all__ = ["compile_cached", "run_command"]
+
+
+def run_command(target: Path, argv: Sequence[str], backend: str = "native",
+                timeout: float | None = None,
+                min_isolation: Isolation | str = Isolation.CODE_DATA) -> int:
+    """`tmebox run`: run IMAGE (or compile FILE.c first) with the terminal's stdio."""
+    target = Path(target)
+    argv0 = target.stem if target.suffix == ".c" else target.name
+    if target.suffix == ".c":
+        target = compile_cached(target)
+    elif not target.exists():
+        raise ImageError(f"{target}: no such image")
+    with Runtime(backend=backend, max_sandboxes=1, min_isolation=min_isolation) as rt:
+        img = rt.load(target)
+        sb = rt.spawn(img, argv=[argv0, *argv], timeout=timeout)
+        return sb.run()
+
+
+def compile_cached(source: Path, isolation: str = abi.DEFAULT_ISOLATION) -> Path:
+    """Compile a C file into an image once; later calls reuse it (keyed by source + toolchain)."""
+    try:
+        text = source.read_bytes()
+    except OSError as e:
+        raise ImageError(f"{source}: cannot read: {e.strerror or e}") from None
+    # Keyed by the source and the toolchain that compiles it: a rewriter change rebuilds.
+    toolchain = Path(cc.__file__).parent
+    files = sorted([*toolchain.glob("*.py"), *toolchain.glob("data/*")])
+    key = cache.fingerprint(files, text, str(source.resolve()), isolation, length=24)
+    out = cache.root() / "run" / f"{source.stem}-{key}.box"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.{os.getpid()}"
+        cc.build(sources=[source], output=tmp, isolation=isolation)
+        tmp.replace(out)
+    return out

@@ -1,0 +1,143 @@
+"""One sandbox on the CPU: its window's mappings, memory and register context."""
+
+from __future__ import annotations
+
+from tmebox.runtime import layout as lay
+from tmebox.runtime.backend import FaultInfo, Invoke, SharedPool
+from tmebox.runtime.memory import OFFSET_MASK, SandboxMemory
+from tmebox.runtime.native import windows
+from tmebox.runtime.native.helper import CTX_SIZE, ffi, lib, mmap
+from tmebox.runtime.native.image import NativeImage
+from tmebox.runtime.native.windows import (
+    MADV_DONTNEED,
+    MAP_ANONYMOUS,
+    MAP_FIXED,
+    MAP_NORESERVE,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    POOL,
+    PROT_EXEC,
+    PROT_READ,
+    PROT_WRITE,
+)
+from tmebox.trusted.image import Isolation
+
+__all__ = ["NativeEngine", "NativeMemory"]
+
+
+class NativeMemory(SandboxMemory):
+    def __init__(self, base: int, layout: lay.WindowLayout) -> None:
+        super().__init__(layout.code_lo, layout.rw_lo, layout.rw_hi)
+        self.base = base
+
+    def _read(self, off: int, n: int) -> bytes:
+        return ffi.buffer(ffi.cast("char *", self.base + off), n)[:]
+
+    def _write(self, off: int, data: bytes | bytearray | memoryview) -> None:
+        ffi.memmove(ffi.cast("char *", self.base + off), data, len(data))
+
+    def _release(self, off: int, n: int) -> None:
+        lo, hi = lay.page_up(off), (off + n) & ~(lay.PAGE - 1)
+        if lo >= hi:
+            self._write(off, bytes(n))
+            return
+        if lo > off:
+            self._write(off, bytes(lo - off))
+        if off + n > hi:
+            self._write(hi, bytes(off + n - hi))
+        lib.madvise(ffi.cast("void *", self.base + lo), hi - lo, MADV_DONTNEED)
+
+
+class NativeEngine:
+    """One sandbox on the CPU: window k, its mappings, its register context."""
+
+    pool: SharedPool | None = None  # host buffers come from the sandbox's own mmap area
+
+    def __init__(self, image: NativeImage, window: int, warm: bool = False) -> None:
+        self.image = image
+        self.window = window
+        self.base = base = lay.window_base(window)
+        L = image.layout
+        self.layout = L
+        self.bundle = 1 if image.plan.isolation == Isolation.CODE_DATA else 0
+        if not warm:
+            mmap(base + L.code_lo, image.code_size, PROT_READ | PROT_EXEC,
+                  MAP_SHARED | MAP_FIXED, image.fd)
+            mmap(base + L.rw_lo, L.rw_hi - L.rw_lo, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED)
+        data_at = ffi.cast("uint8_t *", base + L.data)
+        ffi.memmove(data_at, image.data, len(image.data))
+        if image.n_relocs:
+            lib.tmebox_relocate(data_at, image.relocs, image.n_relocs, base + L.code_lo)
+        self.memory = NativeMemory(base, L)
+        ctx = lib.tmebox_ctx_new(base)
+        if ctx == ffi.NULL:
+            raise MemoryError("cannot allocate a sandbox context")
+        self.ctx = ctx
+
+    def enter(self, rip: int, rsp: int, args: tuple[int, ...], return_to: int | None) -> int:
+        a = [x & 0xFFFF_FFFF_FFFF_FFFF for x in args] + [0] * (6 - len(args))
+        c = self.ctx
+        if return_to is not None:
+            return lib.tmebox_call(c, rip, rsp, return_to, *a)
+        for i in range(16):
+            c.gpr[i] = 0
+        for reg, v in zip((7, 6, 2, 1, 8, 9), a, strict=True):
+            c.gpr[reg] = v
+        c.gpr[4] = rsp
+        c.rip = rip
+        c.mode = 0
+        return lib.tmebox_run(c)
+
+    def invoker(self) -> tuple[Invoke, object]:
+        return lib.tmebox_invoke, self.ctx
+
+    def last_stop(self) -> int:
+        return self.ctx.reason
+
+    def resume(self, result: int) -> int:
+        return lib.tmebox_resume(self.ctx, result, self.bundle, self.layout.rw_lo,
+                                 self.layout.rw_hi)
+
+    def result(self) -> int:
+        return self.ctx.gpr[0]
+
+    def syscall(self) -> tuple[int, tuple[int, int, int, int, int, int]]:
+        g = ffi.unpack(self.ctx.gpr, 11)  # one conversion instead of seven
+        return g[0], (g[7], g[6], g[2], g[10], g[8], g[9])
+
+    def stack_pointer(self) -> int:
+        return self.ctx.gpr[4]
+
+    def fault(self) -> FaultInfo:
+        c = self.ctx
+        return FaultInfo(signo=c.fault_signo, address=c.fault_addr & OFFSET_MASK,
+                         rip=c.fault_rip & OFFSET_MASK, rsp=c.fault_rsp & OFFSET_MASK)
+
+    def set_deadline(self, seconds: float | None) -> None:
+        self.ctx.deadline_ns = (0 if seconds is None
+                                else lib.tmebox_monotonic_ns() + max(1, int(seconds * 1e9)))
+
+    def save(self) -> bytes:
+        return ffi.buffer(self.ctx, CTX_SIZE)[:]
+
+    def restore(self, snapshot: object) -> None:
+        assert isinstance(snapshot, bytes)
+        ffi.memmove(self.ctx, snapshot, len(snapshot))
+
+    def destroy(self) -> None:
+        if self.ctx is None:
+            return
+        lib.tmebox_ctx_free(self.ctx)
+        self.ctx = None
+        image, L = self.image, self.layout
+        # Zap every page the tenant touched: the next tenant finds the same zero-filled
+        # RW area a fresh mapping gives (mprotect never changed it).
+        if (image.fd >= 0 and len(image.warm) < windows.WARM_WINDOWS
+                and lib.madvise(ffi.cast("void *", self.base + L.rw_lo), L.rw_hi - L.rw_lo,
+                                MADV_DONTNEED) == 0):
+            image.warm.append(self.window)
+            return
+        POOL.release(self.window)
+
+

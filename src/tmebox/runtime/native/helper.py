@@ -1,0 +1,40 @@
+"""The compiled native helper (`tmebox.runtime._native`), checked once at import."""
+
+from __future__ import annotations
+
+import os
+
+from tmebox.errors import TmeboxError
+
+try:
+    from tmebox.runtime._native import ffi, lib
+except ImportError as e:  # pragma: no cover - depends on the installation
+    raise TmeboxError(
+        "the native sandbox helper is not built; run `pip install -e .` in the tmebox "
+        f"checkout ({e})"
+    ) from e
+
+__all__ = ["CTX_SIZE", "ffi", "lib", "mmap"]
+
+MAP_FAILED = (1 << 64) - 1
+
+_init_status = lib.tmebox_init()
+if _init_status != 0:
+    raise TmeboxError(
+        f"the native sandbox helper cannot run here ({os.strerror(-_init_status)}): it needs "
+        "x86-64 with FSGSBASE enabled by the kernel and XSAVE"
+    )
+CTX_SIZE = lib.tmebox_ctx_size()
+
+
+
+
+def mmap(addr: int, length: int, prot: int, flags: int, fd: int = -1) -> int:
+    p = lib.mmap(ffi.cast("void *", addr), length, prot, flags, fd, 0)
+    got = int(ffi.cast("uintptr_t", p))
+    if got == MAP_FAILED:
+        err = ffi.errno
+        raise OSError(err, f"mmap({addr:#x}, {length:#x}): {os.strerror(err)}")
+    return got
+
+
