@@ -29,7 +29,7 @@ from tmebox.runtime.native import windows as nb
 from tmebox.runtime.native.helper import lib
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from runtime_common import tenant_image  # noqa: E402
+from _runtime_common import tenant_image  # noqa: E402
 
 N_NATIVE = 1_000_000
 N_PY = 100_000

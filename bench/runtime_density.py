@@ -26,7 +26,7 @@ from tmebox.runtime import layout
 from tmebox.runtime.native.windows import MAP_COUNT_SLACK, MAPS_PER_WINDOW, POOL
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from runtime_common import tenant_image  # noqa: E402
+from _runtime_common import tenant_image  # noqa: E402
 
 MAX_MAP_COUNT = Path("/proc/sys/vm/max_map_count")
 

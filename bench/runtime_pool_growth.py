@@ -20,7 +20,7 @@ from tmebox.bench.density import spawn_milestones
 from tmebox.errors import OutOfSandboxes
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from runtime_common import tenant_image  # noqa: E402
+from _runtime_common import tenant_image  # noqa: E402
 
 
 def main() -> int:

@@ -56,7 +56,8 @@ class DemoResult:
         leaked = self.secrets_leaked or self.peeks_leaked or self.dram_secrets_visible
         if leaked or not self.control_peek_works:
             return False
-        # TME-MK without integrity cannot stop a write, only make it useless (docs/demo.md).
+        # TME-MK without integrity cannot stop a write, only make it useless (docs/tme.md,
+        # "Integrity").
         return self.backend == "tme" and not self.integrity or self.victims_silently_changed == 0
 
 

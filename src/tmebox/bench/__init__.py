@@ -111,6 +111,7 @@ def run(opts: Options) -> Path:
                                                           else FULL_ROUNDS)
     if rounds < 1:
         raise BenchError(f"--rounds must be at least 1, not {rounds}")
+    report.require_plotting()  # before minutes of measuring, not after
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out = opts.out or Path("results") / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     try:

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tmebox.bench.errors import BenchError
 from tmebox.bench.workloads import BASELINE
 
 
 def _rows(items: Sequence[Any]) -> list[dict[str, Any]]:
     out = []
     for x in items:
-        row = dataclasses.asdict(x) if dataclasses.is_dataclass(x) else dict(x)
+        row = (dataclasses.asdict(x) if dataclasses.is_dataclass(x) and not isinstance(x, type)
+               else dict(x))
         if hasattr(x, "overhead_pct"):
             row["overhead_pct"] = x.overhead_pct
         out.append(row)
@@ -49,6 +52,13 @@ def write_json(path: Path, results: dict[str, Any]) -> Path:
            for k, v in results.items()}
     path.write_text(json.dumps(_clean(doc), indent=1, sort_keys=False) + "\n")
     return path
+
+
+def require_plotting() -> None:
+    """Plots need the `bench` extra; an embedding library does not pull in matplotlib."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise BenchError("tmebox bench draws its plots with matplotlib, which is not installed: "
+                         "pip install 'tmebox[bench]' (./scripts/setup installs it)")
 
 
 def _plt():

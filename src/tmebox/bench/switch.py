@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from tmebox.bench import stats
@@ -141,17 +142,17 @@ def sandbox_switches(images: dict[str, Path], iterations: int, batches: int = 5
             a, b = rt.spawn(img), rt.spawn(img)
             if a.call("noop", 41) != 42:
                 raise BenchError(f"{path.name}: noop(41) did not return 42")
-            s = _batches(lambda n, a=a: _c_roundtrip(a, n), iterations, batches)
+            s = _batches(partial(_c_roundtrip, a), iterations, batches)
             out.append(SwitchResult("sandbox-c", iso, s.median, s.rel_spread,
                                     "host -> sandbox -> host, runtime's C loop"))
-            s = _batches(lambda n, a=a, b=b: _c_alternate(a, b, n), iterations // 2, batches)
+            s = _batches(partial(_c_alternate, a, b), iterations // 2, batches)
             out.append(SwitchResult("sandbox-ab-c", iso, s.median, s.rel_spread,
                                     "tenant A -> host -> tenant B, runtime's C loop alternating"))
             py_n = max(1, iterations // 10)
-            s = _batches(lambda n, a=a: _py_calls([a], n), py_n, batches)
+            s = _batches(partial(_py_calls, [a]), py_n, batches)
             out.append(SwitchResult("sandbox-py", iso, s.median, s.rel_spread,
                                     "host -> sandbox -> host, Python sb.call"))
-            s = _batches(lambda n, a=a, b=b: _py_calls([a, b], n), py_n, batches)
+            s = _batches(partial(_py_calls, [a, b]), py_n, batches)
             out.append(SwitchResult("sandbox-ab-py", iso, s.median, s.rel_spread,
                                     "tenant A -> host -> tenant B, Python sb.call alternating"))
             a.destroy()

@@ -77,12 +77,12 @@ class Sink:
             self._write_obj = getattr(target, "buffer", target)
 
     def write(self, data: bytes) -> int:
-        if self.target is None:
+        if self._write_obj is None and self.target is None:
             view = memoryview(data)
             while view:
                 n = os.write(self.host_fd, view)
                 view = view[n:]
-        elif isinstance(self.target, bytearray):
+        elif self._write_obj is None:
             self.target += data
         else:
             try:
@@ -259,8 +259,8 @@ def _mmap(st: ProcessState, mem: SandboxMemory, addr: int, length: int, prot: in
         mem.release(lo, length)
         st._insert(lo, lo + length)
         return st.base + lo
-    lo = st.mmap_alloc(length)
-    return -errno.ENOMEM if lo is None else st.base + lo
+    fresh = st.mmap_alloc(length)
+    return -errno.ENOMEM if fresh is None else st.base + fresh
 
 
 def _munmap(st: ProcessState, mem: SandboxMemory, addr: int, length: int) -> int:

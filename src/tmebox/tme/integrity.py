@@ -29,10 +29,10 @@ class LineMac:
         first = np.zeros((n, 2), dtype=_U64)
         first[:, 0] = addresses
         buf = np.empty(2 * n + 2, dtype=_U64)  # update_into wants a block of slack
-        out = buf.view(np.uint8)
+        out = buf.view(np.uint8).data
         state = buf[:2 * n].reshape(n, 2)
-        self._enc.update_into(first.view(np.uint8).reshape(-1), out)
+        self._enc.update_into(first.view(np.uint8).reshape(-1).data, out)
         for j in range(LINE_BLOCKS):
             np.bitwise_xor(state, blocks[:, j, :], out=state)
-            self._enc.update_into(state.view(np.uint8).reshape(-1), out)
+            self._enc.update_into(state.view(np.uint8).reshape(-1).data, out)
         return state[:, 0].copy()

@@ -31,7 +31,7 @@ DEFAULT_PHYSICAL_ADDRESS_BITS = 46
 DEFAULT_CACHE_SIZE = 8 << 20
 MAX_KEYID_BITS = 15
 # Bulk transfers go through the engine 1 MiB at a time: bigger batches are slower (fresh
-# buffers page-fault), smaller ones pay more numpy call overhead (bench/tme_platform.py).
+# buffers page-fault), smaller ones pay more numpy call overhead (bench/tme_platform_speed.py).
 _BULK_LINES = 16384
 # Tweak masks of whole pages are kept (LRU, keyed by cipher serial and page): a page
 # en/decrypted again costs ~4 us instead of ~22 us. Only for requests of a few pages; bigger
@@ -311,7 +311,7 @@ class Platform:
         parts: list[np.ndarray | None] = [cache.get(k) for k in keys]
         missing = [i for i, m in enumerate(parts) if m is None]
         if missing:
-            lines = (np.array(missing, dtype=_U64)[:, None] + np.uint64(first_page)) \
+            lines: np.ndarray = (np.array(missing, dtype=_U64)[:, None] + np.uint64(first_page)) \
                 * np.uint64(_LINES_PER_PAGE) + np.arange(_LINES_PER_PAGE, dtype=_U64)
             fresh = cipher.line_masks(lines.reshape(-1) << np.uint64(LINE_SHIFT))
             fresh = fresh.reshape(len(missing), -1)
@@ -322,7 +322,8 @@ class Platform:
         for i, k in enumerate(keys):
             if i not in missing:
                 cache.move_to_end(k)
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        ready = [m for m in parts if m is not None]  # all of them, by now
+        return ready[0] if len(ready) == 1 else np.concatenate(ready)
 
     def _store(self, keyid: int, first: int, lines: np.ndarray | None, plain: bytes) -> None:
         """Encrypt whole lines through `keyid` into DRAM: lines[i] (or first + i) gets

@@ -76,7 +76,7 @@ class XtsCipher:
         n = seqnos.shape[0]
         buf = np.zeros(2 * n + 2, dtype=_U64)  # update_into wants a block of slack
         buf[0:2 * n:2] = seqnos
-        self._tweak.update_into(buf[:2 * n].view(np.uint8), buf.view(np.uint8))
+        self._tweak.update_into(buf[:2 * n].view(np.uint8).data, buf.view(np.uint8).data)
         t = buf[:2 * n].reshape(n, 2)
         masks = np.empty((n, blocks, 2), dtype=_U64)
         if n <= _BROADCAST_UNITS and blocks <= _BROADCAST_BLOCKS:
@@ -92,10 +92,11 @@ class XtsCipher:
             return masks
         # Block by block, each step over all units: smaller temporaries for big batches.
         masks[:, 0, :] = t
-        for j in range(1, blocks):
-            lo, hi = masks[:, j - 1, 0], masks[:, j - 1, 1]
-            np.bitwise_or(hi << _ONE, lo >> _SIXTY_THREE, out=masks[:, j, 1])
-            np.bitwise_xor(lo << _ONE, (hi >> _SIXTY_THREE) * _REDUCE, out=masks[:, j, 0])
+        for b in range(1, blocks):
+            prev_lo, prev_hi = masks[:, b - 1, 0], masks[:, b - 1, 1]
+            np.bitwise_or(prev_hi << _ONE, prev_lo >> _SIXTY_THREE, out=masks[:, b, 1])
+            np.bitwise_xor(prev_lo << _ONE, (prev_hi >> _SIXTY_THREE) * _REDUCE,
+                           out=masks[:, b, 0])
         return masks
 
     def _crypt(self, data: bytes | bytearray | memoryview, seqnos: Iterable[int] | np.ndarray,
@@ -126,7 +127,7 @@ class XtsCipher:
             np.bitwise_xor(src[lo:hi], masks, out=x)
             # ECB writes exactly len(x) bytes; the 16 bytes of slack it asks for are the
             # next chunk's (not yet written) or the buffer's spare tail.
-            ecb.update_into(x.view(np.uint8), buf[lo:hi + 2].view(np.uint8))
+            ecb.update_into(x.view(np.uint8).data, buf[lo:hi + 2].view(np.uint8).data)
             np.bitwise_xor(x, masks, out=x)
         return buf[:n * words_per_unit].tobytes()
 
@@ -161,7 +162,8 @@ class XtsCipher:
         buf = np.empty(words + 2, dtype=_U64)  # update_into wants a block of slack
         x = buf[:words]
         np.bitwise_xor(np.frombuffer(data, dtype=_U64), masks, out=x)
-        (self._enc if encrypt else self._dec).update_into(x.view(np.uint8), buf.view(np.uint8))
+        (self._enc if encrypt else self._dec).update_into(x.view(np.uint8).data,
+                                                         buf.view(np.uint8).data)
         np.bitwise_xor(x, masks, out=x)
         return x.tobytes()
 

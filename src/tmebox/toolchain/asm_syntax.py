@@ -93,7 +93,7 @@ def split_label(stmt: str) -> tuple[str, str] | None:
 
 def function_symbols(text: str) -> set[str]:
     """Names declared with `.type NAME, @function` (or %function, STT_FUNC, ifunc)."""
-    out = set()
+    out: set[str] = set()
     pos = 0
     while True:
         i = text.find(".type", pos)

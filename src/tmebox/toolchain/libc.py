@@ -413,11 +413,9 @@ def _progress_bar(enabled: bool, total: int, label: str) -> Iterator:
     if not enabled:
         yield lambda: None
         return
-    try:
+    if sys.stderr.isatty():
         from rich.progress import Progress
-    except ImportError:
-        Progress = None  # noqa: N806
-    if Progress is not None and sys.stderr.isatty():
+
         with Progress(transient=False) as prog:
             task = prog.add_task(label, total=total)
             yield lambda: prog.advance(task)

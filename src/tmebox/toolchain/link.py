@@ -25,6 +25,7 @@ from tmebox.errors import ImageError, ToolchainError, VerificationError
 from tmebox.toolchain import libc
 from tmebox.toolchain.unit import run
 from tmebox.trusted import abi, verifier
+from tmebox.trusted.image import Isolation
 
 DATA_DIR = Path(__file__).parent / "data"
 LINKER_SCRIPT_TEMPLATE = DATA_DIR / "tmebox.ld.in"
@@ -172,7 +173,7 @@ def check_image(path: Path, *, isolation: str, export_names: list[str],
             or need(abi.RT_EXIT_SYMBOL) != abi.RT_EXIT_OFFSET):
         raise ToolchainError("runtime page entries are not at their fixed offsets")
     exports = {name: need(name) for name in export_names}
-    if isolation == "code+data":
+    if isolation == Isolation.CODE_DATA:
         bad = sorted(n for n, off in exports.items() if off % abi.BUNDLE_SIZE)
         if bad:
             raise ToolchainError(f"exported function(s) not {abi.BUNDLE_SIZE}-byte aligned in "

@@ -115,14 +115,15 @@ def merge_bytes(data: bytes) -> tuple[bytes, MergeStats]:
         return data, MergeStats(skipped="SHT_REL relocations")
     code = [i for i, s in enumerate(sections)
             if s["sh_type"] == "SHT_PROGBITS" and s["sh_flags"] & SH_FLAGS.SHF_EXECINSTR]
-    insns = {i: _decode(sections[i].data()) for i in code}
-    if any(v is None for v in insns.values()):
+    decoded = {i: _decode(sections[i].data()) for i in code}
+    insns = {i: v for i, v in decoded.items() if v is not None}
+    if len(insns) != len(decoded):
         return data, MergeStats(skipped="a code section does not decode to its end")
     barriers: dict[int, set[int]] = {i: set() for i in code}
     patched_at: dict[int, list[tuple[int, int]]] = {i: [] for i in code}  # (offset, size)
     symbols = _symbols(sections)
     for i in code:
-        for addr, size, mnemonic, op in insns[i]:  # type: ignore[union-attr]
+        for addr, size, mnemonic, op in insns[i]:
             m = _TARGET.match(op)
             if m and _BRANCH.match(mnemonic):
                 barriers[i].add(int(m.group(1), 0))
@@ -130,9 +131,9 @@ def merge_bytes(data: bytes) -> tuple[bytes, MergeStats]:
             if r:
                 disp = int(r.group(2), 0)
                 barriers[i].add(addr + size + (disp if r.group(1) == "+" else -disp))
-    for sym in symbols:
-        if sym[0] in barriers:
-            barriers[sym[0]].add(sym[1])
+    for shndx, value in symbols:
+        if shndx in barriers:
+            barriers[shndx].add(value)
     for rel in sections:
         if not isinstance(rel, RelocationSection):
             continue
@@ -141,27 +142,27 @@ def merge_bytes(data: bytes) -> tuple[bytes, MergeStats]:
         if not target["sh_flags"] & SH_FLAGS.SHF_ALLOC:
             continue
         symtab = sections[rel["sh_link"]]
-        for r in rel.iter_relocations():
+        for reloc in rel.iter_relocations():
             if rel["sh_info"] in patched_at:
                 patched_at[rel["sh_info"]].append(
-                    (r["r_offset"], _FIELD_SIZE.get(r["r_info_type"], _FIELD)))
-            sym = symtab.get_symbol(r["r_info_sym"])
+                    (reloc["r_offset"], _FIELD_SIZE.get(reloc["r_info_type"], _FIELD)))
+            sym = symtab.get_symbol(reloc["r_info_sym"])
             shndx = sym["st_shndx"]
             if not isinstance(shndx, int) or shndx not in barriers:
                 continue
-            where = sym["st_value"] + r["r_addend"]
+            where = sym["st_value"] + reloc["r_addend"]
             barriers[shndx].add(where)
-            if r["r_info_type"] in _PC_RELATIVE:
+            if reloc["r_info_type"] in _PC_RELATIVE:
                 barriers[shndx].add(where + 4)
                 if rel["sh_info"] in insns:
-                    end = _insn_end(insns[rel["sh_info"]], r["r_offset"])  # type: ignore[arg-type]
+                    end = _insn_end(insns[rel["sh_info"]], reloc["r_offset"])
                     if end is not None:
-                        barriers[shndx].add(where + end - r["r_offset"])
+                        barriers[shndx].add(where + end - reloc["r_offset"])
     out = bytearray(data)
     runs = before = after = 0
     for i in code:
         base = sections[i]["sh_offset"]
-        for start, length in _runs(insns[i], barriers[i], patched_at[i]):  # type: ignore[arg-type]
+        for start, length in _runs(insns[i], barriers[i], patched_at[i]):
             fill = nop_fill(length)
             out[base + start:base + start + length] = fill
             runs += 1

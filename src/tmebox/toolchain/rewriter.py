@@ -427,10 +427,10 @@ class _Rewriter:
         text = s
         insn = Insn(prefixes, mnemonic, operands, lineno, text)
         if self.r11_clobber is not None:
-            self.check_r11(insn)
+            self.check_r11(insn, self.r11_clobber)
         self.out.extend(self.rewrite(insn))
 
-    def check_r11(self, insn: Insn) -> None:
+    def check_r11(self, insn: Insn, clobber: tuple[int, str]) -> None:
         """Hand-written code must not read %r11 after a rewrite that clobbered it."""
         mentions = [i for i, op in enumerate(insn.operands) if _mentions(op, _R11_FAMILY)]
         if mentions:
@@ -443,7 +443,7 @@ class _Rewriter:
                     and reg_name(insn.operands[last]) in ("r11", "r11d")):
                 self.r11_clobber = None
                 return
-            line, text = self.r11_clobber
+            line, text = clobber
             raise self.error(insn.lineno, insn.text,
                              f"uses %r11, the rewriter's scratch register, which the rewrite "
                              f"of line {line} (`{text}`) clobbers")

@@ -22,6 +22,7 @@ from tmebox.errors import RewriteError, ToolchainError
 from tmebox.toolchain import nopmerge
 from tmebox.toolchain.rewriter import rewrite_assembly
 from tmebox.trusted import abi
+from tmebox.trusted.image import Isolation
 
 __all__ = ["NATIVE", "Compiler", "assemble", "calls_end_bundles", "compile_unit",
            "find_compiler", "run", "sandbox_cflags"]
@@ -66,7 +67,7 @@ def sandbox_cflags(isolation: str) -> list[str]:
             f"unsupported isolation {isolation!r}: choose one of {', '.join(abi.ISOLATION_MODES)}"
         )
     flags = list(abi.COMMON_CFLAGS)
-    if isolation == "code+data":
+    if isolation == Isolation.CODE_DATA:
         flags += abi.CODE_DATA_CFLAGS
     return flags
 
@@ -167,7 +168,7 @@ def assemble(asm: str, obj: Path, *, isolation: str, source: str) -> None:
     end a bundle (_assemble_aligned_calls); if that does not work out, every call
     group is a whole bundle, which is always correct but costs up to 58 nop bytes a call.
     """
-    if isolation == "code+data" and _assemble_aligned_calls(asm, obj, source):
+    if isolation == Isolation.CODE_DATA and _assemble_aligned_calls(asm, obj, source):
         pass
     else:
         if isolation != NATIVE:

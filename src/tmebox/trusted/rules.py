@@ -23,6 +23,7 @@ from tmebox.trusted.groups import (
     member_role,
     writes_all_of_esp,
 )
+from tmebox.trusted.image import Isolation
 
 __all__ = ["RULES", "Kind", "Reject", "classify"]
 
@@ -312,7 +313,8 @@ def rule_stack_pointer(x: Insn) -> Role:
 def rule_indirect_branch(x: Insn) -> Role:
     """code+data: an indirect target is only safe masked to a bundle start in the window."""
     ins = x.ins
-    if not (ins.is_jmp_near_indirect or ins.is_call_near_indirect) or x.mode != "code+data":
+    indirect = ins.is_jmp_near_indirect or ins.is_call_near_indirect
+    if not indirect or x.mode != Isolation.CODE_DATA:
         return Role.PLAIN
     if ins.code in (C.JMP_RM64, C.CALL_RM64) and ins.op0_kind == ix.OpKind.REGISTER \
             and ins.op0_register == R.R11:
@@ -323,7 +325,7 @@ def rule_indirect_branch(x: Insn) -> Role:
 def rule_return(x: Insn) -> Role:
     """code+data: a return address on the stack is tenant data; ret may only use one it
     pushed itself, masked, in the same group (nothing else writes a running sandbox)."""
-    if x.mode == "code+data" and x.ins.mnemonic == M.RET:
+    if x.mode == Isolation.CODE_DATA and x.ins.mnemonic == M.RET:
         return Role.RET_R11
     return Role.PLAIN
 

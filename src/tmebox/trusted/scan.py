@@ -17,7 +17,7 @@ import numpy as np
 from tmebox.trusted import abi, decode
 from tmebox.trusted.errors import VerificationError
 from tmebox.trusted.groups import GROUPS, Role, group_rule
-from tmebox.trusted.image import Image
+from tmebox.trusted.image import Image, Isolation
 from tmebox.trusted.rules import PLAIN, Kind, Reject, classify
 from tmebox.trusted.verdict import Verdict
 
@@ -46,7 +46,7 @@ def _scan(code: bytes, code_offset: int, image_size: int, mode: str) -> _Scan:
     if len(kinds) > _KINDS_LIMIT:
         kinds.clear()
     get = kinds.get
-    bundled = mode == "code+data"
+    bundled = mode == Isolation.CODE_DATA
     addresses, sizes = decode.capstone_boundaries(code, code_offset)
     interior = bytearray(len(code))
     branches: list[tuple[int, int, int]] = []
@@ -145,7 +145,7 @@ def verify_code(code: bytes, *, code_offset: int, image_size: int,
     rt_entries = {rt_range[0] + abi.RT_SYSCALL_OFFSET, rt_range[0] + abi.RT_EXIT_OFFSET}
     code_end = code_offset + len(code)
     try:
-        if isolation == "code+data" and code_offset % abi.BUNDLE_SIZE:
+        if isolation == Isolation.CODE_DATA and code_offset % abi.BUNDLE_SIZE:
             raise Reject("bundle", f"code starts at {code_offset:#x}, not on a bundle boundary")
         scan = _scan(code, code_offset, image_size, isolation)
         _check_targets(scan, code_offset, code_end, rt_range, rt_entries, entries or {})

@@ -12,7 +12,7 @@ bundle-aligned), or the code of a given image. Measured, interleaved, median of 
 Both wall-clock and process CPU time are recorded: on a shared machine the CPU time is the
 verifier's own cost, the wall time what a caller waited.
 
-Usage: bench/verifier.py [--mode code+data|data] [--image IMAGE] [--rounds N] [--json OUT]
+Usage: bench/verifier_speed.py [--mode code+data|data] [--image IMAGE] [--rounds N] [--json OUT]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ load average is recorded). Baselines measured in the same run: one `cryptography
 context per 64-byte line (the naive engine) for throughput, and a bare bytearray slice for
 single-line ops.
 
-    .venv/bin/python bench/tme_platform.py [--rounds 7] [--quick]
+    .venv/bin/python bench/tme_platform_speed.py [--rounds 7] [--quick]
 """
 
 from __future__ import annotations

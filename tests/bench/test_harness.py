@@ -1,6 +1,6 @@
 """The evaluation harness's logic: interleaving, statistics, result files, fetching.
 
-No workload is built or timed here (tests/cli/test_bench.py runs `tmebox bench --quick`).
+No workload is built or timed here (tests/bench/test_cli.py runs `tmebox bench --quick`).
 """
 
 from __future__ import annotations
