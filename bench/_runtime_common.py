@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from tmebox.programs import compile_cached
+from tmebox.trusted import cache
 
 TENANT_C = r"""
 #include <stdio.h>
@@ -29,10 +29,11 @@ int main(void) { puts("tenant"); return 0; }
 """
 
 
-def tenant_image() -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tmebox" / "bench"
-    cache.mkdir(parents=True, exist_ok=True)
-    src = cache / "runtime_tenant.c"
-    if not src.exists() or src.read_text() != TENANT_C:
-        src.write_text(TENANT_C)
+def tenant_image(source: str = TENANT_C, name: str = "runtime_tenant") -> Path:
+    """The image of C `source`, compiled once (under $TMEBOX_CACHE/bench)."""
+    folder = cache.root() / "bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    src = folder / f"{name}.c"
+    if not src.exists() or src.read_text() != source:
+        src.write_text(source)
     return compile_cached(src)

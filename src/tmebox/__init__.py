@@ -9,8 +9,10 @@
 from __future__ import annotations
 
 from tmebox.errors import (
+    HostError,
     ImageError,
     IsolationError,
+    MissingImport,
     OutOfSandboxes,
     RuntimeClosed,
     SandboxDestroyed,
@@ -32,10 +34,12 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "HostError",
     "FaultKind",
     "ImageError",
     "Isolation",
     "IsolationError",
+    "MissingImport",
     "LoadedImage",
     "OutOfSandboxes",
     "Runtime",

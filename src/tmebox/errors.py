@@ -9,9 +9,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from tmebox.runtime.backend import FaultKind
 
-__all__ = ["ImageError", "IsolationError", "LibcError", "OutOfSandboxes",
-           "RewriteError", "RuntimeClosed", "SandboxDestroyed", "SandboxError", "SandboxExited",
-           "SandboxFault", "SandboxTimeout", "TmeboxError", "ToolchainError", "VerificationError"]
+__all__ = ["HostError", "ImageError", "IsolationError", "LibcError", "MissingImport",
+           "OutOfSandboxes", "RewriteError", "RuntimeClosed", "SandboxDestroyed", "SandboxError",
+           "SandboxExited", "SandboxFault", "SandboxTimeout", "TmeboxError", "ToolchainError",
+           "VerificationError"]
 
 
 class ToolchainError(TmeboxError):
@@ -66,6 +67,15 @@ class RuntimeClosed(TmeboxError):
 
 class IsolationError(VerificationError):
     """An image's isolation mode is weaker than the Runtime's min_isolation allows."""
+
+
+class HostError(SandboxError):
+    """A host function the sandbox called raised; __cause__ is that exception. The call
+    into the sandbox that led there is over; the host and other sandboxes are unaffected."""
+
+
+class MissingImport(TmeboxError):
+    """An image calls a host function nobody defined (named in the message)."""
 
 
 class OutOfSandboxes(TmeboxError):

@@ -41,7 +41,8 @@ def compile_cached(source: Path, isolation: str = abi.DEFAULT_ISOLATION) -> Path
         raise ImageError(f"{source}: cannot read: {e.strerror or e}") from None
     # Keyed by the source and the toolchain that compiles it: a rewriter change rebuilds.
     toolchain = Path(cc.__file__).parent
-    files = sorted([*toolchain.glob("*.py"), *toolchain.glob("data/*")])
+    files = sorted(f for f in [*toolchain.glob("*.py"), *toolchain.glob("data/**/*")]
+                   if f.is_file())
     key = cache.fingerprint(files, text, str(source.resolve()), isolation, length=24)
     out = cache.root() / "run" / f"{source.stem}-{key}.box"
     if not out.exists():

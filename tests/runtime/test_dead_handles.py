@@ -65,6 +65,9 @@ def _dead_uses(sb: Sandbox, mem: GuardedMemory, p: int,
         "memory.read_u64": lambda: mem.read_u64(p),
         "memory.write_u64": lambda: mem.write_u64(p, 1),
         "memory.ok": lambda: mem.ok(p, 8, False),
+        "symbol": lambda: sb.symbol("anything"),
+        "memory.read_cstring": lambda: mem.read_cstring(p),
+        "memory.write_cstring": lambda: mem.write_cstring(p, "x"),
     }
 
 

@@ -200,7 +200,7 @@ def test_a_forged_return_address_stays_in_the_window(build_image, rt):
     host_code = ctypes.CFUNCTYPE(None)(lambda: hits.append("host"))
     img = rt.load(build_image(HIJACK, mode="code+data", name="hijack"))
     neighbour = rt.spawn(img)
-    theirs = neighbour.base + neighbour._layout.code_lo + img.exports["landing"]
+    theirs = neighbour.base + neighbour._layout.code_lo + img.plan.exports["landing"]
     # the neighbour's `landing`; the same with another high half; 5 bytes into it
     for target in (theirs, (0xDEAD << 32) | (theirs & 0xFFFFFFFF), theirs + 5):
         sb = rt.spawn(img)

@@ -106,8 +106,10 @@ def test_tmebox_info_and_exports(build_image, mode: str) -> None:
         assert not elf.get_section_by_name(abi.INFO_SECTION)["sh_flags"] & 0x2  # not loaded
     assert info["format"] == abi.IMAGE_FORMAT
     assert info["isolation"] == mode
-    # Only the user's global, visible functions: not static, hidden, libc or crt ones.
-    assert set(info["exports"]) == {"triple", "count_vowels", "main"}
+    # Only the user's global, visible functions (not static, hidden, libc or crt ones), and
+    # the call thunk of typed calls.
+    assert set(info["exports"]) == {"triple", "count_vowels", "main", abi.CALL_THUNK_SYMBOL}
+    assert info["signatures"]["triple"] == ["i32", ["i32"]]
     for name, off in info["exports"].items():
         assert off == syms[name]
         if mode == "code+data":
@@ -140,7 +142,9 @@ def test_image_without_main_only_exports(build_image) -> None:
     image = build_image("int add(int a, int b) { return a + b; }", "code+data")
     elf, f = _elf(image)
     with f:
-        assert _info(elf)["exports"] == {"add": _symbols(elf)["add"]}
+        syms = _symbols(elf)
+        assert _info(elf)["exports"] == {"add": syms["add"],
+                                         abi.CALL_THUNK_SYMBOL: syms[abi.CALL_THUNK_SYMBOL]}
 
 
 def test_native_isolation_is_not_an_image_mode(tmp_path: Path, sandbox_libc) -> None:
@@ -170,7 +174,7 @@ def test_several_sources_and_objects_link(tmp_path: Path, sandbox_libc,
     assert out == Path("a.box")
     elf, f = _elf(out)
     with f:
-        assert set(_info(elf)["exports"]) == {"main", "twice", "seven"}
+        assert set(_info(elf)["exports"]) == {"main", "twice", "seven", abi.CALL_THUNK_SYMBOL}
 
 
 def test_compile_only_with_output_name(tmp_path: Path, sandbox_libc) -> None:

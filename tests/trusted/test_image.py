@@ -131,6 +131,28 @@ def test_bad_info_fields(tmp_path: Path, change: dict, fragment: str) -> None:
     _expect(path.read_bytes(), fragment)
 
 
+# The embedding interface (signatures, host-function imports, exported data) is the image's
+# own word too: its form is checked before anything uses it.
+@pytest.mark.parametrize(("change", "fragment"), [
+    ({"signatures": {"nope": ["i32", []]}}, "signature of 'nope', which is not exported"),
+    ({"signatures": {"_start": ["i99", []]}}, "bad signature"),
+    ({"signatures": {"_start": ["i32", ["void"]]}}, "bad signature"),
+    ({"signatures": {"_start": ["i32", ["i64"] * 7]}}, "bad signature"),
+    ({"signatures": {"_start": ["i32", ["f64"] * 15]}}, "too many parameters"),
+    ({"signatures": {"_start": "i32"}}, "bad signature"),
+    ({"imports": [["h", ["i32", []]]] * 2}, "an import is listed twice"),
+    ({"imports": [[f"h{i}", ["i32", []]] for i in range(1025)]}, "more than 1024"),
+    ({"imports": [[1, ["i32", []]]]}, "an import is not [name, signature]"),
+    ({"imports": {"h": 1}}, "of the wrong type"),
+    ({"data_symbols": {"x": 0}}, "data symbol 'x' is not in the data segment"),
+    ({"data_symbols": {"x": True}}, "data symbol 'x'"),
+    ({"unsupported": {"f": 1}}, "of the wrong type"),
+])
+def test_bad_interface_fields(tmp_path: Path, change: dict, fragment: str) -> None:
+    path = asmkit.link_image(PROGRAM, tmp_path, info=change)
+    _expect(path.read_bytes(), fragment)
+
+
 def test_info_json_round_trips(image_path: Path, tmp_path: Path) -> None:
     image = Image.load(image_path)
     info = {"format": 1, "isolation": "data", "exports": image.exports, "stack_size": 4096,

@@ -10,14 +10,17 @@ See docs/runtime.md for the whole interface.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tmebox.errors import (
+    HostError,
     IsolationError,
+    MissingImport,
     OutOfSandboxes,
     RuntimeClosed,
     SandboxDestroyed,
@@ -43,13 +46,18 @@ from tmebox.runtime.backend import (
     FaultKind,
     classify,
 )
+from tmebox.runtime.host import IntCall, from_register, pack_frame, to_register, unpack_frame
 from tmebox.runtime.loader import ImagePlan, initial_stack, plan_from_image
 from tmebox.runtime.memory import GuardedMemory, SandboxMemory
 from tmebox.trusted import abi
 from tmebox.trusted.image import Isolation
+from tmebox.trusted.signature import FRAME_SIZE, FRAME_SSE, Signature
 
-__all__ = ["BACKENDS", "DEFAULT_MAX_SANDBOXES", "Isolation", "LoadedImage", "Runtime", "Sandbox",
-           "as_int32"]
+HostFunction = Callable[..., Any]  # fn(caller: Sandbox, *args) -> result
+_INTERNAL = "__tmebox"  # the toolchain's own exports (the call thunk)
+
+__all__ = ["BACKENDS", "DEFAULT_MAX_SANDBOXES", "HostFunction", "Isolation", "LoadedImage",
+           "Runtime", "Sandbox", "as_int32"]
 
 BACKENDS = ("native", "tme")
 DEFAULT_MAX_SANDBOXES = 1024
@@ -97,14 +105,26 @@ def _make_backend(name: str, max_sandboxes: int, options: dict[str, Any]) -> Bac
     raise TmeboxError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 
+def _bind_imports(plan: ImagePlan, functions: dict[str, HostFunction],
+                  shown_as: str) -> tuple[HostFunction, ...]:
+    missing = [name for name, _ in plan.imports if name not in functions]
+    if missing:
+        raise MissingImport(f"{shown_as}: host function(s) not defined: "
+                            + ", ".join(f"{n}{dict(plan.imports)[n]}" for n in missing)
+                            + " (Runtime.define them before load)")
+    return tuple(functions[name] for name, _ in plan.imports)
+
+
 class LoadedImage:
     """An image verified and prepared for one Runtime's backend (until the Runtime closes)."""
 
-    def __init__(self, runtime: Runtime, plan: ImagePlan, prepared: Any) -> None:
+    def __init__(self, runtime: Runtime, plan: ImagePlan, prepared: Any,
+                 host: tuple[HostFunction, ...] = ()) -> None:
         self.runtime = runtime
         self.plan = plan
         self._prepared = prepared
         self.layout = plan.layout()
+        self.host_functions = host  # by runtime-call index: plan.imports[i] is host[i]
 
     @property
     def prepared(self) -> Any:
@@ -126,8 +146,15 @@ class LoadedImage:
         return Isolation(self.plan.isolation)
 
     @property
-    def exports(self) -> dict[str, int]:
-        return dict(self.plan.exports)
+    def exports(self) -> dict[str, Signature | None]:
+        """Exported functions and their C signatures (None: untyped, integers in, %rax out)."""
+        return {name: self.plan.signatures.get(name) for name in self.plan.exports
+                if not name.startswith(_INTERNAL)}
+
+    @property
+    def imports(self) -> dict[str, Signature]:
+        """The host functions the image calls, with their C signatures."""
+        return dict(self.plan.imports)
 
     def __repr__(self) -> str:
         return f"<LoadedImage {self.plan.name} {self.plan.isolation}>"
@@ -156,6 +183,7 @@ class Runtime:
         self._sandboxes: set[Sandbox] = set()
         self._images: list[LoadedImage] = []
         self._closed = False
+        self._host: dict[str, HostFunction] = {}
 
     def __enter__(self) -> Runtime:
         return self
@@ -173,12 +201,25 @@ class Runtime:
         """How many sandboxes of this Runtime are alive."""
         return len(self._sandboxes)
 
-    def load(self, image: str | os.PathLike[str]) -> LoadedImage:
+    def define(self, name: str, fn: HostFunction) -> None:
+        """Provide host function `name` to the images loaded after this.
+
+        fn(caller, *args) gets the calling Sandbox and the arguments converted by the
+        signature the image recorded; its result is converted back (docs/embedding.md).
+        """
+        if not callable(fn):
+            raise TypeError(f"define({name!r}): {fn!r} is not callable")
+        self._host[name] = fn
+
+    def load(self, image: str | os.PathLike[str],
+             imports: dict[str, HostFunction] | None = None) -> LoadedImage:
         """Read and verify an image file; nothing of it is mapped before it passes.
 
-        The file is read once: the bytes verified are the bytes mapped.
+        The file is read once: the bytes verified are the bytes mapped. Every host
+        function the image imports must be defined (define(), or `imports` here).
         """
         self._check_open()
+        functions = {**self._host, **(imports or {})}
         from tmebox.trusted.image import Image
         from tmebox.trusted.verifier import verify_image
 
@@ -198,7 +239,8 @@ class Runtime:
                 raise VerificationError(verdict.summary())
             with _VERIFIED_LOCK:
                 _VERIFIED[parsed.sha256] = True
-        return self._prepare(plan_from_image(parsed))
+        plan = plan_from_image(parsed)
+        return self._prepare(plan, _bind_imports(plan, functions, str(image)))
 
     def load_unverified(self, plan: ImagePlan) -> LoadedImage:
         """Take a hand-built plan WITHOUT verifying its code (runtime tests and benchmarks).
@@ -208,10 +250,10 @@ class Runtime:
         min_isolation does not apply: the caller vouches for the code.
         """
         self._check_open()
-        return self._prepare(plan)
+        return self._prepare(plan, _bind_imports(plan, self._host, plan.name))
 
-    def _prepare(self, plan: ImagePlan) -> LoadedImage:
-        loaded = LoadedImage(self, plan, self._backend.prepare(plan))
+    def _prepare(self, plan: ImagePlan, host: tuple[HostFunction, ...]) -> LoadedImage:
+        loaded = LoadedImage(self, plan, self._backend.prepare(plan), host)
         with self._lock:
             if not self._closed:
                 self._images.append(loaded)
@@ -275,8 +317,8 @@ class Sandbox:
 
     # Slots: call() reads eight attributes per call; slot access is the cheaper kind.
     __slots__ = ("runtime", "image", "_engine", "_layout", "base", "memory", "_mem", "timeout",
-                 "state", "exit_status", "_lock", "_rips", "_parked", "_call_rsp", "_ret",
-                 "_proc", "_ran", "_fn", "_handle", "_gone", "__weakref__")
+                 "state", "exit_status", "_lock", "_rips", "_sigs", "_parked", "_call_rsp",
+                 "_ret", "_proc", "_ran", "_fn", "_handle", "_gone", "_nested", "__weakref__")
 
     def __init__(self, runtime: Runtime, image: LoadedImage, engine: Engine,
                  timeout: float | None) -> None:
@@ -291,10 +333,16 @@ class Sandbox:
         self.state = "new"
         self.exit_status: int | None = None
         self._gone = ""  # how it was destroyed, once it is
-        self._lock = threading.Lock()
+        # Re-entrant: a host function the sandbox called may call back into it.
+        self._lock = threading.RLock()
         # The host's: waits while the sandbox runs on another thread (docs/runtime.md).
         self.memory = GuardedMemory(self._mem, self._lock)
         self._rips: dict[str, int] = {}
+        self._sigs: dict[str, IntCall | Signature | None] = {}  # None: untyped
+        # One entry per host function running (innermost last): the engine state to resume
+        # it from once a call back into this sandbox has used the engine (taken on demand),
+        # and the stack pointer below which such a call runs.
+        self._nested: list[list[Any]] = []
         self._parked: object = None
         self._call_rsp = 0
         self._ret = self.base + self._layout.code_lo + abi.RT_EXIT_OFFSET
@@ -349,32 +397,70 @@ class Sandbox:
                 self._drive(self._engine.resume(0))
             except _Exited as e:
                 return e.status
+            except HostError:
+                self.state = "dead"  # main() cannot go on past the failed host call
+                raise
         self.state = "dead"
         raise SandboxError(f"{self.image.name}: main() returned to the runtime instead of "
                            "calling exit")
 
-    def call(self, name: str, *args: int) -> int:
-        """Call an exported function with up to 6 integer (or sandbox pointer) arguments.
+    def call(self, name: str, *args: Any) -> Any:
+        """Call an exported function.
 
-        Returns %rax as a signed 64-bit int (as_int32() gives a C int result).
+        With the signature the image recorded (img.exports), arguments are checked and
+        converted and so is the result; an untyped export (no debug information) takes up to
+        6 integers and returns %rax as a signed 64-bit int (as_int32() gives a C int).
         """
         rip = self._rips.get(name)
         if rip is None:
             rip = self._lookup(name)
+        conv = self._sigs[name]
+        if conv is None:
+            return self._invoke(name, rip, args)
+        if isinstance(conv, IntCall):
+            return conv.result(self._invoke(name, rip, conv.args(args)))
+        if len(args) != len(conv.params):
+            raise TypeError(f"{name}{conv} takes {len(conv.params)} argument(s), "
+                            f"{len(args)} given")
+        return self._call_framed(name, rip, conv, args)
+
+    def _call_framed(self, name: str, rip: int, sig: Signature, args: tuple[Any, ...]) -> Any:
+        """Through the call thunk, which loads %xmm0-7 too: the frame sits below the call."""
+        frame = pack_frame(sig, args, name)
         with self._lock:
             if self.state != "parked":
                 self._check_state(f"call({name!r})")
+            top = self._nested[-1][1] if self._nested else self._call_rsp
+            at = (top - FRAME_SIZE) & ~15
+            self._mem.write(at, frame)
+            thunk = self._rips.get(abi.CALL_THUNK_SYMBOL) or self._lookup(abi.CALL_THUNK_SYMBOL)
+            rax = self._invoke(name, thunk, (at, rip), rsp=at - 16)
+            xmm0 = self._mem.read_u64(at + FRAME_SSE)
+        return from_register(sig.result, xmm0 if sig.result.is_float else rax)
+
+    def _invoke(self, name: str, rip: int, args: Sequence[Any], rsp: int | None = None) -> int:
+        """Run the function at rip with integer arguments; %rax as a signed 64-bit int."""
+        with self._lock:
+            if self.state != "parked":
+                self._check_state(f"call({name!r})")
+            if self._nested:
+                inner = self._nested[-1]
+                if inner[0] is None:  # the host function's caller must resume as it was
+                    inner[0] = self._engine.save()
+                if rsp is None:
+                    rsp = inner[1]
+            elif rsp is None:
+                rsp = self._call_rsp
             if self.timeout is not None:
                 self._engine.set_deadline(self.timeout)
             try:
-                v = self._fn(self._handle, rip, self._call_rsp, self._ret, *args,
-                             *_PAD[len(args)])
+                v = self._fn(self._handle, rip, rsp, self._ret, *args, *_PAD[len(args)])
             except (OverflowError, TypeError, IndexError):
                 if len(args) > 6:
                     raise TypeError(f"call({name!r}) takes at most 6 arguments, got "
                                     f"{len(args)}") from None
-                v = self._fn(self._handle, rip, self._call_rsp, self._ret,
-                             *_signed_args(name, args), *_PAD[len(args)])
+                v = self._fn(self._handle, rip, rsp, self._ret,
+                             *_signed_args(name, tuple(args)), *_PAD[len(args)])
             except KeyboardInterrupt:
                 self.state = "dead"  # Ctrl-C stopped it somewhere in the middle
                 raise
@@ -387,12 +473,28 @@ class Sandbox:
                     v -= 1 << 64
         return v
 
+    def symbol(self, name: str) -> int:
+        """The sandbox address of an exported global (e.g. a buffer the host fills)."""
+        with self._lock:
+            if self.state == "destroyed":
+                self._check_state(f"symbol({name!r})")
+        off = self.image.plan.data_symbols.get(name)
+        if off is None:
+            raise SandboxError(f"{self.image.name} exports no data symbol {name!r}")
+        return self.base + self._layout.code_lo + off
+
     def _lookup(self, name: str) -> int:
         if self.state == "destroyed":
             self._check_state(f"call({name!r})")
-        off = self.image.plan.exports.get(name)
+        plan = self.image.plan
+        off = plan.exports.get(name)
         if off is None:
             raise SandboxError(f"{self.image.name} exports no function {name!r}")
+        if name in plan.unsupported:
+            raise TypeError(f"{self.image.name}: {name} cannot be called from the host: "
+                            f"{plan.unsupported[name]}")
+        sig = plan.signatures.get(name)
+        self._sigs[name] = IntCall(name, sig) if sig and not sig.uses_sse else sig
         rip = self._rips[name] = self.base + self._layout.code_lo + off
         return rip
 
@@ -512,6 +614,9 @@ class Sandbox:
         while True:
             if stop == STOP_SYSCALL:
                 nr, args = engine.syscall()
+                if 0 <= nr - abi.SYS_TMEBOX_HOST < len(self.image.host_functions):
+                    stop = engine.resume(self._host_call(nr - abi.SYS_TMEBOX_HOST, args[0]))
+                    continue
                 try:
                     r = syscalls.handle(nr, args, mem, proc)
                 except OSError as e:  # the host's stdio failed: the sandbox sees EIO
@@ -537,6 +642,27 @@ class Sandbox:
             if stop in (STOP_FAULT, STOP_BADSTACK):
                 raise self._fault_error(engine.fault(), stop)
             raise SandboxError(f"{self.image.name}: the backend stopped with code {stop}")
+
+    def _host_call(self, index: int, frame_addr: int) -> int:
+        """Run host function `index` on the arguments its stub stored at frame_addr."""
+        name, sig = self.image.plan.imports[index]
+        fn = self.image.host_functions[index]
+        if not self._mem.ok(frame_addr, FRAME_SIZE, False):
+            return -errno.EFAULT  # not a stub's frame: the guest made the call by hand
+        values = unpack_frame(sig, self._mem.read(frame_addr, FRAME_SIZE))
+        below = (self._engine.stack_pointer() - CALL_FRAME_GAP) & ~15
+        self._nested.append([None, below])
+        try:
+            result = fn(self, *values)
+            bits = to_register(sig.result, result, f"host function {name}{sig}: its result")
+        except Exception as e:
+            raise HostError(f"{self.image.name}: host function {name}{sig} raised "
+                            f"{type(e).__name__}: {e}") from e
+        finally:
+            saved = self._nested.pop()[0]
+            if saved is not None:
+                self._engine.restore(saved)
+        return bits - (1 << 64) if bits & _SIGN64 else bits
 
     def _fault_error(self, f: FaultInfo, stop: int) -> SandboxFault:
         detail = f"in {self.image.name}"

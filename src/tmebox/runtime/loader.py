@@ -18,6 +18,7 @@ from tmebox.errors import ImageError
 from tmebox.runtime.layout import WindowLayout
 from tmebox.trusted import abi
 from tmebox.trusted.image import Image
+from tmebox.trusted.signature import Signature
 
 __all__ = ["MAX_ARGS_BYTES", "ImagePlan", "initial_stack", "plan_from_image"]
 
@@ -45,6 +46,10 @@ class ImagePlan:
     phdrs: bytes = b""  # the program header table, for AT_PHDR
     phent: int = 56
     digest: str = field(default="", compare=False)
+    signatures: Mapping[str, Signature] = field(default_factory=dict)  # of exports
+    imports: tuple[tuple[str, Signature], ...] = ()  # runtime-call index -> host function
+    data_symbols: Mapping[str, int] = field(default_factory=dict)
+    unsupported: Mapping[str, str] = field(default_factory=dict)  # export -> why untyped
 
     def __post_init__(self) -> None:
         if self.isolation not in abi.ISOLATION_MODES:
@@ -89,6 +94,8 @@ def plan_from_image(image: Image) -> ImagePlan:
         stack_top=image.symbols["__tmebox_stack_top"], entry=image.entry,
         tp_slot=image.info.tp_slot, exports=dict(image.exports), phdrs=image.phdrs,
         phent=len(image.phdrs) // image.phnum if image.phnum else 56, digest=image.sha256,
+        signatures=dict(image.info.signatures), imports=image.info.imports,
+        data_symbols=dict(image.info.data_symbols), unsupported=dict(image.info.unsupported),
     )
 
 

@@ -130,3 +130,26 @@ class GuardedMemory:
     def write_u64(self, addr: int, value: int) -> None:
         with self._lock:
             self._mem.write_u64(addr, value)
+
+    def read_cstring(self, addr: int, limit: int = 1 << 16) -> bytes:
+        """The NUL-terminated string at addr (without the NUL); SandboxMemoryError if there
+        is no NUL within `limit` bytes or the string runs out of readable memory."""
+        out = bytearray()
+        with self._lock:
+            while len(out) < limit:
+                # Up to the end of addr's page: the next page may not be readable.
+                n = min(limit - len(out), 4096 - (addr + len(out)) % 4096)
+                chunk = self._mem.read(addr + len(out), n)
+                end = chunk.find(0)
+                if end >= 0:
+                    return bytes(out + chunk[:end])
+                out += chunk
+        raise SandboxMemoryError(f"no NUL within {limit} bytes of {addr:#x}")
+
+    def write_cstring(self, addr: int, text: str | bytes) -> int:
+        """Write text (str: as UTF-8) and a NUL at addr; returns the bytes written."""
+        data = (text.encode() if isinstance(text, str) else bytes(text)) + b"\0"
+        if b"\0" in data[:-1]:
+            raise ValueError("write_cstring: the text holds a NUL byte")
+        self.write(addr, data)
+        return len(data)

@@ -46,7 +46,12 @@ def _compile_flags(isolation: str, opt: str, include_dirs: list[Path], defines: 
     flags = [f"-O{opt}"]
     flags += [f"-I{d}" for d in include_dirs]
     flags += [f"-D{d}" for d in defines]
-    flags += ["-nostdinc", "-isystem", str(prefix / "include"), "-isystem", cc.include_dir]
+    flags += ["-nostdinc", "-isystem", str(prefix / "include"), "-isystem", cc.include_dir,
+              "-isystem", str(link.INCLUDE_DIR)]
+    # Debug information is where the link step reads exports' and imports' C signatures
+    # (link.signatures); it does not change the code, and the image is linked without it.
+    # Names inline, not in .debug_str: readable without relocating (toolchain.signatures).
+    flags += ["-g", "-fno-merge-debug-strings"]
     return flags
 
 

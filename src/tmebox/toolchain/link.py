@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from elftools.common.exceptions import ELFError
@@ -23,12 +23,16 @@ from elftools.elf.sections import SymbolTableSection
 
 from tmebox.errors import ImageError, ToolchainError, VerificationError
 from tmebox.toolchain import libc
-from tmebox.toolchain.unit import run
+from tmebox.toolchain.glue import glue_asm
+from tmebox.toolchain.signatures import read_signatures
+from tmebox.toolchain.unit import assemble, run
 from tmebox.trusted import abi, verifier
 from tmebox.trusted.image import Isolation
+from tmebox.trusted.signature import Signature
 
 DATA_DIR = Path(__file__).parent / "data"
 LINKER_SCRIPT_TEMPLATE = DATA_DIR / "tmebox.ld.in"
+INCLUDE_DIR = DATA_DIR / "include"  # tmebox.h
 
 # The sandbox libc (musl) holds libm, libpthread etc. itself, as musl does.
 SUPPORTED_LIBS = ("c", "m", "pthread", "rt", "dl", "util", "crypt", "resolv", "xnet")
@@ -81,40 +85,72 @@ class ObjectScan:
 
     exports: list[str]
     has_tls: bool
+    data_exports: list[str] = field(default_factory=list)  # visible global OBJECT symbols
+    imports: list[str] = field(default_factory=list)  # undefined, protected: TMEBOX_IMPORT
+    # From the debug information: exports' and imports' signatures, or why there is none.
+    definitions: dict[str, Signature | str] = field(default_factory=dict)
+    declarations: dict[str, Signature | str] = field(default_factory=dict)
+
+    def import_table(self) -> list[tuple[str, Signature]]:
+        """The host functions in runtime-call order; ToolchainError if one has no signature."""
+        table = []
+        for name in self.imports:
+            sig = self.declarations.get(name, "no debug information (compile it with tmebox cc)")
+            if isinstance(sig, str):
+                raise ToolchainError(f"host function {name} (TMEBOX_IMPORT): its signature "
+                                     f"cannot cross the sandbox boundary: {sig}")
+            table.append((name, sig))
+        return table
+
+
+_VISIBLE = ("STV_DEFAULT", "STV_PROTECTED")
 
 
 def scan_objects(objects: list[Path]) -> ObjectScan:
-    """Exports (global, visible FUNC symbols defined in the user's objects) and TLS use."""
+    """Exports (global, visible FUNC symbols defined in the user's objects), exported data,
+    host-function imports, their signatures, and TLS use."""
 
     names: list[str] = []
-    has_tls = False
+    data_names: list[str] = []
+    undefined_protected: set[str] = set()
+    scan = ObjectScan(exports=[], has_tls=False)
     for obj in objects:
         try:
             with obj.open("rb") as f:
                 elf = ELFFile(f)
                 for sec in elf.iter_sections():
                     if sec.name.startswith((".tdata", ".tbss")):
-                        has_tls = True
+                        scan.has_tls = True
                 symtab = elf.get_section_by_name(".symtab")
                 if not isinstance(symtab, SymbolTableSection):
                     continue
                 for sym in symtab.iter_symbols():
-                    if (sym["st_info"]["type"] == "STT_FUNC"
-                            and sym["st_info"]["bind"] in ("STB_GLOBAL", "STB_WEAK")
-                            and sym["st_shndx"] != "SHN_UNDEF"
-                            and sym["st_other"]["visibility"] in ("STV_DEFAULT",
-                                                                  "STV_PROTECTED")):
-                        names.append(sym.name)
+                    kind, bind = sym["st_info"]["type"], sym["st_info"]["bind"]
+                    visibility = sym["st_other"]["visibility"]
+                    if sym["st_shndx"] == "SHN_UNDEF":
+                        if visibility == "STV_PROTECTED" and sym.name:
+                            undefined_protected.add(sym.name)
+                    elif bind in ("STB_GLOBAL", "STB_WEAK") and visibility in _VISIBLE:
+                        if kind == "STT_FUNC":
+                            names.append(sym.name)
+                        elif kind == "STT_OBJECT":
+                            data_names.append(sym.name)
         except (OSError, ELFError) as e:
             raise ToolchainError(f"{obj}: not a readable ELF object: {e}") from None
+        found = read_signatures(obj)
+        scan.definitions.update(found.definitions)
+        scan.declarations.update(found.declarations)
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ToolchainError(f"function(s) defined in more than one object: {', '.join(dup)}")
-    return ObjectScan(exports=sorted(names), has_tls=has_tls)
+    scan.exports = sorted(names)
+    scan.data_exports = sorted(set(data_names))
+    scan.imports = sorted(undefined_protected - set(names))
+    return scan
 
 
 def check_image(path: Path, *, isolation: str, export_names: list[str],
-                stack_size: int) -> dict:
+                stack_size: int, scan: ObjectScan | None = None) -> dict:
     """Check a linked image against docs/design.md; returns its .tmebox_info object."""
 
     syms: dict[str, int] = {}
@@ -181,7 +217,17 @@ def check_image(path: Path, *, isolation: str, export_names: list[str],
     stack_top, stack_bottom = need("__tmebox_stack_top"), need("__tmebox_stack_bottom")
     if stack_top - stack_bottom != stack_size:
         raise ToolchainError("the stack gap of the linked image has the wrong size")
+    interface: dict = {}
+    if scan is not None:
+        sigs = {n: scan.definitions.get(n, "no debug information") for n in scan.exports}
+        interface = {
+            "signatures": {n: s.to_json() for n, s in sigs.items() if isinstance(s, Signature)},
+            "unsupported": {n: s for n, s in sigs.items() if isinstance(s, str)},
+            "imports": [[n, s.to_json()] for n, s in scan.import_table()],
+            "data_symbols": {n: syms[n] for n in scan.data_exports if n in syms},
+        }
     return {
+        **interface,
         "format": abi.IMAGE_FORMAT,
         "isolation": isolation,
         "exports": exports,
@@ -224,17 +270,22 @@ def link_image(objects: list[Path], output: Path, *, isolation: str, libs: list[
                              capture_output=True, text=True)
         if res.returncode != 0:
             raise ToolchainError(f"assembling the runtime page failed: {res.stderr.strip()}")
+        glue_obj = tmpdir / "glue.o"
+        assemble(glue_asm(scan.import_table()), glue_obj, isolation=isolation,
+                 source="<tmebox glue>")
         linked = tmpdir / "image.elf"
         run([
             "ld", "-static", "-pie", "--no-dynamic-linker", "-z", "text", "-z", "noexecstack",
             "-z", "norelro", "-z", "max-page-size=4096", "-z", "common-page-size=4096",
-            "--hash-style=gnu", "--no-undefined", "-nostdlib", "-T", str(script),
+            "--hash-style=gnu", "--no-undefined", "--strip-debug", "-nostdlib",
+            "-T", str(script),
             "-o", str(linked), str(rt_obj), str(prefix / "lib" / libc.CRT_OBJECT),
-            *[str(o) for o in objects],
+            str(glue_obj), *[str(o) for o in objects],
             "--start-group", str(prefix / "lib" / "libc.a"), "--end-group",
         ], f"linking {output}")
-        info = check_image(linked, isolation=isolation, export_names=scan.exports,
-                           stack_size=stack_size)
+        info = check_image(linked, isolation=isolation,
+                           export_names=[*scan.exports, abi.CALL_THUNK_SYMBOL],
+                           stack_size=stack_size, scan=scan)
         info_file = tmpdir / "info.json"
         info_file.write_text(json.dumps(info, sort_keys=True))
         final = tmpdir / "image.box"

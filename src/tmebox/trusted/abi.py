@@ -22,6 +22,8 @@ DEFAULT_ISOLATION = "code+data"
 DEFAULT_STACK_SIZE = 1 << 20
 
 SYS_TMEBOX_PARK = 0x7100  # private runtime call: libc is initialised, wait for run()
+SYS_TMEBOX_HOST = 0x7200  # runtime call SYS_TMEBOX_HOST + k: the image's host function k
+CALL_THUNK_SYMBOL = "__tmebox_call"  # loads argument registers from a frame (typed calls)
 
 WINDOW_SHIFT = 32
 WINDOW_SIZE = 1 << WINDOW_SHIFT

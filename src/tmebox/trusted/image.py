@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tmebox.trusted import abi
 from tmebox.trusted.errors import ImageError, TmeboxError
+from tmebox.trusted.signature import MAX_IMPORTS, Signature
 
 __all__ = ["Image", "ImageInfo", "Isolation", "Segment", "Tls"]
 
@@ -111,6 +112,11 @@ class ImageInfo:
     stack_size: int
     entry: int
     tp_slot: int
+    # Optional (images built without debug information, or by hand, have none):
+    signatures: dict[str, Signature] = field(default_factory=dict)  # of exports, by name
+    imports: tuple[tuple[str, Signature], ...] = ()  # host functions, by runtime-call index
+    data_symbols: dict[str, int] = field(default_factory=dict)  # exported globals
+    unsupported: dict[str, str] = field(default_factory=dict)  # export -> why it is untyped
 
 
 @dataclass(frozen=True)
@@ -425,7 +431,41 @@ class _Reader:
         if not 0 < obj["stack_size"] < MAX_IMAGE_SIZE:
             raise self.fail(f"{abi.INFO_SECTION}: stack_size {obj['stack_size']} out of range")
         return ImageInfo(isolation=Isolation(obj["isolation"]), exports=dict(obj["exports"]),
-                         stack_size=obj["stack_size"], entry=obj["entry"], tp_slot=tp)
+                         stack_size=obj["stack_size"], entry=obj["entry"], tp_slot=tp,
+                         **self.read_interface(obj, data))
+
+    def read_interface(self, obj: dict, data: Segment) -> dict:
+        """The optional signatures, imports and exported data of `.tmebox_info`."""
+        where = abi.INFO_SECTION
+        sigs, imports, syms, unsupported = (
+            obj.get(k, d) for k, d in (("signatures", {}), ("imports", []),
+                                       ("data_symbols", {}), ("unsupported", {})))
+        if not (isinstance(sigs, dict) and isinstance(imports, list)
+                and isinstance(syms, dict) and isinstance(unsupported, dict)
+                and all(isinstance(v, str) for v in unsupported.values())):
+            raise self.fail(f"{where}: signatures, imports, data_symbols or unsupported of "
+                            "the wrong type")
+        if len(imports) > MAX_IMPORTS:
+            raise self.fail(f"{where}: {len(imports)} imports, more than {MAX_IMPORTS}")
+        signatures = {}
+        for name, sig in sigs.items():
+            if name not in obj["exports"]:
+                raise self.fail(f"{where}: signature of {name!r}, which is not exported")
+            signatures[name] = Signature.parse(sig, f"{self.name}: {where}: export {name!r}")
+        table = []
+        for item in imports:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+                raise self.fail(f"{where}: an import is not [name, signature]")
+            table.append((item[0], Signature.parse(item[1],
+                                                   f"{self.name}: {where}: import {item[0]!r}")))
+        if len({n for n, _ in table}) != len(table):
+            raise self.fail(f"{where}: an import is listed twice")
+        for name, off in syms.items():
+            if (not isinstance(off, int) or isinstance(off, bool)
+                    or not data.offset <= off < data.end):
+                raise self.fail(f"{where}: data symbol {name!r} is not in the data segment")
+        return {"signatures": signatures, "imports": tuple(table), "data_symbols": dict(syms),
+                "unsupported": {k: v[:200] for k, v in unsupported.items()}}
 
     def read_relocations(self, sections: dict[str, _Section],
                          data: Segment) -> tuple[tuple[int, int], ...]:

@@ -1,0 +1,127 @@
+"""Values across the sandbox boundary by C signature (docs/embedding.md).
+
+Every value crosses as a register's 64 bits. Going in, a Python value is checked against
+its C type (an int out of range is an error, not a silent wrap); coming out, the register
+is read as that type (a C `int` result is the low 32 bits, sign-extended). The frame
+layout is the one of `tmebox.toolchain.glue`: six integer slots, then eight SSE slots.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+from tmebox.trusted.signature import FRAME_SIZE, FRAME_SSE, Signature, ValType
+
+__all__ = ["IntCall", "from_register", "pack_frame", "to_register", "unpack_frame"]
+
+_MASK64 = (1 << 64) - 1
+
+
+def to_register(t: ValType, value: object, what: str) -> int:
+    """The 64 register bits of Python `value` as C type t; TypeError/OverflowError naming
+    `what` if it is not one."""
+    if t is ValType.F64 or t is ValType.F32:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise TypeError(f"{what}: {type(value).__name__} is not a {t} (float)")
+        if t is ValType.F64:
+            return struct.unpack("<Q", struct.pack("<d", value))[0]
+        try:
+            return struct.unpack("<I", struct.pack("<f", value))[0]
+        except OverflowError:
+            raise OverflowError(f"{what}: {value!r} does not fit a float (f32)") from None
+    if t is ValType.VOID:
+        return 0
+    if t is ValType.BOOL:
+        if not isinstance(value, bool | int):
+            raise TypeError(f"{what}: {type(value).__name__} is not a bool")
+        return int(bool(value))
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{what}: {type(value).__name__} is not an int ({t})")
+    bits = t.bits
+    lo, hi = (-(1 << bits - 1), (1 << bits - 1) - 1) if t.signed else (0, (1 << bits) - 1)
+    if not lo <= value <= hi:
+        raise OverflowError(f"{what}: {value} is out of range for {t} [{lo}, {hi}]")
+    return value & _MASK64
+
+
+def from_register(t: ValType, bits: int) -> int | float | bool | None:
+    """A register's value (any int; its low 64 bits count) read as C type t."""
+    bits &= _MASK64
+    if t is ValType.F64:
+        return float(struct.unpack("<d", struct.pack("<Q", bits))[0])
+    if t is ValType.F32:
+        return float(struct.unpack("<f", struct.pack("<I", bits & 0xFFFF_FFFF))[0])
+    if t is ValType.VOID:
+        return None
+    if t is ValType.BOOL:
+        return bool(bits & 0xFF)
+    width = t.bits
+    v = bits & ((1 << width) - 1)
+    return v - (1 << width) if t.signed and v >> (width - 1) else v
+
+
+def pack_frame(sig: Signature, args: Sequence[object], name: str) -> bytes:
+    """The argument frame of a call of `name` with args (converted and checked)."""
+    slots = [0] * (FRAME_SIZE // 8)
+    ints = floats = 0
+    for i, (t, value) in enumerate(zip(sig.params, args, strict=True)):
+        bits = to_register(t, value, f"{name}{sig}: argument {i}")
+        if t.is_float:
+            slots[FRAME_SSE // 8 + floats] = bits
+            floats += 1
+        else:
+            slots[ints] = bits
+            ints += 1
+    return struct.pack(f"<{len(slots)}Q", *slots)
+
+
+def unpack_frame(sig: Signature, frame: bytes) -> list[int | float | bool | None]:
+    """The arguments a host-function stub stored in its frame, as Python values."""
+    slots = struct.unpack(f"<{FRAME_SIZE // 8}Q", frame)
+    out: list[int | float | bool | None] = []
+    ints = floats = 0
+    for t in sig.params:
+        if t.is_float:
+            out.append(from_register(t, slots[FRAME_SSE // 8 + floats]))
+            floats += 1
+        else:
+            out.append(from_register(t, slots[ints]))
+            ints += 1
+    return out
+
+
+class IntCall:
+    """The conversions of one integer-only signature, precomputed: sb.call's fast path.
+
+    Arguments that are plain ints in range go through as they are (the invoker takes
+    them as 64-bit registers); anything else takes to_register's checks and errors.
+    """
+
+    __slots__ = ("sig", "name", "_bounds", "_result")
+
+    def __init__(self, name: str, sig: Signature) -> None:
+        self.sig, self.name = sig, name
+        self._bounds = tuple(_bounds(t) for t in sig.params)
+        self._result = sig.result
+
+    def args(self, args: Sequence[object]) -> Sequence[object]:
+        if len(args) != len(self._bounds):
+            raise TypeError(f"{self.name}{self.sig} takes {len(self._bounds)} argument(s), "
+                            f"{len(args)} given")
+        # Lengths are checked above; strict=True would cost more than the whole check.
+        for a, (lo, hi) in zip(args, self._bounds, strict=False):
+            if type(a) is not int or not lo <= a <= hi:
+                return [to_register(t, v, f"{self.name}{self.sig}: argument {i}")
+                        for i, (t, v) in enumerate(zip(self.sig.params, args, strict=True))]
+        return args
+
+    def result(self, rax: int) -> int | float | bool | None:
+        return rax if self._result is ValType.I64 else from_register(self._result, rax)
+
+
+def _bounds(t: ValType) -> tuple[int, int]:
+    if t is ValType.BOOL:
+        return (1, 0)  # empty: a bool takes the checked path
+    bits = t.bits
+    return (-(1 << bits - 1), (1 << bits - 1) - 1) if t.signed else (0, (1 << bits) - 1)
