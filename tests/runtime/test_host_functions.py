@@ -57,6 +57,7 @@ int say(void) { const char *m = "from the guest"; return host_log(m, strlen(m));
 long bump(void) { host_poke(); return ++counter; }
 /* Guest -> host -> guest -> host ...: depth calls deep. */
 int32_t recurse(int32_t depth) { return depth <= 0 ? 0 : 1 + host_again(depth - 1); }
+int crash(void) { volatile uintptr_t a = 0xfffff000u; return *(volatile int *)a; }
 struct pair { int a, b; };
 int take_pair(struct pair p) { return p.a + p.b; }
 int main(void) { return say() == 14 ? 0 : 1; }
@@ -207,6 +208,44 @@ def test_a_host_result_of_the_wrong_type_is_a_host_error(plugin, backend) -> Non
         with pytest.raises(HostError, match="its result: str is not an int") as info:
             sb.call("use_add", 1)
         assert isinstance(info.value.__cause__, TypeError)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_host_function_that_destroys_its_caller_ends_the_call(plugin, backend) -> None:
+    with _runtime(backend) as rt:
+        _define_all(rt, [])
+        rt.define("host_add", lambda caller, a, b: caller.destroy() or 0)
+        img = rt.load(plugin)
+        sb, other = rt.spawn(img), rt.spawn(img)
+        with pytest.raises(tmebox.SandboxDestroyed, match="return from host function"):
+            sb.call("use_add", 1)
+        assert other.call("use_scale", 1.0) == 4.0 and rt.sandboxes == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_errors_of_nested_calls(plugin, backend) -> None:
+    def careful(caller, a, b):
+        with pytest.raises(TypeError):
+            caller.call("neg", "x")  # nothing ran: the waiting guest goes on
+        with pytest.raises(SandboxError, match="from inside a host function"):
+            caller.run()
+        return a + b
+
+    def swallow_fault(caller, a, b):
+        with pytest.raises(tmebox.SandboxFault):
+            caller.call("crash")
+        return 0  # the sandbox is dead: the waiting guest is not resumed
+
+    with _runtime(backend) as rt:
+        _define_all(rt, [])
+        rt.define("host_add", careful)
+        sb = rt.spawn(rt.load(plugin))
+        assert sb.call("use_add", 1) == 202
+        rt.define("host_add", swallow_fault)
+        sb = rt.spawn(rt.load(plugin))
+        with pytest.raises(SandboxError, match="faulted or timed out earlier"):
+            sb.call("use_add", 1)
+        assert sb.state == "dead"
 
 
 def test_a_missing_host_function_is_named_at_load(plugin) -> None:

@@ -389,6 +389,9 @@ class Sandbox:
                 assert self.exit_status is not None
                 return self.exit_status
             self._check_state("run")
+            if self._nested:
+                raise SandboxError(f"{self.image.name}: run() from inside a host function "
+                                   "(call() is allowed there)")
             self._ran = True
             self._engine.restore(self._parked)
             self._parked = None
@@ -660,8 +663,11 @@ class Sandbox:
                             f"{type(e).__name__}: {e}") from e
         finally:
             saved = self._nested.pop()[0]
-            if saved is not None:
+            if saved is not None and self.state != "destroyed":
                 self._engine.restore(saved)
+        if self.state != "parked":
+            # It destroyed its caller, or a nested call faulted: nothing to resume.
+            self._check_state(f"return from host function {name}")
         return bits - (1 << 64) if bits & _SIGN64 else bits
 
     def _fault_error(self, f: FaultInfo, stop: int) -> SandboxFault:
