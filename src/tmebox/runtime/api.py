@@ -46,9 +46,9 @@ from tmebox.runtime.backend import (
     FaultKind,
     classify,
 )
-from tmebox.runtime.host import IntCall, from_register, pack_frame, to_register, unpack_frame
+from tmebox.runtime.host import FrameReader, IntCall, from_register, pack_frame, to_register
 from tmebox.runtime.loader import ImagePlan, initial_stack, plan_from_image
-from tmebox.runtime.memory import GuardedMemory, SandboxMemory
+from tmebox.runtime.memory import GuardedMemory, SandboxMemory, SandboxMemoryError
 from tmebox.trusted import abi
 from tmebox.trusted.image import Isolation
 from tmebox.trusted.signature import FRAME_SIZE, FRAME_SSE, Signature
@@ -125,6 +125,7 @@ class LoadedImage:
         self._prepared = prepared
         self.layout = plan.layout()
         self.host_functions = host  # by runtime-call index: plan.imports[i] is host[i]
+        self.frame_readers = tuple(FrameReader(sig) for _, sig in plan.imports)
 
     @property
     def prepared(self) -> Any:
@@ -342,7 +343,7 @@ class Sandbox:
         # One entry per host function running (innermost last): the engine state to resume
         # it from once a call back into this sandbox has used the engine (taken on demand),
         # and the stack pointer below which such a call runs.
-        self._nested: list[list[Any]] = []
+        self._nested: list[list[Any]] = []  # [saved engine state | None, stack top | None]
         self._parked: object = None
         self._call_rsp = 0
         self._ret = self.base + self._layout.code_lo + abi.RT_EXIT_OFFSET
@@ -433,7 +434,7 @@ class Sandbox:
         with self._lock:
             if self.state != "parked":
                 self._check_state(f"call({name!r})")
-            top = self._nested[-1][1] if self._nested else self._call_rsp
+            top = self._nested_top() if self._nested else self._call_rsp
             at = (top - FRAME_SIZE) & ~15
             self._mem.write(at, frame)
             thunk = self._rips.get(abi.CALL_THUNK_SYMBOL) or self._lookup(abi.CALL_THUNK_SYMBOL)
@@ -441,17 +442,24 @@ class Sandbox:
             xmm0 = self._mem.read_u64(at + FRAME_SSE)
         return from_register(sig.result, xmm0 if sig.result.is_float else rax)
 
+    def _nested_top(self) -> int:
+        """Where a call from inside a host function may put its stack: below the waiting
+        guest's (saving that guest's registers first)."""
+        inner = self._nested[-1]
+        if inner[0] is None:
+            inner[1] = (self._engine.stack_pointer() - CALL_FRAME_GAP) & ~15
+            inner[0] = self._engine.save()
+        return int(inner[1])
+
     def _invoke(self, name: str, rip: int, args: Sequence[Any], rsp: int | None = None) -> int:
         """Run the function at rip with integer arguments; %rax as a signed 64-bit int."""
         with self._lock:
             if self.state != "parked":
                 self._check_state(f"call({name!r})")
             if self._nested:
-                inner = self._nested[-1]
-                if inner[0] is None:  # the host function's caller must resume as it was
-                    inner[0] = self._engine.save()
+                top = self._nested_top()  # the waiting guest must resume as it was
                 if rsp is None:
-                    rsp = inner[1]
+                    rsp = top
             elif rsp is None:
                 rsp = self._call_rsp
             if self.timeout is not None:
@@ -649,12 +657,12 @@ class Sandbox:
     def _host_call(self, index: int, frame_addr: int) -> int:
         """Run host function `index` on the arguments its stub stored at frame_addr."""
         name, sig = self.image.plan.imports[index]
-        fn = self.image.host_functions[index]
-        if not self._mem.ok(frame_addr, FRAME_SIZE, False):
+        fn, reader = self.image.host_functions[index], self.image.frame_readers[index]
+        try:
+            values = reader.read(self._mem.read(frame_addr, reader.size)) if reader.size else ()
+        except SandboxMemoryError:
             return -errno.EFAULT  # not a stub's frame: the guest made the call by hand
-        values = unpack_frame(sig, self._mem.read(frame_addr, FRAME_SIZE))
-        below = (self._engine.stack_pointer() - CALL_FRAME_GAP) & ~15
-        self._nested.append([None, below])
+        self._nested.append([None, None])
         try:
             result = fn(self, *values)
             bits = to_register(sig.result, result, f"host function {name}{sig}: its result")
