@@ -24,6 +24,9 @@ def test_native_demo_contains_the_heartbleed_tenant(sandbox_libc):
     assert r.peeks == 18 and r.peeks_leaked == 0
     assert r.pokes == 18 and r.victims_silently_changed == 0
     assert r.faults_contained == 1
+    # Every answer was reported through the host API: the requests, one check per attacked
+    # neighbour, and the bystander's check at the end.
+    assert r.host_calls == 200 + r.peeks + 1
     assert 0 < r.bytes_per_tenant < 1 << 20
     assert r.safe
 

@@ -68,6 +68,7 @@ def _dead_uses(sb: Sandbox, mem: GuardedMemory, p: int,
         "symbol": lambda: sb.symbol("anything"),
         "memory.read_cstring": lambda: mem.read_cstring(p),
         "memory.write_cstring": lambda: mem.write_cstring(p, "x"),
+        "memory.view": lambda: mem.view(p, 8),
     }
 
 

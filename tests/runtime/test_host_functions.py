@@ -279,6 +279,51 @@ def test_exported_data_and_strings(sandbox) -> None:
         sandbox.memory.read_cstring(addr, limit=4)
 
 
+def test_a_zero_copy_view_with_numpy(plugin) -> None:
+    import numpy as np
+
+    from tmebox.runtime.native import windows
+
+    with _runtime("native") as rt:
+        _define_all(rt, [])
+        img = rt.load(plugin)
+        sb = rt.spawn(img)
+        buf = sb.alloc(4096)
+        arr = np.frombuffer(sb.memory.view(buf, 4096, writable=True), dtype=np.int64)
+        arr[:] = np.arange(512)
+        assert sb.memory.read_u64(buf + 8 * 7) == 7  # the same bytes, no copy
+        ro = sb.memory.view(sb.symbol("greeting"), 5)
+        assert bytes(ro) == b"hello" and ro.readonly
+        with pytest.raises(tmebox.SandboxError, match="outside"):
+            sb.memory.view(buf, 1 << 30)
+        window = sb._engine.window
+        free_before = windows.POOL.free_count
+        sb.destroy()
+        # The view itself was released; the array made from it still holds the buffer.
+        with pytest.raises(ValueError, match="released"):
+            bytes(ro)
+        assert window not in windows.POOL._free and not arr.any()  # zero, not the next tenant
+        arr[0] = 99  # writes land in the quarantined window, reaching no one
+        others = [rt.spawn(img) for _ in range(3)]
+        assert all(o._engine.window != window for o in others)
+        del arr
+        import gc
+
+        gc.collect()
+        assert window in windows.POOL._free and windows.POOL.free_count >= free_before - 3
+        with pytest.raises(tmebox.SandboxDestroyed):
+            sb.memory.view(buf, 8)
+
+
+@pytest.mark.parametrize("backend", ["tme"])
+def test_views_need_the_native_backend(plugin, backend) -> None:
+    with _runtime(backend) as rt:
+        _define_all(rt, [])
+        sb = rt.spawn(rt.load(plugin))
+        with pytest.raises(tmebox.TmeboxError, match="need the native backend"):
+            sb.memory.view(sb.symbol("greeting"), 8)
+
+
 def test_a_guest_forging_a_host_call_gets_efault_not_the_host(build_image) -> None:
     # A raw runtime call with a frame pointer outside the window reaches no host memory.
     src = r"""

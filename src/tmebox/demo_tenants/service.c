@@ -1,7 +1,12 @@
 /* A well-behaved tenant: keeps a secret and answers requests about it. */
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <tmebox.h>
+
+/* The host's API (docs/embedding.md): every answer is reported to the host's audit log. */
+TMEBOX_IMPORT void host_audit(uint64_t served, bool matched);
 
 static char *secret;
 static size_t secret_len;
@@ -25,6 +30,7 @@ int handle(const char *req, int n, char *resp, int cap)
     int match = (size_t)n == secret_len && memcmp(req, secret, secret_len) == 0;
     if (cap > 0)
         resp[0] = match ? 'Y' : 'N';
+    host_audit(served, match);
     return (int)served;
 }
 

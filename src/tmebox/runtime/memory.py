@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 
-from tmebox.errors import SandboxDestroyed, SandboxError
+from tmebox.errors import SandboxDestroyed, SandboxError, TmeboxError
 
 __all__ = ["OFFSET_MASK", "GuardedMemory", "SandboxMemory", "SandboxMemoryError"]
 
@@ -81,6 +81,15 @@ class SandboxMemory:
         self.check_open()
         self._release(self.check(addr, n, True), n)
 
+    def view(self, addr: int, n: int, writable: bool) -> memoryview:
+        """A zero-copy view of [addr, addr+n) (backends that have plain memory only)."""
+        self.check_open()
+        return self._view(self.check(addr, n, writable), n, writable)
+
+    def _view(self, off: int, n: int, writable: bool) -> memoryview:
+        raise TmeboxError("zero-copy memory views need the native backend: the tme backend "
+                          "keeps a sandbox's memory as ciphertext in the emulated pool")
+
     def _read(self, off: int, n: int) -> bytes:
         raise NotImplementedError
 
@@ -130,6 +139,17 @@ class GuardedMemory:
     def write_u64(self, addr: int, value: int) -> None:
         with self._lock:
             self._mem.write_u64(addr, value)
+
+    def view(self, addr: int, n: int, writable: bool = False) -> memoryview:
+        """A zero-copy memoryview of [addr, addr+n) (native backend), e.g. for numpy.
+
+        Unlike read() and write() it does not wait for a running call: use it while the
+        sandbox is stopped. destroy() releases it; if something still holds its buffer (a
+        numpy array made from it), the window is emptied to zeros and kept out of service
+        until that goes, so the view never reaches a later tenant nor crashes the host.
+        """
+        with self._lock:
+            return self._mem.view(addr, n, writable)
 
     def read_cstring(self, addr: int, limit: int = 1 << 16) -> bytes:
         """The NUL-terminated string at addr (without the NUL); SandboxMemoryError if there

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 from tmebox.runtime import layout as lay
 from tmebox.runtime.backend import FaultInfo, Invoke, SharedPool
 from tmebox.runtime.memory import OFFSET_MASK, SandboxMemory
@@ -29,12 +31,35 @@ class NativeMemory(SandboxMemory):
     def __init__(self, base: int, layout: lay.WindowLayout) -> None:
         super().__init__(layout.code_lo, layout.rw_lo, layout.rw_hi)
         self.base = base
+        self._views: list[tuple[weakref.ref[memoryview], weakref.ref[object]]] = []
 
     def _read(self, off: int, n: int) -> bytes:
         return ffi.buffer(ffi.cast("char *", self.base + off), n)[:]
 
     def _write(self, off: int, data: bytes | bytearray | memoryview) -> None:
         ffi.memmove(ffi.cast("char *", self.base + off), data, len(data))
+
+    def _view(self, off: int, n: int, writable: bool) -> memoryview:
+        exporter = ffi.buffer(ffi.cast("char *", self.base + off), n)
+        view = memoryview(exporter) if writable else memoryview(exporter).toreadonly()
+        # Every memoryview made from this one (numpy's too) holds the exporter: its life is
+        # the life of the last of them. The one handed out is released at destroy.
+        self._views.append((weakref.ref(view), weakref.ref(exporter)))
+        return view
+
+    def release_views(self) -> list[object]:
+        """Release every view handed out; returns the buffers something still holds."""
+        held = []
+        for view_ref, exporter_ref in self._views:
+            view = view_ref()
+            if view is not None:
+                view.release()
+            del view
+            exporter = exporter_ref()
+            if exporter is not None:
+                held.append(exporter)
+        self._views = []
+        return held
 
     def _release(self, off: int, n: int) -> None:
         lo, hi = lay.page_up(off), (off + n) & ~(lay.PAGE - 1)
@@ -131,6 +156,10 @@ class NativeEngine:
         lib.tmebox_ctx_free(self.ctx)
         self.ctx = None
         image, L = self.image, self.layout
+        held = self.memory.release_views()
+        if held:
+            self._quarantine(held)
+            return
         # Zap every page the tenant touched: the next tenant finds the same zero-filled
         # RW area a fresh mapping gives (mprotect never changed it).
         if (image.fd >= 0 and len(image.warm) < windows.WARM_WINDOWS
@@ -139,5 +168,22 @@ class NativeEngine:
             image.warm.append(self.window)
             return
         POOL.release(self.window)
+
+    def _quarantine(self, held: list[object]) -> None:
+        """Views the host still uses: fresh zero pages under them, and the window goes back
+        to the pool only once the last of them is gone."""
+        L = self.layout
+        mmap(self.base + L.code_lo, L.rw_hi - L.code_lo, PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED)
+        pending = [len(held)]
+        window = self.window
+
+        def gone() -> None:
+            pending[0] -= 1
+            if pending[0] == 0:
+                POOL.release(window)
+
+        for exporter in held:
+            weakref.finalize(exporter, gone)
 
 
