@@ -16,12 +16,18 @@ import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import iced_x86 as ix
 
 from tmebox.fuzz import oracle
-from tmebox.trusted import abi, verifier
+from tmebox.trusted import abi, rules, verifier
 from tmebox.trusted.verifier import Verdict
+
+if TYPE_CHECKING:
+    # iced-x86 types Code and Register as enums; at run time they are modules of ints.
+    from iced_x86._iced_x86_py import Code as CodeT
+    from iced_x86._iced_x86_py import Register as RegisterT
 
 __all__ = ["Candidate", "Generator"]
 
@@ -119,14 +125,16 @@ class _Item:
 
 
 @functools.cache
-def _table() -> tuple[list[int], list[int]]:
+def _table() -> tuple[list[CodeT], list[CodeT]]:
     """Legacy 64-bit encoding forms, split into those the allowlist names and the rest."""
     allowed_mnemonics, simd_features, simd_denied = _allowlist()
-    preferred, other = [], []
+    preferred: list[CodeT] = []
+    other: list[CodeT] = []
     for name in dir(C):
-        code = getattr(C, name)
-        if name.startswith("_") or not isinstance(code, int):
+        value = getattr(C, name)
+        if name.startswith("_") or not isinstance(value, int):
             continue
+        code = cast("CodeT", value)  # iced-x86's Code is a module of ints, typed as an enum
         try:
             info = ix.OpCodeInfo(code)
         except ValueError:
@@ -144,7 +152,7 @@ def _table() -> tuple[list[int], list[int]]:
 
 
 @functools.cache
-def _forms(mode: str) -> tuple[list[int], list[int]]:
+def _forms(mode: str) -> tuple[list[CodeT], list[CodeT]]:
     """The table split by experiment: forms of which one of a few random instances passes the
     verifier on its own (most of what a sequence is made of), and the rest (drawn rarely:
     they test that the verifier refuses them)."""
@@ -164,19 +172,20 @@ def _forms(mode: str) -> tuple[list[int], list[int]]:
 
 
 def _allowlist() -> tuple[frozenset[int], frozenset[int], frozenset[int]]:
-    """The verifier's allowlist, wherever the trusted core keeps it (it only weights forms)."""
-    source = verifier
-    if not hasattr(source, "ALLOWED_MNEMONICS"):
-        from tmebox.trusted import rules as source  # the split trusted core
-    return source.ALLOWED_MNEMONICS, source.SIMD_FEATURES, source.SIMD_DENIED
+    """The verifier's allowlist (it only weights forms: the verifier still decides)."""
+    return rules.ALLOWED_MNEMONICS, rules.SIMD_FEATURES, rules.SIMD_DENIED
 
 
 @functools.cache
-def _esp_forms() -> list[int]:
+def _esp_forms() -> list[CodeT]:
     """Forms whose first operand is a 32-bit register: candidates for a write to %esp."""
     r32 = {K.R32_REG, K.R32_OR_MEM, K.R32_OPCODE, K.R32_RM}
     return [c for c in _table()[0] if ix.OpCodeInfo(c).op_count
             and ix.OpCodeInfo(c).op_kind(0) in r32]
+
+
+_BIT_STRING_FORMS = [(n, getattr(C, f"{m}_RM{n}_R{n}")) for m in ("BT", "BTS", "BTR", "BTC")
+                     for n in (16, 32, 64)]
 
 
 class Generator:
@@ -190,10 +199,12 @@ class Generator:
             "code+data": [(50, self._form), (6, self._esp_group), (5, self._string_group),
                           (6, self._masked_branch), (4, self._return_group),
                           (8, self._direct_branch), (2, self._runtime_call), (5, self._stack),
-                          (2, self._raw), (2, self._fragment), (1, self._trap)],
+                          (2, self._raw), (2, self._fragment), (1, self._trap),
+                          (4, self._bit_string)],
             "data": [(55, self._form), (6, self._esp_group), (5, self._string_group),
                      (8, self._direct_branch), (2, self._runtime_call), (5, self._stack),
-                     (2, self._raw), (2, self._fragment), (1, self._trap)],
+                     (2, self._raw), (2, self._fragment), (1, self._trap),
+                     (4, self._bit_string)],
         }
 
     # --- sequences ---------------------------------------------------------------------------
@@ -292,7 +303,7 @@ class Generator:
 
     # --- items -------------------------------------------------------------------------------
 
-    def _form(self, codes: list[int] | None = None) -> _Item:
+    def _form(self, codes: list[CodeT] | None = None) -> _Item:
         preferred, other = _forms(self.mode)
         rng = self.rng
         for _ in range(20):
@@ -302,7 +313,7 @@ class Generator:
                 return _Item(self._prefix_noise(raw))
         return _Item(b"\x90")
 
-    def _encode(self, code: int, first: int | None = None) -> bytes | None:
+    def _encode(self, code: CodeT, first: RegisterT | None = None) -> bytes | None:
         """One instruction of form `code` with random operands (first: op0's register)."""
         rng = self.rng
         info = ix.OpCodeInfo(code)
@@ -394,7 +405,7 @@ class Generator:
         ins.memory_displ_size = 0 if disp == 0 and rng.random() < 0.7 \
             else 1 if -128 <= disp < 128 else 4
 
-    def _register_operand(self, choices: list[int]) -> int:
+    def _register_operand(self, choices: list[RegisterT]) -> RegisterT:
         """Mostly not %rsp or %r14 (writing them is refused but for the forms that have their
         own items), so that a sequence is not rejected for its least interesting operand."""
         rng = self.rng
@@ -458,7 +469,7 @@ class Generator:
                 raw = self._encode(rng.choice(_esp_forms()), first=R.ESP)
         return _Item(raw + rng.choice(LEA_RSP), interior=len(raw))
 
-    def _encode_with(self, raw: bytes, register: int) -> bytes | None:
+    def _encode_with(self, raw: bytes, register: RegisterT) -> bytes | None:
         """`raw` re-encoded with its last register operand replaced by `register`."""
         ins = next(iter(ix.Decoder(64, raw, ip=CODE_OFFSET)))
         for i in reversed(range(ins.op_count)):
@@ -518,7 +529,7 @@ class Generator:
                                    (bytes([0x70 | cc]), 1), (bytes([0x0F, 0x80 | cc]), 4),
                                    (b"\xe2", 1), (b"\xe1", 1), (b"\xe0", 1), (b"\xe3", 1)))
         prefix = b""
-        if rng.random() < 0.06:  # prefixes on branches, before and after REX
+        if rng.random() < 0.1:  # prefixes on branches, before and after REX
             prefix = bytes(rng.choice(_LEGACY) for _ in range(rng.randint(0, 2)))
             prefix += bytes([rng.randrange(0x40, 0x50)])
             prefix += bytes(rng.choice(b"\x66\x66\x67\xf2\xf3\x2e\x3e")
@@ -532,6 +543,29 @@ class Generator:
         rng = self.rng
         opcode = rng.choice((b"\xe8", b"\xe9"))
         return _Item(opcode + bytes(4), branch=(4, "entry"), target_seed=rng.getrandbits(32))
+
+    def _bit_string(self) -> _Item:
+        """bt/bts/btr/btc with a register bit offset and a memory operand: their access is
+        operand + offset/8, a reach no decoder reports (a rule of its own in the verifier)."""
+        rng = self.rng
+        for _ in range(20):
+            n, code = rng.choice(_BIT_STRING_FORMS)
+            ins = ix.Instruction()
+            ins.code = code
+            ins.set_op_kind(0, OK.MEMORY)
+            rip = rng.random() < 0.5  # half %rip-relative: the form that once escaped
+            for _ in range(50):
+                self._memory(ins, False)
+                if (ins.memory_base == R.RIP) == rip:
+                    break
+            ins.set_op_kind(1, OK.REGISTER)
+            ins.set_op_register(1, self._register_operand(_GPR[n]))
+            try:
+                self.encoder.encode(ins, CODE_OFFSET)
+            except ValueError:
+                continue
+            return _Item(self._prefix_noise(self.encoder.take_buffer()))
+        return _Item(b"\x90")
 
     def _stack(self) -> _Item:
         rng = self.rng
@@ -596,11 +630,14 @@ class Generator:
         if r < 0.7:
             return (oracle.CODE_ADDRESS_OFFSET + rng.randrange(64) * abi.BUNDLE_SIZE
                     + rng.choice((0, 0, 0, rng.randrange(32)))), True
-        if r < 0.85:
+        if r < 0.8:
             return rng.getrandbits(64), False
-        if r < 0.93:
+        if r < 0.85:
             return rng.choice((0xFFFFFFFF, 0x80000000, 0x7FFFFFFF, (1 << 64) - 1, 1 << 63,
                                0xFFFF, 0xFFFFFFE0, 1 << 32)), False
+        if r < 0.93:  # a neighbour's distance, in bytes or in bits (bt* offsets count bits)
+            distance = rng.choice((1, 2, 3, -1, -2)) << rng.choice((32, 35))
+            return (distance + rng.randrange(1 << 20)) % (1 << 64), False
         return rng.choice((1 << 47, (1 << 48) - 1, 0x8000_0000_0000_1000,
                            rng.getrandbits(16) << 48 | rng.getrandbits(32))), False
 

@@ -9,7 +9,6 @@ inside the window, ran out of time, or escaped.
 from __future__ import annotations
 
 import enum
-import hashlib
 import os
 import struct
 import subprocess
@@ -17,12 +16,15 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import iced_x86 as ix
 
 from tmebox.errors import TmeboxError
-from tmebox.toolchain.libc import cache_dir
-from tmebox.trusted import abi
+from tmebox.trusted import abi, cache
+
+if TYPE_CHECKING:
+    from iced_x86._iced_x86_py import Register as RegisterT  # a module of ints at run time
 
 __all__ = ["BASES", "CODE_ADDRESS_OFFSET", "CODE_SIZE", "FS_BASE", "IMAGE_SIZE", "REGISTERS",
            "RW_END", "TOP_SIZE", "Oracle", "OracleError", "Outcome", "Result", "Sample",
@@ -109,9 +111,7 @@ class Result:
 
 def monitor_path() -> Path:
     """The monitor binary, compiled from monitor.c into the cache on first use."""
-    source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source).hexdigest()[:16]
-    out = cache_dir() / "fuzz" / f"monitor-{digest}"
+    out = cache.shared() / "fuzz" / f"monitor-{cache.fingerprint([SOURCE])}"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -137,6 +137,9 @@ class Oracle:
         self._proc = subprocess.Popen([str(monitor_path()), *map(hex, args)],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE)
+        assert self._proc.stdin and self._proc.stdout and self._proc.stderr  # all three PIPE
+        self._stdin, self._stdout, self._stderr = (self._proc.stdin, self._proc.stdout,
+                                                   self._proc.stderr)
 
     def __enter__(self) -> Oracle:
         return self
@@ -146,10 +149,10 @@ class Oracle:
 
     def close(self) -> None:
         if self._proc.poll() is None:
-            self._proc.stdin.close()
+            self._stdin.close()
             self._proc.wait()
-        self._proc.stdout.close()
-        self._proc.stderr.close()
+        self._stdout.close()
+        self._stderr.close()
 
     def run(self, samples: Sequence[Sample]) -> list[Result]:
         results: list[Result] = []
@@ -168,14 +171,14 @@ class Oracle:
                                      *(r % (1 << 64) for r in s.regs), s.rflags))
             out.append(s.code)
         try:
-            self._proc.stdin.write(b"".join(out))
-            self._proc.stdin.flush()
-            data = self._proc.stdout.read(_RESPONSE.size * len(batch))
+            self._stdin.write(b"".join(out))
+            self._stdin.flush()
+            data = self._stdout.read(_RESPONSE.size * len(batch))
         except BrokenPipeError:
             data = b""
         if len(data) != _RESPONSE.size * len(batch):
             self._proc.kill()
-            raise OracleError("monitor failed: " + self._proc.stderr.read().decode().strip())
+            raise OracleError("monitor failed: " + self._stderr.read().decode().strip())
         return [_RESPONSE.unpack_from(data, k * _RESPONSE.size) for k in range(len(batch))]
 
 
@@ -254,7 +257,7 @@ _INFO = ix.InstructionInfoFactory()
 _SEGMENT_BASES = {ix.Register.FS: "fs_base", ix.Register.GS: "gs_base"}
 
 
-def _value(regs: dict[str, int], register: int) -> int:
+def _value(regs: dict[str, int], register: RegisterT) -> int:
     if register == ix.Register.NONE:
         return 0
     info = ix.RegisterInfo(register)
