@@ -96,3 +96,21 @@ def test_gs32_bit_strings_stay_in_the_window(cpu: Oracle, code: str, offset: int
     regs = REGS[:5] + (offset % (1 << 64),) + REGS[6:]
     result = cpu.run([Sample(bytes.fromhex(code), regs, base_index=1)])[0]
     assert result.outcome in (Outcome.END, Outcome.FAULT), result.summary()
+
+
+# Found by the long run (bench/escape_fuzz.py, seed 20261203, within 40,320 sequences): the
+# 8f /0 encoding of `pop %rsp` was taken for an ordinary stack form; only 5c was refused.
+POP_RSP_ESCAPE = "4883e480f2450fc2ce018fc4"  # and rsp,-128; cmpltsd; pop rsp
+
+
+def test_pop_rsp_8f_form_escapes_on_the_cpu(cpu: Oracle) -> None:
+    result = cpu.run([Sample(bytes.fromhex(POP_RSP_ESCAPE + "5bcc"), REGS, base_index=2)])[0]
+    assert result.outcome == Outcome.ESCAPE, result.summary()
+
+
+@pytest.mark.parametrize("code", ["8fc4", "488fc4", "408fc4", "4c8fc4", "5c", "485c"])
+@pytest.mark.parametrize("mode", ["data", "code+data"])
+def test_verifier_rejects_every_pop_into_rsp(code: str, mode: str) -> None:
+    verdict = verifier.verify_code(bytes.fromhex(code + "cc"), code_offset=0x1000,
+                                   image_size=0x10000, isolation=mode)
+    assert verdict.rule == "stack-pointer", "pop %rsp sets %rsp to anything"

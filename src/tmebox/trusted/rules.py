@@ -115,6 +115,7 @@ BRANCH_FORMS = _codes(
 # Instructions that move %rsp by their own operand size through memory the guards bound.
 STACK_FORMS = _codes("PUSH_R64 PUSH_RM64 PUSHQ_IMM8 PUSHQ_IMM32 PUSHFQ POP_R64 POP_RM64 "
                      "CALL_REL32_64 CALL_RM64 RETNQ")
+_POPS = _codes("POP_R64 POP_RM64")
 _AND64_IMM = _codes("AND_RM64_IMM8 AND_RM64_IMM32")
 _SYSTEM_CALLS = _mnemonics("SYSCALL SYSENTER INT INT1 INTO")
 # Where each legacy prefix may stand (GNU as emits segment, address size, operand size, then
@@ -291,12 +292,19 @@ def rule_base_register(x: Insn) -> None:
         raise Reject("base-register", "writes %r14 (the window base)")
 
 
+def _pops_into_rsp(ins: ix.Instruction) -> bool:
+    # Both encodings of `pop %rsp` (5c and 8f /0 with a register operand; found by the escape
+    # fuzzer): %rsp becomes whatever the stack held.
+    return (ins.code in _POPS and ins.op0_kind == ix.OpKind.REGISTER
+            and ins.op0_register == R.RSP)
+
+
 def rule_stack_pointer(x: Insn) -> Role:
     """%rsp must stay in the window; push/pop/call/ret touch memory so guards stop them."""
     ins = x.ins
     if not x.written & _RSP_FAMILY:
         return Role.PLAIN
-    if ins.code in STACK_FORMS and not (ins.code == C.POP_R64 and ins.op0_register == R.RSP):
+    if ins.code in STACK_FORMS and not _pops_into_rsp(ins):
         return Role.PLAIN
     if ins.code in _AND64_IMM and ins.op0_kind == ix.OpKind.REGISTER \
             and ins.op0_register == R.RSP and ins.immediate(1) >> 63:

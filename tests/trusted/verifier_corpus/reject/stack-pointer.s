@@ -17,6 +17,12 @@
     or rsp, r14
 # case: pop %rsp
     pop rsp
+# case: pop %rsp, the 8f /0 form (found by the escape fuzzer)
+    .byte 0x8f, 0xc4
+# case: pop %rsp, 8f /0 with REX.W
+    .byte 0x48, 0x8f, 0xc4
+# case: pop %rsp, 8f /0 with a redundant REX
+    .byte 0x40, 0x8f, 0xc4
 # case: xchg with %rsp
     xchg rsp, rax
 # case: 16-bit write to %sp
