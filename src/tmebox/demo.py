@@ -243,8 +243,12 @@ def demo(tenants: int = 1000, requests: int = 10000, backend: str = "native",
 
         dram_visible = 0
         if backend == "tme":
-            platform = rt.backend.platform
-            rt.backend.sync()  # write the emulator's plaintext cache back to the pool
+            from tmebox.runtime.tme import TmeBackend
+
+            tme = rt.backend
+            assert isinstance(tme, TmeBackend)
+            platform = tme.platform
+            tme.sync()  # write the emulator's plaintext cache back to the pool
             for addr, secret in zip(secret_addrs, secrets, strict=True):
                 dram_visible += platform.dram(addr & 0xFFFF_FFFF, SECRET_LEN) == secret
 

@@ -6,6 +6,7 @@ their imports or options; `--help` imports the whole script and parses its optio
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +29,17 @@ def test_script_help(script: Path) -> None:
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"usage: {script.name}"), r.stdout[:200]
+
+
+def test_tme_backend_quick_run(tmp_path: Path) -> None:
+    # The one developer benchmark with machine-checked output: medians and the density run.
+    bench = BENCH / "tme_backend_speed.py"
+    out = tmp_path / "r.json"
+    r = subprocess.run([sys.executable, str(bench), "--quick", "--rounds", "1", "--out",
+                        str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    med = json.loads(out.read_text())["medians"]
+    assert med["tme.alu"] > 0 and med["tme.switch_us"] > 0
+    r = subprocess.run([sys.executable, str(bench), "--density", "40"], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0 and "40 distinct KeyIDs" in r.stdout, r.stderr

@@ -343,18 +343,3 @@ def test_closing_a_runtime_frees_its_pool_without_the_cycle_collector(basic_plan
         assert backend() is None  # freed by reference counting alone
     finally:
         gc.enable()
-
-
-def test_bench_script_runs(tmp_path):
-    bench = Path(__file__).resolve().parents[2] / "bench" / "tme_backend.py"
-    out = tmp_path / "r.json"
-    r = subprocess.run([sys.executable, str(bench), "--quick", "--rounds", "1", "--out",
-                        str(out)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    import json
-
-    med = json.loads(out.read_text())["medians"]
-    assert med["tme.alu"] > 0 and med["tme.switch_us"] > 0
-    r = subprocess.run([sys.executable, str(bench), "--density", "40"], capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0 and "40 distinct KeyIDs" in r.stdout, r.stderr

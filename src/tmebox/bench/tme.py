@@ -10,7 +10,6 @@ slowdown of emulation is reported.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from collections.abc import Callable
@@ -89,18 +88,15 @@ def platform_throughput(size: int, rounds: int) -> list[TmeResult]:
     return out
 
 
-def tme_backend_available() -> bool:
-    return importlib.util.find_spec("tmebox.runtime.tme_backend") is not None
-
-
 def backend_slowdown(image: Path, scale: int, rounds: int) -> list[TmeResult]:
     """The same image's bench_iter() on the native backend and on the tme backend with and
     without integrity, interleaved; and the guest instructions per second on tme, from
     one extra run that counts them (an instruction hook: it is not timed)."""
     from tmebox.runtime.api import Runtime
 
-    setups = {"native": ("native", {}), "tme": ("tme", {}),
-              "tme-integrity": ("tme", {"integrity": True})}
+    setups: dict[str, tuple[str, dict[str, Any]]] = {
+        "native": ("native", {}), "tme": ("tme", {}),
+        "tme-integrity": ("tme", {"integrity": True})}
     times: dict[str, list[float]] = {name: [] for name in setups}
     runtimes = {name: Runtime(backend=b, max_sandboxes=1, **kw)
                 for name, (b, kw) in setups.items()}

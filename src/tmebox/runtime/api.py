@@ -96,7 +96,7 @@ def _make_backend(name: str, max_sandboxes: int, options: dict[str, Any]) -> Bac
             raise TmeboxError(f"the native backend takes no options ({', '.join(options)})")
         return NativeBackend(max_sandboxes)
     if name == "tme":
-        from tmebox.runtime.tme_backend import TmeBackend
+        from tmebox.runtime.tme import TmeBackend
 
         try:
             return TmeBackend(max_sandboxes, **options)

@@ -5,8 +5,8 @@ hand-assembled image on the tme and native backends; the cost of a sandbox call 
 switch between sandboxes, against a call that does not switch, measured in the same run.
 Cases run interleaved (round-robin, `--rounds` times); each figure is the median.
 
-    .venv/bin/python bench/tme_backend.py [--rounds 7] [--quick]
-    .venv/bin/python bench/tme_backend.py --density 32767   # every KeyID at once
+    .venv/bin/python bench/tme_backend_speed.py [--rounds 7] [--quick]
+    .venv/bin/python bench/tme_backend_speed.py --density 32767   # every KeyID at once
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--density", type=int, metavar="N",
                     help="instead: spawn N tiny sandboxes at once (32767 = every KeyID)")
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "tme_backend.json")
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "tme_backend_speed.json")
     args = ap.parse_args()
     if args.density:
         density(args.density)

@@ -21,17 +21,12 @@ page is resident in at most one window at a time, so the aliases stay coherent.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import heapq
 import signal
 import struct
 import threading
 import time
-import weakref
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 from unicorn import (
@@ -46,704 +41,71 @@ from unicorn import (
     UC_HOOK_INSN,
     UC_HOOK_INTR,
     UC_MODE_64,
-    UC_PROT_ALL,
     Uc,
     UcError,
 )
-from unicorn import unicorn_const as ucc
 from unicorn import x86_const as x86
-from unicorn.unicorn_py3.unicorn import UcContext, uclib
+from unicorn.unicorn_py3.unicorn import UcContext
 
 from tmebox.errors import OutOfSandboxes, SandboxError, TmeboxError
 from tmebox.runtime.backend import (
     MACHINE_CHECK,
-    STOP_BADSTACK,
     STOP_FAULT,
     STOP_RETURN,
     STOP_SYSCALL,
     STOP_TIMEOUT,
-    STOPPED,
-    Engine,
     FaultInfo,
-    Invoke,
-    SharedPool,
 )
-from tmebox.runtime.layout import PAGE, WindowLayout, page_up
+from tmebox.runtime.layout import PAGE, page_up
 from tmebox.runtime.loader import ImagePlan
-from tmebox.runtime.memory import OFFSET_MASK, SandboxMemory, SandboxMemoryError
-from tmebox.tme import LINE_SIZE, MachineCheck, PconfigStatus, Platform
+from tmebox.runtime.memory import OFFSET_MASK
+from tmebox.runtime.tme.engine import TmeEngine, TmeImage
+from tmebox.runtime.tme.machine import (
+    ARG_REGS,
+    CR0_NE,
+    CR0_PG,
+    CR0_WP,
+    CR2_NONE,
+    CR4_PAE,
+    DEFAULT_HEAP_SIZE,
+    DEFAULT_POOL_SIZE,
+    DEFAULT_RESIDENT_PAGES,
+    EFER_NXE,
+    EFER_SCE,
+    EXC_BP,
+    EXC_DE,
+    EXC_DF,
+    EXC_GP,
+    EXC_MF,
+    EXC_PF,
+    EXC_UD,
+    GDT,
+    LINES_PER_PAGE,
+    LONG_RUN_NS,
+    MASK64,
+    MAX_RESIDENT_PAGES,
+    MAX_WINDOW,
+    MSR_EFER,
+    PTE_NX,
+    PTE_P,
+    PTE_RW,
+    PTE_US,
+    RAX,
+    RIP,
+    RSP,
+    SYSCALL_REGS,
+    USER_CS,
+    USER_INIT,
+    USER_SS,
+    WATCHDOG_PERIOD,
+    Reg,
+    RegBatch,
+    weakly,
+)
+from tmebox.runtime.tme.mmu import Mmu
+from tmebox.runtime.tme.pool import ExtentPool
+from tmebox.tme import LINE_SIZE, PconfigStatus, Platform
 from tmebox.trusted import abi
-from tmebox.trusted.image import Isolation
-
-LINES_PER_PAGE = PAGE // LINE_SIZE
-DEFAULT_POOL_SIZE = 512 << 20
-DEFAULT_HEAP_SIZE = 4 << 20
-DEFAULT_RESIDENT_PAGES = 16384  # 64 MiB of plaintext frames in the emulator
-PT_CHUNK_FRAMES = 1024  # page-table frames are mapped 4 MiB at a time
-MMIO_BASE = 1 << 38  # physical address of the integrity mode's checked pages
-MAX_RESIDENT_PAGES = 1 << 24  # frames and page tables stay below MMIO_BASE
-MMIO_SLOTS = 256
-MAX_WINDOW = (1 << 15) - 1  # windows 1..32767 fill the 47-bit address space
-WATCHDOG_PERIOD = 0.005
-LONG_RUN_NS = 1_000_000
-
-# Page-table entry bits.
-PTE_P, PTE_RW, PTE_US, PTE_D = 1, 2, 4, 1 << 6
-PTE_NX = 1 << 63
-PTE_ADDR = 0x000F_FFFF_FFFF_F000
-PTE_TABLE = PTE_P | PTE_RW | PTE_US  # upper levels: the leaf entry decides
-CR0_PG, CR0_WP, CR0_NE, CR4_PAE = 1 << 31, 1 << 16, 1 << 5, 1 << 5
-EFER_SCE, EFER_NXE = 1, 1 << 11
-MSR_EFER = 0xC000_0080
-
-# Guest code runs at CPL 3 in these segments (Linux's user selectors, so %cs and %ss read
-# as they do natively); GDT entries: null, kernel code, kernel data, -, -, user data, user
-# code (64-bit), as the set-up's iretq needs them. Flat, present, 4 GiB limit.
-USER_SS, USER_CS = 0x2B, 0x33
-GDT = (0, 0x00AF_9B00_0000_FFFF, 0x00CF_9300_0000_FFFF, 0, 0, 0x00CF_F300_0000_FFFF,
-       0x00AF_FB00_0000_FFFF)
-# What the set-up runs at CPL 3 (at window-0 offset 0x2000): fninit; ldmxcsr 3(%rip); int3;
-# two bytes of padding; the MXCSR of a reset, 0x1f80.
-USER_INIT = bytes.fromhex("dbe3" "0fae1503000000" "cc" "0000" "801f0000")
-
-EXC_DE, EXC_BP, EXC_UD, EXC_DF, EXC_GP, EXC_PF, EXC_MF = 0, 3, 6, 8, 13, 14, 16
-CR2_NONE = 1 << 63  # non-canonical: no page fault reports it (such an access is a #GP)
-
-_ARG_REGS = (x86.UC_X86_REG_RDI, x86.UC_X86_REG_RSI, x86.UC_X86_REG_RDX, x86.UC_X86_REG_RCX,
-             x86.UC_X86_REG_R8, x86.UC_X86_REG_R9)
-_SYSCALL_REGS = (x86.UC_X86_REG_RDI, x86.UC_X86_REG_RSI, x86.UC_X86_REG_RDX,
-                 x86.UC_X86_REG_R10, x86.UC_X86_REG_R8, x86.UC_X86_REG_R9)
-_RIP, _RSP, _RAX = x86.UC_X86_REG_RIP, x86.UC_X86_REG_RSP, x86.UC_X86_REG_RAX
-_MASK64 = (1 << 64) - 1
-
-
-class _RegBatch:
-    """A fixed list of registers read or written in one C call (the binding's per-register
-    path costs ~2 us each, which dominated a sandbox call)."""
-
-    def __init__(self, uc: Uc, regs: tuple[int, ...]) -> None:
-        n = self.n = len(regs)
-        self.handle = uc._uch
-        self.ids = (ctypes.c_int * n)(*regs)
-        self.vals = (ctypes.c_uint64 * n)()
-        self.ptrs = (ctypes.c_void_p * n)(*(ctypes.addressof(self.vals) + 8 * i
-                                            for i in range(n)))
-
-    def write(self, values: list[int]) -> None:
-        self.vals[:] = values
-        if uclib.uc_reg_write_batch(self.handle, self.ids, self.ptrs, self.n):
-            raise UcError(uclib.uc_errno(self.handle))
-
-    def read(self) -> list[int]:
-        if uclib.uc_reg_read_batch(self.handle, self.ids, self.ptrs, self.n):
-            raise UcError(uclib.uc_errno(self.handle))
-        return self.vals[:]
-
-
-def _weakly(method: Callable[..., object]) -> Callable[..., object]:
-    """A callback for the Uc that does not keep the backend alive.
-
-    The Uc keeps its callbacks; a bound method there would make a reference cycle, and the
-    pool (hundreds of MiB) would live until the cycle collector ran, not until the Runtime
-    is dropped.
-    """
-    ref = weakref.WeakMethod(method)  # type: ignore[arg-type]
-
-    def call(*args: object) -> object:
-        m = ref()
-        return None if m is None else m(*args)
-
-    return call
-
-
-class _Reg:
-    """One 64-bit register, read and written without the binding's per-call dispatch."""
-
-    def __init__(self, uc: Uc, reg: int) -> None:
-        self.handle = uc._uch
-        self.reg = reg
-        self.val = ctypes.c_uint64()
-        self.ref = ctypes.byref(self.val)
-
-    def get(self) -> int:
-        uclib.uc_reg_read(self.handle, self.reg, self.ref)
-        return self.val.value
-
-    def set(self, value: int) -> None:
-        self.val.value = value
-        uclib.uc_reg_write(self.handle, self.reg, self.ref)
-
-
-@dataclass
-class _Window:
-    """The emulator-side state of one window: its page tables and resident pages."""
-
-    keyid: int
-    pd: dict[int, int] = field(default_factory=dict)  # GiB index -> page-directory frame
-    pt: dict[int, int] = field(default_factory=dict)  # 2 MiB index -> page-table frame
-    pages: dict[int, int] = field(default_factory=dict)  # pool page offset -> data frame
-    code: tuple[int, int] = (0, 0)  # window offsets mapped executable
-    has_code_frames: bool = False
-
-
-class _Mmu:
-    """Plaintext frames, guest page tables and the pool-page directory of one Uc."""
-
-    def __init__(self, uc: Uc, platform: Platform, resident_pages: int) -> None:
-        self.uc = uc
-        self.platform = platform
-        self.nframes = resident_pages
-        self.arena = np.zeros((resident_pages, PAGE), dtype=np.uint8)
-        self.baseline = np.zeros((resident_pages, PAGE), dtype=np.uint8)
-        uc.mem_map_ptr(0, resident_pages * PAGE, UC_PROT_ALL, self.arena.ctypes.data)
-        self.free_frames = list(range(resident_pages - 1, -1, -1))
-        self.frame_owner: dict[int, tuple[int, int]] = {}  # frame -> (keyid, page)
-        self.fifo: OrderedDict[int, None] = OrderedDict()  # data frames, oldest first
-        # Page-table frames: their own physical chunks, so data frames can all be evicted.
-        self.pt_chunks: list[np.ndarray] = []
-        self.pt_free: list[int] = []
-        self.pml4 = self._pt_alloc()
-        self.windows: dict[int, _Window] = {}
-        self.directory: dict[int, tuple[int, int]] = {}  # pool page -> (keyid, frame)
-        nlines = platform.memory_size // LINE_SIZE
-        self.owner = np.zeros(nlines, dtype=np.uint16)  # 0: free or host
-        self.fresh = np.zeros(nlines, dtype=bool)  # owner's view is zero; nothing written
-        self.bad: dict[int, int] = {}  # integrity mode: frame -> mask of unreadable lines
-        # Integrity mode: a page with unreadable lines is mapped through a checked slot
-        # (unicorn MMIO), so every access to it comes to `check_read`/`check_write`.
-        self.slot_frame: dict[int, int] = {}
-        self.frame_slot: dict[int, int] = {}
-        self.free_slots = list(range(MMIO_SLOTS - 1, -1, -1))
-        self.on_machine_check: Callable[..., object] | None = None
-        self.stopped: Callable[..., object] = lambda: False
-        if platform.integrity:
-            uc.mmio_map(MMIO_BASE, MMIO_SLOTS * PAGE, _weakly(self.check_read), None,
-                        _weakly(self.check_write), None)
-        self.tlb_stale = False
-        self.tb_stale = False
-
-    # -- page-table frames ------------------------------------------------------------------
-
-    def _pt_alloc(self) -> int:
-        if not self.pt_free:
-            chunk = np.zeros((PT_CHUNK_FRAMES, PAGE // 8), dtype=np.uint64)
-            first = self.nframes + len(self.pt_chunks) * PT_CHUNK_FRAMES
-            self.uc.mem_map_ptr(first * PAGE, PT_CHUNK_FRAMES * PAGE, UC_PROT_ALL,
-                                chunk.ctypes.data)
-            self.pt_chunks.append(chunk)
-            self.pt_free = list(range(first + PT_CHUNK_FRAMES - 1, first - 1, -1))
-        return self.pt_free.pop()
-
-    def _pt(self, frame: int) -> np.ndarray:
-        i = frame - self.nframes
-        return self.pt_chunks[i // PT_CHUNK_FRAMES][i % PT_CHUNK_FRAMES]
-
-    def _pt_release(self, frame: int) -> None:
-        self._pt(frame)[:] = 0
-        self.pt_free.append(frame)
-
-    def _pte_table(self, w: _Window, off: int, create: bool) -> np.ndarray | None:
-        """The page table covering window offset off (created on demand)."""
-        pt = w.pt.get(off >> 21)
-        if pt is None:
-            if not create:
-                return None
-            k = w.keyid
-            pd = w.pd.get(off >> 30)
-            if pd is None:
-                pdpt_i = k >> 7
-                pml4 = self._pt(self.pml4)
-                if not int(pml4[pdpt_i]) & PTE_P:
-                    pml4[pdpt_i] = self._pt_alloc() << 12 | PTE_TABLE
-                pdpt = self._pt((int(pml4[pdpt_i]) & PTE_ADDR) >> 12)
-                pd = w.pd[off >> 30] = self._pt_alloc()
-                pdpt[(k & 127) << 2 | off >> 30] = pd << 12 | PTE_TABLE
-            pt = w.pt[off >> 21] = self._pt_alloc()
-            self._pt(pd)[(off >> 21) & 511] = pt << 12 | PTE_TABLE
-        return self._pt(pt)
-
-    def new_window(self, keyid: int, code_lo: int, code_hi: int) -> _Window:
-        w = self.windows[keyid] = _Window(keyid, code=(code_lo, code_hi))
-        return w
-
-    def drop_window(self, keyid: int) -> None:
-        """Forget window keyid entirely, resident plaintext included (no write-back)."""
-        w = self.windows.pop(keyid)
-        for page, frame in list(w.pages.items()):
-            self._unmap(w, page, frame)
-        for t in (*w.pt.values(), *w.pd.values()):
-            self._pt_release(t)
-        pml4 = self._pt(self.pml4)
-        if int(pml4[keyid >> 7]) & PTE_P:
-            pdpt = self._pt((int(pml4[keyid >> 7]) & PTE_ADDR) >> 12)
-            pdpt[(keyid & 127) << 2:((keyid & 127) << 2) + 4] = 0
-        self.tlb_stale = True
-        if w.has_code_frames:
-            self.tb_stale = True  # a later window k may put other code at these addresses
-
-    # -- filling and writing back -----------------------------------------------------------
-
-    def resident(self, keyid: int, page: int) -> int | None:
-        hit = self.directory.get(page)
-        return hit[1] if hit is not None and hit[0] == keyid else None
-
-    def fill(self, keyid: int, page: int) -> int:
-        """Make pool page `page` resident in window keyid; returns its frame."""
-        hit = self.directory.get(page)
-        if hit is not None:
-            if hit[0] == keyid:
-                return hit[1]
-            self.evict(hit[1])  # another alias holds it: write back, then invalidate
-        frame = self._take_frame()
-        first = page // LINE_SIZE
-        own = self.owner[first:first + LINES_PER_PAGE] == keyid
-        zero = own & self.fresh[first:first + LINES_PER_PAGE]
-        rows = self.arena[frame].reshape(LINES_PER_PAGE, LINE_SIZE)
-        plat = self.platform
-        if plat.integrity:
-            zero = self._fill_checked(keyid, page, frame, own, zero)
-        elif zero.all():
-            rows[:] = 0
-        else:
-            plain = plat.read_lines(page, LINES_PER_PAGE, keyid)
-            rows[:] = np.frombuffer(plain, dtype=np.uint8).reshape(LINES_PER_PAGE, LINE_SIZE)
-        if zero.any():
-            rows[zero] = 0
-        self.baseline[frame] = self.arena[frame]
-        w = self.windows[keyid]
-        lo, hi = w.code
-        table = self._pte_table(w, page, True)
-        assert table is not None
-        if lo <= page < hi:
-            # Own code: read + execute (QEMU cannot execute from a checked page, so a
-            # poisoned line of a code page is executed as zeros: it faults, it leaks nothing).
-            table[(page >> 12) & 511] = frame << 12 | PTE_P | PTE_US
-            w.has_code_frames = True
-        elif frame in self.bad:
-            slot = self._take_slot(frame)
-            table[(page >> 12) & 511] = np.uint64(MMIO_BASE + slot * PAGE | PTE_P | PTE_RW
-                                                  | PTE_US | PTE_NX)
-        else:
-            table[(page >> 12) & 511] = np.uint64(frame << 12 | PTE_P | PTE_RW | PTE_US
-                                                  | PTE_NX)
-        w.pages[page] = frame
-        self.directory[page] = (keyid, frame)
-        self.frame_owner[frame] = (keyid, page)
-        self.fifo[frame] = None
-        return frame
-
-    def _fill_checked(self, keyid: int, page: int, frame: int, own: np.ndarray,
-                      zero: np.ndarray) -> np.ndarray:
-        """Integrity mode: decrypt only lines that can verify; the rest are marked bad.
-
-        Reading a foreign (or poisoned) line through this KeyID would raise a machine
-        check and poison the line: that must happen only if the program reads that line,
-        not because a neighbour line in the same page was touched. Returns the lines that
-        read as zero (fresh and not poisoned).
-        """
-        rows = self.arena[frame].reshape(LINES_PER_PAGE, LINE_SIZE)
-        rows[:] = 0
-        poisoned = self.platform.is_poisoned
-        zero = zero.copy()
-        ok = own & ~zero
-        for i in np.flatnonzero(own):
-            if poisoned(page + int(i) * LINE_SIZE):
-                ok[i] = zero[i] = False
-        idx = np.flatnonzero(ok)
-        start = 0
-        while start < len(idx):  # contiguous runs, one batch each
-            end = start
-            while end + 1 < len(idx) and idx[end + 1] == idx[end] + 1:
-                end += 1
-            a, n = int(idx[start]), int(idx[end]) - int(idx[start]) + 1
-            try:
-                plain = self.platform.read_lines(page + a * LINE_SIZE, n, keyid)
-                rows[a:a + n] = np.frombuffer(plain, dtype=np.uint8).reshape(n, LINE_SIZE)
-            except MachineCheck:
-                for j in range(a, a + n):  # one at a time: only the bad ones stay bad
-                    try:
-                        line = self.platform.read_lines(page + j * LINE_SIZE, 1, keyid)
-                        rows[j] = np.frombuffer(line, dtype=np.uint8)
-                    except MachineCheck:
-                        ok[j] = False
-            start = end + 1
-        bad = ~(ok | zero)
-        if bad.any():
-            self.bad[frame] = int(np.packbits(bad, bitorder="little").view("<u8")[0])
-        return zero
-
-    def _take_slot(self, frame: int) -> int:
-        if not self.free_slots:
-            self.evict(self.slot_frame[min(self.slot_frame)])
-        slot = self.free_slots.pop()
-        self.slot_frame[slot] = frame
-        self.frame_slot[frame] = slot
-        return slot
-
-    def _checked(self, offset: int, size: int) -> tuple[int, int, int, bool]:
-        """(frame, byte in page, pool offset, touches a bad line) of a checked access."""
-        frame = self.slot_frame[offset // PAGE]
-        at = offset % PAGE
-        bad = self.bad[frame]
-        lines = ((1 << ((at + size - 1) // LINE_SIZE + 1)) - 1) >> (at // LINE_SIZE)
-        keyid, page = self.frame_owner[frame]
-        return frame, at, page + at, bool(bad >> (at // LINE_SIZE) & lines)
-
-    def check_read(self, uc: Uc, offset: int, size: int, _: object) -> int:
-        frame, at, pool_off, bad = self._checked(offset, size)
-        if bad:
-            keyid = self.frame_owner[frame][0]
-            with contextlib.suppress(MachineCheck):  # the read poisons the line, as on hardware
-                self.platform.read(pool_off & ~(LINE_SIZE - 1), LINE_SIZE, keyid)
-            if self.on_machine_check is not None:
-                self.on_machine_check(keyid, pool_off)
-            return 0
-        return int.from_bytes(self.arena[frame, at:at + size].tobytes(), "little")
-
-    def check_write(self, uc: Uc, offset: int, size: int, value: int, _: object) -> None:
-        if self.stopped():
-            return  # the rest of a block after a machine check: nothing more lands
-        frame, at, pool_off, bad = self._checked(offset, size)
-        data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
-        if bad:
-            # A store into a line this KeyID cannot verify: the platform's read-for-
-            # ownership fails, the store is dropped and the line poisoned. No fault here.
-            self.platform.write(pool_off, data, self.frame_owner[frame][0])
-            return
-        self.arena[frame, at:at + size] = np.frombuffer(data, np.uint8)
-
-    def _take_frame(self) -> int:
-        if not self.free_frames:
-            oldest = next(iter(self.fifo))
-            self.evict(oldest)
-        return self.free_frames.pop()
-
-    def write_back(self, frame: int) -> None:
-        """Encrypt the lines of a resident page that changed since it was filled."""
-        keyid, page = self.frame_owner[frame]
-        w = self.windows[keyid]
-        table = self._pte_table(w, page, False)
-        if table is None or not int(table[(page >> 12) & 511]) & PTE_D:
-            return
-        now = self.arena[frame].reshape(LINES_PER_PAGE, LINE_SIZE)
-        was = self.baseline[frame].reshape(LINES_PER_PAGE, LINE_SIZE)
-        changed = np.flatnonzero((now != was).any(axis=1))
-        if not len(changed):
-            return
-        first = page // LINE_SIZE
-        bad = self.bad.get(frame, 0)
-        plat = self.platform
-        i = 0
-        while i < len(changed):
-            a = int(changed[i])
-            if bad >> a & 1:
-                # A line this KeyID cannot read: a store to it needs the old line (a partial
-                # write), whose fill fails, so the platform drops it and poisons the line.
-                diff = np.flatnonzero(now[a] != was[a])
-                lo, hi = int(diff[0]), int(diff[-1]) + 1
-                plat.write(page + a * LINE_SIZE + lo, now[a, lo:hi].tobytes(), keyid)
-                self.fresh[first + a] = False
-                i += 1
-                continue
-            j = i
-            while (j + 1 < len(changed) and changed[j + 1] == changed[j] + 1
-                   and not bad >> int(changed[j + 1]) & 1):
-                j += 1
-            b = int(changed[j]) + 1
-            plat.write_lines(page + a * LINE_SIZE, now[a:b].tobytes(), keyid)
-            self.fresh[first + a:first + b] = False
-            i = j + 1
-        was[:] = now
-
-    def evict(self, frame: int, write_back: bool = True) -> None:
-        keyid, page = self.frame_owner[frame]
-        if write_back:
-            self.write_back(frame)
-        self._unmap(self.windows[keyid], page, frame)
-
-    def _unmap(self, w: _Window, page: int, frame: int) -> None:
-        table = self._pte_table(w, page, False)
-        if table is not None:
-            table[(page >> 12) & 511] = 0
-        del w.pages[page]
-        del self.directory[page]
-        del self.frame_owner[frame]
-        self.fifo.pop(frame, None)
-        self.bad.pop(frame, None)
-        slot = self.frame_slot.pop(frame, None)
-        if slot is not None:
-            del self.slot_frame[slot]
-            self.free_slots.append(slot)
-        self.free_frames.append(frame)
-        self.tlb_stale = True
-        if w.code[0] <= page < w.code[1]:
-            self.tb_stale = True
-
-    def mark_dirty(self, keyid: int, page: int) -> None:
-        table = self._pte_table(self.windows[keyid], page, False)
-        if table is not None:
-            table[(page >> 12) & 511] |= np.uint64(PTE_D)
-
-    def sync(self) -> None:
-        for frame in list(self.frame_owner):
-            self.write_back(frame)
-
-    def flush_pages(self, lo: int, hi: int, write_back: bool = True) -> None:
-        """Take every pool page overlapping [lo, hi) out of the emulator, in all windows."""
-        for page in range(lo & ~(PAGE - 1), hi, PAGE):
-            hit = self.directory.get(page)
-            if hit is not None:
-                self.evict(hit[1], write_back)
-
-    def apply_stale(self) -> None:
-        """Invalidate what the emulator may cache about unmapped pages (before it runs)."""
-        if self.tlb_stale:
-            self.uc.ctl(ucc.UC_CTL_TLB_FLUSH, ucc.UC_CTL_IO_WRITE)
-            self.tlb_stale = False
-        if self.tb_stale:
-            self.uc.ctl_flush_tb()
-            self.tb_stale = False
-
-
-class _Pool:
-    """Free space of the physical pool: regions from the top, host buffers from the bottom."""
-
-    def __init__(self, lo: int, hi: int) -> None:
-        self.free: list[tuple[int, int]] = [(lo, hi)]
-
-    def take(self, n: int, align: int, from_top: bool) -> int | None:
-        spans = reversed(self.free) if from_top else self.free
-        for s, e in spans:
-            if from_top:
-                at = (e - n) & ~(align - 1)
-                if at >= s:
-                    break
-            else:
-                at = (s + align - 1) & ~(align - 1)
-                if at + n <= e:
-                    break
-        else:
-            return None
-        self._remove(at, at + n)
-        return at
-
-    def _remove(self, lo: int, hi: int) -> None:
-        out = []
-        for s, e in self.free:
-            if e <= lo or s >= hi:
-                out.append((s, e))
-                continue
-            if s < lo:
-                out.append((s, lo))
-            if e > hi:
-                out.append((hi, e))
-        self.free = out
-
-    def give(self, lo: int, hi: int) -> None:
-        spans = sorted([*self.free, (lo, hi)])
-        merged: list[tuple[int, int]] = []
-        for s, e in spans:
-            if merged and merged[-1][1] >= s:
-                merged[-1] = (merged[-1][0], max(e, merged[-1][1]))
-            else:
-                merged.append((s, e))
-        self.free = merged
-
-    @property
-    def largest(self) -> int:
-        return max((e - s for s, e in self.free), default=0)
-
-
-class TmeImage:
-    """An image prepared for the tme backend: code with the runtime page, data template."""
-
-    def __init__(self, plan: ImagePlan) -> None:
-        self.plan = plan
-        self.layout = plan.layout()
-        code = bytearray(plan.code)
-        # The runtime page: every slot traps (int3); the emulator recognises the two entries.
-        code[:abi.RT_PAGE_SIZE] = b"\xcc" * abi.RT_PAGE_SIZE
-        code += b"\xcc" * (page_up(len(code)) - len(code))
-        self.code = bytes(code)
-        data = bytearray(plan.data)
-        data += bytes(-len(data) % LINE_SIZE)
-        self.data = bytes(data)
-        self.relocs = tuple(off - plan.data_start for off in plan.relocs)
-        self.region_image = page_up(plan.image_end)
-
-
-class TmeMemory(SandboxMemory):
-    """Host access to window k: the whole pool seen through KeyID k (own code read-only)."""
-
-    def __init__(self, engine: TmeEngine) -> None:
-        L = engine.layout
-        super().__init__(abi.GUARD_SIZE, abi.GUARD_SIZE, engine.backend.pool_size)
-        # A proxy: engine -> memory -> engine would be a cycle keeping the pool alive.
-        self.engine = weakref.proxy(engine)
-        self.code_lo, self.code_hi = L.code_lo, L.code_hi
-
-    def check(self, addr: int, n: int, write: bool) -> int:
-        off = addr & OFFSET_MASK
-        if not self.engine.alive:
-            raise SandboxMemoryError(f"host access at window offset {off:#x}: sandbox "
-                                     f"{self.engine.keyid} was destroyed (its key is cleared)")
-        if not self.ok(addr, n, write):
-            what = "write" if write else "read"
-            raise SandboxMemoryError(
-                f"host {what} of {n} bytes at window offset {off:#x} is outside window "
-                f"{self.engine.keyid}'s {'writable' if write else 'readable'} pool "
-                f"[{self.read_lo:#x}, {self.hi:#x})"
-                + (f" or inside its code [{self.code_lo:#x}, {self.code_hi:#x})" if write
-                   else "") + self.engine.backend._unreadable_note(self.engine, off, n))
-        return off
-
-    def ok(self, addr: int, n: int, write: bool) -> bool:
-        off = addr & OFFSET_MASK
-        if n < 0 or off < self.read_lo or off + n > self.hi or not self.engine.alive:
-            return False
-        if write and off < self.code_hi and off + n > self.code_lo:
-            return False
-        be = self.engine.backend
-        return not be.platform.integrity or not be._unreadable(self.engine, off, n)
-
-    def _read(self, off: int, n: int) -> bytes:
-        return self.engine.backend._host_access(self.engine, off, n, None)
-
-    def _write(self, off: int, data: bytes | bytearray | memoryview) -> None:
-        self.engine.backend._host_access(self.engine, off, len(data), bytes(data))
-
-    def _release(self, off: int, n: int) -> None:
-        self.engine.backend._release(self.engine, off, n)
-
-
-class TmeEngine:
-    """One sandbox on the shared emulator: KeyID k, window k, a region of the pool."""
-
-    def __init__(self, backend: TmeBackend, image: TmeImage, keyid: int, region: int,
-                 size: int) -> None:
-        self.backend = backend
-        self.image = image
-        self.keyid = keyid
-        self.base = keyid << abi.WINDOW_SHIFT
-        self.region = (region, region + size)
-        self.bundle = image.plan.isolation == Isolation.CODE_DATA
-        delta = region - abi.IMAGE_WINDOW_OFFSET
-        L = image.layout
-        self.layout = WindowLayout(
-            code_lo=L.code_lo + delta, code_hi=L.code_hi + delta, rw_lo=L.rw_lo + delta,
-            rw_hi=region + size, stack_bottom=L.stack_bottom + delta,
-            stack_top=L.stack_top + delta, data=L.data + delta, heap=L.heap + delta,
-            mmap_top=region + size)
-        self.buffers: dict[int, int] = {}  # host buffer pool offset -> size
-        self.memory = TmeMemory(self)
-        self.ctx = None  # UcContext while another engine holds the CPU
-        self._fault = FaultInfo(0, 0, 0, 0)
-        self.deadline_ns = 0
-        self.alive = True
-        self._last_stop = 0
-
-    # -- the Engine protocol ---------------------------------------------------------------
-
-    def enter(self, rip: int, rsp: int, args: tuple[int, ...], return_to: int | None) -> int:
-        be = self.backend
-        with be.lock:
-            be._take_cpu(self, fresh=True)
-            if return_to is not None:
-                rsp -= 8
-                be._push_word(self, rsp, return_to)
-            vals = [v & _MASK64 for v in args]
-            vals += [0] * (6 - len(vals))
-            be.entry_regs.write([*vals, rsp, self.base, self.base])
-            return be._run(self, rip)
-
-    def invoker(self) -> tuple[Invoke, object]:
-        """Sandbox.call's fast path: f(None, rip, rsp, return_to, a0..a5) -> signed rax or
-        STOPPED."""
-
-        def invoke(_: object, rip: int, rsp: int, return_to: int, *args: int) -> int:
-            stop = self._last_stop = self.enter(rip, rsp, args, return_to)
-            if stop != STOP_RETURN:
-                return STOPPED
-            v = self.result()
-            return v - (1 << 64) if v >> 63 else v
-
-        return invoke, None
-
-    def last_stop(self) -> int:
-        return self._last_stop
-
-    def resume(self, result: int) -> int:
-        be = self.backend
-        with be.lock:
-            be._take_cpu(self)
-            be.rax.set(result & _MASK64)
-            rsp = be.rsp.get()
-            off = rsp & OFFSET_MASK
-            if rsp >> abi.WINDOW_SHIFT != self.keyid or not (
-                    self.layout.rw_lo <= off and off + 8 <= self.layout.rw_hi):
-                self._fault = FaultInfo(signal.SIGSEGV, off, 0, off)
-                return STOP_BADSTACK
-            ret = self.memory.read_u64(rsp) & OFFSET_MASK
-            be.rsp.set(rsp + 8)
-            if self.bundle:
-                ret &= ~(abi.BUNDLE_SIZE - 1)
-            return be._run(self, self.base + ret)
-
-    def result(self) -> int:
-        with self.backend.lock:
-            self.backend._take_cpu(self)
-            return self.backend.rax.get()
-
-    def syscall(self) -> tuple[int, tuple[int, int, int, int, int, int]]:
-        with self.backend.lock:
-            self.backend._take_cpu(self)
-            v = self.backend.syscall_regs.read()
-            return v[0], tuple(v[1:])  # type: ignore[return-value]
-
-    def stack_pointer(self) -> int:
-        with self.backend.lock:
-            self.backend._take_cpu(self)
-            return self.backend.rsp.get()
-
-    def fault(self) -> FaultInfo:
-        return self._fault
-
-    def set_deadline(self, seconds: float | None) -> None:
-        self.deadline_ns = 0 if seconds is None else (
-            time.monotonic_ns() + max(1, int(seconds * 1e9)))
-        if seconds is not None:
-            self.backend._start_watchdog()
-
-    def save(self) -> object:
-        with self.backend.lock:
-            self.backend._take_cpu(self)
-            return self.backend.uc.context_save()
-
-    def restore(self, snapshot: object) -> None:
-        with self.backend.lock:
-            self.backend._take_cpu(self, snapshot=snapshot)
-
-    def destroy(self) -> None:
-        if self.alive:
-            self.alive = False
-            self.backend._destroy(self)
-
-    # -- the SharedPool protocol: Sandbox.alloc/free/transfer ------------------------------
-
-    @property
-    def pool(self) -> SharedPool:
-        return self
-
-    def alloc(self, n: int) -> int:
-        return self.backend._alloc_buffer(self, n)
-
-    def free(self, addr: int, n: int) -> None:
-        self.backend._free_buffer(self, addr, n)
-
-    def transfer(self, addr: int, n: int, to: Engine) -> int:
-        if not isinstance(to, TmeEngine) or to.backend is not self.backend:
-            raise TmeboxError("transfer: both sandboxes must run on one tme backend")
-        return self.backend._transfer(self, addr, n, to)
 
 
 class TmeBackend:
@@ -775,8 +137,8 @@ class TmeBackend:
         self.max_keyid = min(self.platform.max_keyid, MAX_WINDOW)
         self.lock = threading.RLock()
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
-        self.mmu = _Mmu(self.uc, self.platform, resident_pages)
-        self._pool = _Pool(abi.GUARD_SIZE, pool_size)
+        self.mmu = Mmu(self.uc, self.platform, resident_pages)
+        self._pool = ExtentPool(abi.GUARD_SIZE, pool_size)
         self._free_keyids = list(range(1, self.max_keyid + 1))  # a heap: lowest first
         self.engines: dict[int, TmeEngine] = {}
         self._cpu: TmeEngine | None = None  # whose registers the Uc holds
@@ -786,19 +148,19 @@ class TmeBackend:
         self._watchdog: threading.Thread | None = None
         self._closed = threading.Event()
         self._setup_cpu()
-        self.uc.hook_add(UC_HOOK_INTR, _weakly(self._on_interrupt))
+        self.uc.hook_add(UC_HOOK_INTR, weakly(self._on_interrupt))
         for insn, hook in ((x86.UC_X86_INS_IN, self._on_port_io),
                            (x86.UC_X86_INS_OUT, self._on_port_io),
                            (x86.UC_X86_INS_SYSCALL, self._on_kernel_entry),
                            (x86.UC_X86_INS_SYSENTER, self._on_kernel_entry)):
-            self.uc.hook_add(UC_HOOK_INSN, _weakly(hook), None, 1, 0, insn)
-        self.mmu.on_machine_check = _weakly(self._machine_check)
-        self.mmu.stopped = _weakly(self._stopped)
-        self.entry_regs = _RegBatch(self.uc, (*_ARG_REGS, _RSP, x86.UC_X86_REG_R14,
+            self.uc.hook_add(UC_HOOK_INSN, weakly(hook), None, 1, 0, insn)
+        self.mmu.on_machine_check = weakly(self._machine_check)
+        self.mmu.stopped = weakly(self._stopped)
+        self.entry_regs = RegBatch(self.uc, (*ARG_REGS, RSP, x86.UC_X86_REG_R14,
                                               x86.UC_X86_REG_GS_BASE))
-        self.syscall_regs = _RegBatch(self.uc, (_RAX, *_SYSCALL_REGS))
-        self.rax, self.rsp, self.rip = _Reg(self.uc, _RAX), _Reg(self.uc, _RSP), _Reg(self.uc, _RIP)
-        self.cr2 = _Reg(self.uc, x86.UC_X86_REG_CR2)
+        self.syscall_regs = RegBatch(self.uc, (RAX, *SYSCALL_REGS))
+        self.rax, self.rsp, self.rip = Reg(self.uc, RAX), Reg(self.uc, RSP), Reg(self.uc, RIP)
+        self.cr2 = Reg(self.uc, x86.UC_X86_REG_CR2)
 
     # -- the CPU ----------------------------------------------------------------------------
 
@@ -894,20 +256,20 @@ class TmeBackend:
         ring0 = bytes([0x6A, USER_SS, 0x6A, 0, 0x6A, 2, 0x6A, USER_CS, 0x68]) + (
             0x2000).to_bytes(4, "little") + b"\x48\xcf"  # push ss, rsp, rflags, cs, rip; iretq
         uc.reg_write(x86.UC_X86_REG_GDTR, (0, 0x3000, len(gdt) - 1, 0))
-        uc.reg_write(_RSP, 0x4000)  # the iretq frame goes below the GDT's page end
+        uc.reg_write(RSP, 0x4000)  # the iretq frame goes below the GDT's page end
         try:
             intno, ctx = self._boot_run({0x1000: (ring0, PTE_P),
                                          0x2000: (USER_INIT, PTE_P | PTE_US),
                                          0x3000: (gdt, PTE_P | PTE_RW | PTE_NX)}, 0x1000)
         finally:
             uc.reg_write(x86.UC_X86_REG_GDTR, (0, 0, 0, 0))
-            uc.reg_write(_RSP, 0)
+            uc.reg_write(RSP, 0)
         if intno != EXC_BP:
             raise TmeboxError(f"dropping the emulated CPU to user mode failed (exception "
                               f"{intno} instead of the int3 at CPL 3)")
         uc.context_restore(ctx)
         uc.reg_write(x86.UC_X86_REG_GDTR, (0, 0, 0, 0))
-        uc.reg_write(_RIP, 0)
+        uc.reg_write(RIP, 0)
         uc.reg_write(x86.UC_X86_REG_CR2, CR2_NONE)
         if uc.reg_read(x86.UC_X86_REG_CS) != USER_CS or uc.reg_read(
                 x86.UC_X86_REG_SS) != USER_SS:
@@ -921,8 +283,9 @@ class TmeBackend:
         uc, ctx = self.uc, self._scratch_ctx
         self.cr2.set(CR2_NONE)
         uc.context_update(ctx)
-        ctypes.memmove(ctypes.cast(ctx.context, ctypes.c_void_p).value
-                       + self._old_exception_at, b"\xff\xff\xff\xff", 4)
+        saved = ctypes.cast(ctx.context, ctypes.c_void_p).value
+        assert saved is not None  # a context_save()d context
+        ctypes.memmove(saved + self._old_exception_at, b"\xff\xff\xff\xff", 4)
         uc.context_restore(ctx)
 
     def _take_cpu(self, engine: TmeEngine, fresh: bool = False, snapshot: object = None) -> None:
@@ -1152,7 +515,7 @@ class TmeBackend:
         load = engine.base + L.code_lo
         for off in img.relocs:
             addend = struct.unpack_from("<q", data, off)[0]
-            struct.pack_into("<Q", data, off, (load + addend) & _MASK64)
+            struct.pack_into("<Q", data, off, (load + addend) & MASK64)
         if data:
             self.platform.write_lines(L.data, bytes(data), engine.keyid)
             mmu.fresh[L.data // LINE_SIZE:(L.data + len(data)) // LINE_SIZE] = False
@@ -1217,7 +580,7 @@ class TmeBackend:
             engine.memory.write_u64(addr, value)
             return
         mmu.arena[frame, off - page:off - page + 8] = np.frombuffer(
-            (value & _MASK64).to_bytes(8, "little"), np.uint8)
+            (value & MASK64).to_bytes(8, "little"), np.uint8)
         mmu.mark_dirty(engine.keyid, page)
 
     def _unreadable(self, engine: TmeEngine, off: int, n: int) -> bool:
