@@ -122,8 +122,10 @@ class Engine(Protocol):
 
         The return address is popped from the sandbox stack (STOP_BADSTACK unless the stack
         pointer is in the sandbox's RW memory); execution continues at window base + its low
-        32 bits, masked to a bundle start in code+data mode, with %rax = result and %rcx and
-        %r11 zero (what a `syscall` leaves there is the host's).
+        32 bits, masked to a bundle start in code+data mode, with %rax = result, %rcx = 0 and
+        %r11 = the address execution resumes at (the native helper jumps through it): the two
+        registers a `syscall` clobbers hold nothing of the host's. Every other register is as
+        the sandbox left it.
         """
 
     def result(self) -> int:

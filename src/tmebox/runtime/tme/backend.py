@@ -161,6 +161,9 @@ class TmeBackend:
         self.syscall_regs = RegBatch(self.uc, (RAX, *SYSCALL_REGS))
         self.rax, self.rsp, self.rip = Reg(self.uc, RAX), Reg(self.uc, RSP), Reg(self.uc, RIP)
         self.cr2 = Reg(self.uc, x86.UC_X86_REG_CR2)
+        # Set on every resume as the native helper leaves them (Engine.resume): what the host
+        # ran in between never shows through the registers a syscall clobbers.
+        self.rcx, self.r11 = Reg(self.uc, x86.UC_X86_REG_RCX), Reg(self.uc, x86.UC_X86_REG_R11)
 
     # -- the CPU ----------------------------------------------------------------------------
 

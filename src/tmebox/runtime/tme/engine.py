@@ -163,6 +163,8 @@ class TmeEngine:
             be.rsp.set(rsp + 8)
             if self.bundle:
                 ret &= ~(abi.BUNDLE_SIZE - 1)
+            be.rcx.set(0)
+            be.r11.set(self.base + ret)
             return be._run(self, self.base + ret)
 
     def result(self) -> int:
