@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tmebox.bench.errors import FetchError
 from tmebox.toolchain import libc
+from tmebox.toolchain.archive import safe_extract
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def _unpack(tarball: Path, dest: Path) -> None:
     try:
         try:
             with tarfile.open(tarball) as tf:
-                tf.extractall(tmp, filter="data")
+                safe_extract(tf, tmp)
         except (OSError, tarfile.TarError) as e:
             raise FetchError(f"cannot unpack {tarball}: {e}") from None
         tops = [p.name for p in tmp.iterdir()]

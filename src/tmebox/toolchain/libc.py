@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tmebox.errors import LibcError, ToolchainError
 from tmebox.toolchain import unit
+from tmebox.toolchain.archive import safe_extract
 from tmebox.trusted import abi, cache
 
 MODES = ("data", "code+data")
@@ -254,7 +255,7 @@ def _count_sources(tree: Path) -> int:
 def _build(tarball: Path, work: Path, mode: str, progress: bool) -> Path:
     try:
         with tarfile.open(tarball) as tf:
-            tf.extractall(work, filter="data")
+            safe_extract(tf, work)
     except (OSError, tarfile.TarError) as e:
         raise LibcError(f"cannot extract {tarball}: {e}") from None
     tree = work / f"musl-{MUSL_VERSION}"
