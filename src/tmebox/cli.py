@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -50,9 +51,44 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return status
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds, "
+                                         f"not {text}")
+    return value
+
+
+def _run_options(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS  # later: only what is given
+
+    parser.add_argument("--backend", choices=["native", "tme"], default=default("native"))
+    parser.add_argument("--timeout", type=_seconds, default=default(None), metavar="S",
+                        help="stop the program after S seconds (runtime calls included)")
+    parser.add_argument("--min-isolation", choices=abi.ISOLATION_MODES,
+                        default=default(abi.DEFAULT_ISOLATION),
+                        help="weakest isolation mode accepted (data: only for trusted code)")
+
+
+def _split_run_args(args: argparse.Namespace) -> None:
+    """tmebox's options may also follow the image (`tmebox run x.box --timeout 1`); what is
+    not one of them, and everything after `--`, is the program's."""
+    later = argparse.ArgumentParser(prog="tmebox run", allow_abbrev=False, add_help=False)
+    _run_options(later, defaults=False)
+    found, guest = later.parse_known_args(args.args)
+    for name, value in vars(found).items():
+        setattr(args, name, value)
+    args.args = guest + args.program_args
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from tmebox import programs
 
+    _split_run_args(args)
     return programs.run_command(
         target=Path(args.image),
         argv=args.args,
@@ -109,13 +145,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="+", metavar="IMAGE")
     s.set_defaults(func=_cmd_verify)
 
-    s = sub.add_parser("run", help="run a sandbox image's main() (FILE.c is compiled first)")
-    s.add_argument("--backend", choices=["native", "tme"], default="native")
-    s.add_argument("--timeout", type=float, default=None, metavar="S")
-    s.add_argument("--min-isolation", choices=abi.ISOLATION_MODES, default=abi.DEFAULT_ISOLATION,
-                   help="weakest isolation mode accepted (data: only for trusted code)")
+    s = sub.add_parser("run", help="run a sandbox image's main() (FILE.c is compiled first)",
+                       description="Options may come before or after the image; arguments "
+                                   "after `--` all go to the program.")
+    _run_options(s)
     s.add_argument("image", metavar="IMAGE|FILE.c")
-    s.add_argument("args", nargs=argparse.REMAINDER)
+    s.add_argument("args", nargs=argparse.REMAINDER, metavar="ARG")
     s.set_defaults(func=_cmd_run)
 
     s = sub.add_parser("demo", help="many tenants, one Heartbleed-style bug, no leak")
@@ -141,7 +176,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `tmebox run ... -- ARGS`: ARGS are the program's, whatever they look like (split off
+    # here: argparse would drop the `--` and then take them for tmebox's own options).
+    program_args: list[str] = []
+    if argv[:1] == ["run"] and "--" in argv:
+        at = argv.index("--")
+        argv, program_args = argv[:at], argv[at + 1:]
     args = _parser().parse_args(argv)
+    args.program_args = program_args
     try:
         return args.func(args)
     except TmeboxError as e:

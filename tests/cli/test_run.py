@@ -97,3 +97,29 @@ def test_run_refuses_a_data_mode_image_unless_the_host_opts_in(source, tmp_path,
     assert "--min-isolation data" in err[0]
     assert cli.main(["run", "--min-isolation", "data", str(box), "x", "s"]) == 13
     assert capfd.readouterr().out == "data.box 3:x\n"
+
+
+def test_run_options_after_the_image_are_tmebox_s(source, capfd):
+    # The order docs/runtime.md shows: the timeout applies, it is not passed to the program.
+    assert cli.main(["run", str(source), "x", "loop", "--timeout", "0.3"]) == 1
+    assert "ran longer than 0.3 s" in capfd.readouterr().err
+    assert cli.main(["run", str(source), "--timeout=0.3", "x", "loop"]) == 1
+    assert "ran longer than 0.3 s" in capfd.readouterr().err
+
+
+def test_run_arguments_after_double_dash_are_the_program_s(source, capfd, monkeypatch):
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    assert cli.main(["run", str(source), "--", "--timeout", "1"]) == 13
+    assert capfd.readouterr().out == "prog 3:--timeout\n"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
+def test_run_rejects_a_timeout_that_is_not_a_positive_number(source, capfd, value):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["run", "--timeout", value, str(source)])
+    assert e.value.code == 2
+    err = capfd.readouterr().err
+    assert "--timeout" in err and "Traceback" not in err
