@@ -5,6 +5,8 @@ something."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tmebox.fuzz import campaign
@@ -26,6 +28,11 @@ KNOWN = {
     "prefix-after-rex": "4066e900000000cc",  # REX, 0x66, jmp rel32: 16-bit on AMD
     "rip-bit-string": "480fb32d00000000cc",  # btr [rip], rbp
 }
+
+
+# 0x66 after REX makes a near branch 16-bit on AMD CPUs only; elsewhere that hole is one of
+# decoding, not of execution, and the CPU cannot show it.
+AMD = "AuthenticAMD" in Path("/proc/cpuinfo").read_text()
 
 
 def _verify(hex_code: str, mode: str = "code+data"):
@@ -52,6 +59,8 @@ def test_unknown_weakening() -> None:
 
 @pytest.mark.parametrize("name", CASES)
 def test_the_fuzzer_finds_the_reopened_hole(name: str) -> None:
+    if name == "prefix-after-rex" and not AMD:
+        pytest.skip("the 16-bit near branch after REX 66 is AMD behaviour")
     sequences, seed, rules = CASES[name]
     with weakened(name):
         stats = campaign.run(sequences, seed=seed)
