@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tmebox.fuzz import campaign
+from tmebox.fuzz import Oracle, Outcome, Sample, campaign
 from tmebox.fuzz.generate import CODE_OFFSET
 from tmebox.fuzz.oracle import IMAGE_SIZE
 from tmebox.fuzz.weaken import WEAKENINGS, weakened
@@ -30,6 +30,8 @@ KNOWN = {
 }
 
 
+# A start state inside the window's stack (as the oracle tests use).
+STATE = tuple([0x1000] * 4 + [0x800000] + [0x1000] * 11)
 # 0x66 after REX makes a near branch 16-bit on AMD CPUs only; elsewhere that hole is one of
 # decoding, not of execution, and the CPU cannot show it.
 AMD = "AuthenticAMD" in Path("/proc/cpuinfo").read_text()
@@ -60,7 +62,12 @@ def test_unknown_weakening() -> None:
 @pytest.mark.parametrize("name", CASES)
 def test_the_fuzzer_finds_the_reopened_hole(name: str) -> None:
     if name == "prefix-after-rex" and not AMD:
-        pytest.skip("the 16-bit near branch after REX 66 is AMD behaviour")
+        # Elsewhere the CPU ignores that 0x66: the hole is the decoders', and what must hold is
+        # that this CPU runs the known sequence as the ordinary jump iced-x86 decodes.
+        with Oracle() as cpu:
+            result = cpu.run([Sample(bytes.fromhex(KNOWN[name]), STATE)])[0]
+        assert result.outcome == Outcome.END, result.summary()
+        return
     sequences, seed, rules = CASES[name]
     with weakened(name):
         stats = campaign.run(sequences, seed=seed)
