@@ -251,7 +251,7 @@ HOST_STATE = """
 
 def test_every_exit_path_gives_the_host_its_state_back():
     out = run_child(f"""
-        import ctypes, mmap, signal, threading
+        import ctypes, mmap, signal, threading, time
         from tmebox.errors import SandboxFault, SandboxTimeout
         from tmebox.runtime import syscalls
 
@@ -264,6 +264,8 @@ def test_every_exit_path_gives_the_host_its_state_back():
             out = (ctypes.c_uint32 * 4)()
             read_state(ctypes.addressof(out))
             flags = out[0] & (0x40000 | 0x400 | 0x100)  # AC, DF, TF
+            # The signal mask comes back lazily: by the thread's next service tick (~1 ms).
+            time.sleep(0.01)
             return flags, out[2], out[3] & 0xffff, signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
         host = state()

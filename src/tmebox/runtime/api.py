@@ -42,18 +42,27 @@ from tmebox.runtime.backend import (
     STOPPED,
     Backend,
     Engine,
+    FastCall,
+    FastCallSpec,
     FaultInfo,
     FaultKind,
     classify,
 )
-from tmebox.runtime.host import FrameReader, IntCall, from_register, pack_frame, to_register
+from tmebox.runtime.host import (
+    CHostFunction,
+    FrameReader,
+    IntCall,
+    from_register,
+    pack_frame,
+    to_register,
+)
 from tmebox.runtime.loader import ImagePlan, initial_stack, plan_from_image
 from tmebox.runtime.memory import GuardedMemory, SandboxMemory, SandboxMemoryError
 from tmebox.trusted import abi
 from tmebox.trusted.image import Isolation
 from tmebox.trusted.signature import FRAME_SIZE, FRAME_SSE, Signature
 
-HostFunction = Callable[..., Any]  # fn(caller: Sandbox, *args) -> result
+HostFunction = Callable[..., Any] | CHostFunction  # fn(caller: Sandbox, *args) -> result
 _INTERNAL = "__tmebox"  # the toolchain's own exports (the call thunk)
 
 __all__ = ["BACKENDS", "DEFAULT_MAX_SANDBOXES", "HostFunction", "Isolation", "LoadedImage",
@@ -208,7 +217,7 @@ class Runtime:
         fn(caller, *args) gets the calling Sandbox and the arguments converted by the
         signature the image recorded; its result is converted back (docs/embedding.md).
         """
-        if not callable(fn):
+        if not (callable(fn) or isinstance(fn, CHostFunction)):
             raise TypeError(f"define({name!r}): {fn!r} is not callable")
         self._host[name] = fn
 
@@ -254,6 +263,12 @@ class Runtime:
         return self._prepare(plan, _bind_imports(plan, self._host, plan.name))
 
     def _prepare(self, plan: ImagePlan, host: tuple[HostFunction, ...]) -> LoadedImage:
+        for fn, (name, sig) in zip(host, plan.imports, strict=True):
+            if isinstance(fn, CHostFunction) and (self.backend_name != "native"
+                                                  or sig.uses_sse):
+                raise TmeboxError(f"{plan.name}: host function {name}{sig} is written in C "
+                                  "(CHostFunction): that needs the native backend and an "
+                                  "integer-only signature")
         loaded = LoadedImage(self, plan, self._backend.prepare(plan), host)
         with self._lock:
             if not self._closed:
@@ -317,9 +332,10 @@ class Sandbox:
     """
 
     # Slots: call() reads eight attributes per call; slot access is the cheaper kind.
-    __slots__ = ("runtime", "image", "_engine", "_layout", "base", "memory", "_mem", "timeout",
-                 "state", "exit_status", "_lock", "_rips", "_sigs", "_parked", "_call_rsp",
-                 "_ret", "_proc", "_ran", "_fn", "_handle", "_gone", "_nested", "__weakref__")
+    __slots__ = ("runtime", "image", "_engine", "_layout", "base", "memory", "_mem", "_timeout",
+                 "_state", "exit_status", "_lock", "_rips", "_sigs", "_parked", "_call_rsp",
+                 "_ret", "_proc", "_ran", "_fn", "_handle", "_gone", "_nested", "_fast",
+                 "_fast_exports", "__dict__", "__weakref__")
 
     def __init__(self, runtime: Runtime, image: LoadedImage, engine: Engine,
                  timeout: float | None) -> None:
@@ -330,12 +346,14 @@ class Sandbox:
         self._layout = engine.layout
         self.base: int = engine.base
         self._mem: SandboxMemory = engine.memory  # the runtime's own accesses
+        self._fast: FastCall | None = None  # until start-up has parked
+        self._fast_exports: dict[str, object] = {}
         self.timeout = timeout
         self.state = "new"
         self.exit_status: int | None = None
         self._gone = ""  # how it was destroyed, once it is
         # Re-entrant: a host function the sandbox called may call back into it.
-        self._lock = threading.RLock()
+        self._lock = engine.new_lock()
         # The host's: waits while the sandbox runs on another thread (docs/runtime.md).
         self.memory = GuardedMemory(self._mem, self._lock)
         self._rips: dict[str, int] = {}
@@ -354,6 +372,30 @@ class Sandbox:
 
     def __repr__(self) -> str:
         return f"<Sandbox {self.image.name} at {self.base:#x} {self.state}>"
+
+    @property
+    def state(self) -> str:
+        """new, parked, exited, dead or destroyed (the class docstring)."""
+        return self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        self._state = value
+        if self._fast is not None:
+            self._fast.ready = value == "parked"
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds each run() or call() may take, runtime calls included (None: no limit)."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        if value is not None and not (isinstance(value, int | float) and 0 < value < 1e9):
+            raise ValueError(f"timeout must be a positive number of seconds, not {value!r}")
+        self._timeout = value
+        if self._fast is not None:
+            self._fast.timeout = value
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -378,9 +420,21 @@ class Sandbox:
             self.state = "dead"
             raise SandboxError(f"{self.image.name}: start-up jumped to {abi.RT_EXIT_SYMBOL} "
                                "instead of parking")
-        self.state = "parked"
         self._parked = self._engine.save()
         self._call_rsp = (self._engine.stack_pointer() - CALL_FRAME_GAP) & ~15
+        self._fast = self._engine.fast_call(FastCallSpec(
+            rsp=self._call_rsp, ret=self._ret, lock=self._lock, nested=self._nested,
+            slow=self.call, finish=self._finish, exports=self._fast_exports,
+            imports=tuple(zip(self.image.host_functions, (s for _, s in plan.imports),
+                              strict=True)),
+            caller=self, host_result=self._host_result, host_error=self._host_error,
+            host_done=self._host_done))
+        if self._fast is not None:
+            self._fast.timeout = self._timeout
+            # sb.call is the C path from now on: the instance's own attribute (the sandbox
+            # has a __dict__ for it alone) comes before the method below.
+            self.__dict__["call"] = self._fast
+        self.state = "parked"
 
     def run(self) -> int:
         """Run main(argc, argv, envp) to its end; returns the exit status."""
@@ -476,13 +530,15 @@ class Sandbox:
                 self.state = "dead"  # Ctrl-C stopped it somewhere in the middle
                 raise
             if v == STOPPED:
-                stop = self._engine.last_stop()
-                if stop != STOP_RETURN:
-                    self._drive(stop)
-                v = self._engine.result()
-                if v & _SIGN64:
-                    v -= 1 << 64
+                v = self._finish(name, self._engine.last_stop())
         return v
+
+    def _finish(self, name: str, stop: int) -> int:
+        """A call stopped with `stop`: service it to the end; %rax as a signed 64-bit int."""
+        if stop != STOP_RETURN:
+            self._drive(stop)
+        v = self._engine.result()
+        return v - (1 << 64) if v & _SIGN64 else v
 
     def symbol(self, name: str) -> int:
         """The sandbox address of an exported global (e.g. a buffer the host fills)."""
@@ -507,6 +563,9 @@ class Sandbox:
         sig = plan.signatures.get(name)
         self._sigs[name] = IntCall(name, sig) if sig and not sig.uses_sse else sig
         rip = self._rips[name] = self.base + self._layout.code_lo + off
+        entry = None if name.startswith(_INTERNAL) else self._engine.fast_export(rip, sig)
+        if entry is not None:
+            self._fast_exports[name] = entry  # later calls of it take the C path
         return rip
 
     def alloc(self, n: int) -> int:
@@ -578,6 +637,9 @@ class Sandbox:
                 return
             self.state = "destroyed"
             self._gone = how
+            # the C path and its references back to this sandbox go; call() raises from now
+            self.__dict__.pop("call", None)
+            self._fast = None
             # First, so that no host access can reach the window whatever happens next.
             self._mem.close(f"{self._name()}: memory access: the sandbox was {how}")
             self._parked = None
@@ -654,29 +716,48 @@ class Sandbox:
                 raise self._fault_error(engine.fault(), stop)
             raise SandboxError(f"{self.image.name}: the backend stopped with code {stop}")
 
+    # Host functions. The native backend runs them from C (tmebox_fast.c) with the same steps,
+    # and calls _host_result, _host_error and _host_done for what it leaves to Python.
+
     def _host_call(self, index: int, frame_addr: int) -> int:
         """Run host function `index` on the arguments its stub stored at frame_addr."""
-        name, sig = self.image.plan.imports[index]
         fn, reader = self.image.host_functions[index], self.image.frame_readers[index]
         try:
             values = reader.read(self._mem.read(frame_addr, reader.size)) if reader.size else ()
         except SandboxMemoryError:
             return -errno.EFAULT  # not a stub's frame: the guest made the call by hand
+        if isinstance(fn, CHostFunction):
+            return self._engine.call_c_host(fn.address, values)
         self._nested.append([None, None])
         try:
-            result = fn(self, *values)
-            bits = to_register(sig.result, result, f"host function {name}{sig}: its result")
+            bits = self._host_result(index, fn(self, *values))
         except Exception as e:
-            raise HostError(f"{self.image.name}: host function {name}{sig} raised "
-                            f"{type(e).__name__}: {e}") from e
-        finally:
-            saved = self._nested.pop()[0]
-            if saved is not None and self.state != "destroyed":
-                self._engine.restore(saved)
+            self._nested.pop()
+            raise self._host_error(index, e) from e
+        self._host_done(index, self._nested.pop()[0])
+        return bits - (1 << 64) if bits & _SIGN64 else bits
+
+    def _host_result(self, index: int, value: object) -> int:
+        """Host function `index`'s result as the register bits its signature says."""
+        name, sig = self.image.plan.imports[index]
+        return to_register(sig.result, value, f"host function {name}{sig}: its result")
+
+    def _host_error(self, index: int, e: BaseException) -> HostError:
+        """What the guest's call() raises when host function `index` raised e."""
+        name, sig = self.image.plan.imports[index]
+        err = HostError(f"{self.image.name}: host function {name}{sig} raised "
+                        f"{type(e).__name__}: {e}")
+        err.__cause__ = e
+        return err
+
+    def _host_done(self, index: int, saved: object) -> None:
+        """Host function `index` returned: the waiting guest as it was, if a call back into
+        the sandbox ran meanwhile (saved), and raise if there is nothing to resume."""
+        if saved is not None and self.state != "destroyed":
+            self._engine.restore(saved)
         if self.state != "parked":
             # It destroyed its caller, or a nested call faulted: nothing to resume.
-            self._check_state(f"return from host function {name}")
-        return bits - (1 << 64) if bits & _SIGN64 else bits
+            self._check_state(f"return from host function {self.image.plan.imports[index][0]}")
 
     def _fault_error(self, f: FaultInfo, stop: int) -> SandboxFault:
         detail = f"in {self.image.name}"

@@ -10,18 +10,21 @@ its types (`Engine.pool` is None where host buffers come from the sandbox's own 
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol, TypeVar
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
 
 from tmebox.runtime.layout import WindowLayout
 from tmebox.runtime.loader import ImagePlan
 from tmebox.runtime.memory import SandboxMemory
+from tmebox.trusted.signature import Signature
 
 __all__ = ["MACHINE_CHECK", "STOPPED", "STOP_BADSTACK", "STOP_FAULT", "STOP_INTERRUPTED",
            "STOP_RETURN", "STOP_SYSCALL", "STOP_TIMEOUT", "Backend", "Engine", "FaultInfo",
-           "FaultKind", "Invoke", "SharedPool", "classify"]
+           "FaultKind", "FastCall", "FastCallSpec", "Invoke", "SandboxLock", "SharedPool",
+           "classify"]
 
 # Why the engine stopped (the native helper uses the same numbers).
 STOP_RETURN = 1  # the called function returned to __tmebox_rt_exit; result() holds rax
@@ -82,6 +85,55 @@ def classify(fault: FaultInfo, stack_bottom: int) -> FaultKind:
 Invoke = Callable[..., int]
 
 
+class FastCall(Protocol):
+    """Sandbox.call in C: ready says whether the sandbox is parked, timeout is its own."""
+
+    ready: bool
+    timeout: float | None
+
+    def __call__(self, name: str, *args: Any) -> Any: ...
+
+
+class SandboxLock(Protocol):
+    """A re-entrant lock (threading.RLock's interface)."""
+
+    def acquire(self, blocking: bool = True) -> bool: ...
+
+    def release(self) -> None: ...
+
+    def __enter__(self) -> bool: ...
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None, /) -> None: ...
+
+
+@dataclass
+class FastCallSpec:
+    """What a C Sandbox.call needs (Engine.fast_call): where calls start and return, the
+    sandbox's lock and host-call list, and the Python code that takes over.
+
+    exports maps a name to the engine's entry for it (Engine.fast_export), filled in as
+    calls are first made; slow(name, *args, **kw) is the whole Python call(); finish(name,
+    stop) drives a call that stopped for anything but its return and gives %rax.
+    """
+
+    rsp: int
+    ret: int
+    lock: SandboxLock
+    nested: list[Any]
+    slow: Callable[..., Any]
+    finish: Callable[[str, int], int]
+    exports: dict[str, object]
+    # Host functions by import index, with their signatures, and the caller they get first;
+    # host_result(i, value) -> bits, host_error(i, exc) -> HostError and host_done(i, saved)
+    # are api.py's conversion, error and end of a host call, for the cases C leaves to it.
+    imports: tuple[tuple[Any, Signature], ...]
+    caller: object
+    host_result: Callable[[int, object], int]
+    host_error: Callable[[int, BaseException], BaseException]
+    host_done: Callable[[int, object], None]
+
+
 class Engine(Protocol):
     """One sandbox's execution state on a backend."""
 
@@ -113,6 +165,19 @@ class Engine(Protocol):
         Arguments are signed 64-bit ints. fn returns STOPPED when the call did not
         simply return (then, or if rax happened to equal STOPPED, last_stop() says why).
         """
+
+    def new_lock(self) -> SandboxLock:
+        """The sandbox's re-entrant lock (the native fast path takes it from C)."""
+
+    def fast_call(self, spec: FastCallSpec) -> FastCall | None:
+        """A C implementation of Sandbox.call for spec, or None (the Python one serves)."""
+
+    def call_c_host(self, address: int, args: Sequence[object]) -> int:
+        """Run a CHostFunction on integer args (the caller is this sandbox); its result."""
+
+    def fast_export(self, rip: int, sig: Signature | None) -> object | None:
+        """The fast path's entry for an export at rip with sig (None: untyped), or None
+        if only the Python path can call it."""
 
     def last_stop(self) -> int:
         """The STOP_* code of the last invoker call."""

@@ -13,9 +13,33 @@ from collections.abc import Sequence
 
 from tmebox.trusted.signature import FRAME_SIZE, FRAME_SSE, Signature, ValType
 
-__all__ = ["FrameReader", "IntCall", "from_register", "pack_frame", "to_register"]
+__all__ = ["CHostFunction", "FrameReader", "IntCall", "from_register", "pack_frame",
+           "to_register"]
 
 _MASK64 = (1 << 64) - 1
+
+
+class CHostFunction:
+    """A host function written in C, for Runtime.define (native backend; docs/embedding.md).
+
+    `address` is the function's address, e.g. `ffi.cast("uintptr_t", ffi.addressof(lib,
+    "host_add"))` for a cffi module. The C function is called as
+    `int64_t fn(const struct tmebox_caller *caller, int64_t a0, ..., int64_t a5)` with the
+    import's integer arguments (the rest zero) and runs holding the GIL; its return value
+    is the result's register. It gets the caller's memory as `caller->base`, `lo`, `hi`
+    and must check every guest pointer against them itself: it is host code.
+    """
+
+    __slots__ = ("address",)
+
+    def __init__(self, address: object) -> None:
+        value = int(address)  # type: ignore[call-overload]
+        if not 0 < value < 1 << 64:
+            raise ValueError(f"CHostFunction: {address!r} is not a function address")
+        self.address = value
+
+    def __repr__(self) -> str:
+        return f"<CHostFunction at {self.address:#x}>"
 
 
 def to_register(t: ValType, value: object, what: str) -> int:

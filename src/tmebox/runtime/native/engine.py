@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 
 from tmebox.runtime import layout as lay
-from tmebox.runtime.backend import FaultInfo, Invoke, SharedPool
+from tmebox.runtime.backend import (
+    FastCall,
+    FastCallSpec,
+    FaultInfo,
+    Invoke,
+    SandboxLock,
+    SharedPool,
+)
+from tmebox.runtime.host import CHostFunction
 from tmebox.runtime.memory import OFFSET_MASK, SandboxMemory
 from tmebox.runtime.native import windows
-from tmebox.runtime.native.helper import CTX_SIZE, ffi, lib, mmap
+from tmebox.runtime.native.helper import (
+    CTX_SIZE,
+    Export,
+    FastCallType,
+    Host,
+    LockType,
+    ffi,
+    lib,
+    mmap,
+)
 from tmebox.runtime.native.image import NativeImage
 from tmebox.runtime.native.windows import (
     MADV_DONTNEED,
@@ -23,8 +41,35 @@ from tmebox.runtime.native.windows import (
     PROT_WRITE,
 )
 from tmebox.trusted.image import Isolation
+from tmebox.trusted.signature import FRAME_SSE, Signature, ValType
 
 __all__ = ["NativeEngine", "NativeMemory"]
+
+
+# tmebox_fast.c's calling-convention codes: an integer's width | 0x80 if signed, or these;
+# _RAW is an untyped export's (integers in, %rax out as a signed 64-bit int).
+_RAW = 0
+_KIND = {ValType.VOID: 1, ValType.BOOL: 2, ValType.F32: 3, ValType.F64: 4}
+
+
+def _kind(t: ValType) -> int:
+    return _KIND.get(t) or t.bits | (0x80 if t.signed else 0)
+
+
+def _host(fn: object, sig: Signature) -> object:
+    """The C path's entry for one host function: kinds and frame slots of its parameters."""
+    slots, ints, floats = [], 0, 0
+    for t in sig.params:
+        if t.is_float:
+            slots.append(FRAME_SSE // 8 + floats)
+            floats += 1
+        else:
+            slots.append(ints)
+            ints += 1
+    kinds, result = bytes(_kind(t) for t in sig.params), _kind(sig.result)
+    if isinstance(fn, CHostFunction):
+        return Host(None, fn.address, kinds, bytes(slots), result)
+    return Host(fn, 0, kinds, bytes(slots), result)
 
 
 class NativeMemory(SandboxMemory):
@@ -116,6 +161,36 @@ class NativeEngine:
 
     def invoker(self) -> tuple[Invoke, object]:
         return lib.tmebox_invoke, self.ctx
+
+    def new_lock(self) -> SandboxLock:
+        return LockType()
+
+    def fast_call(self, spec: FastCallSpec) -> FastCall | None:
+        L = self.layout
+        return FastCallType(
+            ctx=int(ffi.cast("uintptr_t", self.ctx)), rsp=spec.rsp, ret=spec.ret,
+            code_lo=L.code_lo, code_hi=L.code_hi, rw_lo=L.rw_lo, rw_hi=L.rw_hi,
+            bundle=bool(self.bundle), lock=spec.lock, exports=spec.exports,
+            nested=spec.nested, slow=spec.slow, finish=spec.finish, caller=spec.caller,
+            hosts=tuple(_host(fn, sig) for fn, sig in spec.imports),
+            host_result=spec.host_result, host_error=spec.host_error,
+            host_done=spec.host_done)
+
+    def call_c_host(self, address: int, args: Sequence[object]) -> int:
+        L = self.layout
+        caller = ffi.new("uint64_t[3]", [self.base, L.code_lo, L.rw_hi])
+        fn = ffi.cast("int64_t (*)(uint64_t *, int64_t, int64_t, int64_t, int64_t, int64_t, "
+                      "int64_t)", address)
+        values = [int(v) for v in args]  # type: ignore[call-overload]
+        return int(fn(caller, *values, *[0] * (6 - len(values))))
+
+    def fast_export(self, rip: int, sig: Signature | None) -> object | None:
+        if sig is None:
+            return Export(rip, -1, b"", _RAW)
+        if sig.uses_sse or ValType.BOOL in sig.params:
+            return None
+        return Export(rip, len(sig.params), bytes(_kind(t) for t in sig.params),
+                      _kind(sig.result))
 
     def last_stop(self) -> int:
         return self.ctx.reason

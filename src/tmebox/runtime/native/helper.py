@@ -7,6 +7,7 @@ import os
 from tmebox.errors import TmeboxError
 
 try:
+    from tmebox.runtime import _native
     from tmebox.runtime._native import ffi, lib
 except ImportError as e:  # pragma: no cover - depends on the installation
     raise TmeboxError(
@@ -14,7 +15,7 @@ except ImportError as e:  # pragma: no cover - depends on the installation
         f"checkout ({e})"
     ) from e
 
-__all__ = ["CTX_SIZE", "ffi", "lib", "mmap"]
+__all__ = ["CTX_SIZE", "Export", "FastCallType", "Host", "LockType", "ffi", "lib", "mmap"]
 
 MAP_FAILED = (1 << 64) - 1
 
@@ -25,8 +26,11 @@ if _init_status != 0:
         "x86-64 with FSGSBASE enabled by the kernel and XSAVE"
     )
 CTX_SIZE = lib.tmebox_ctx_size()
-
-
+# tmebox_fast.c's types (Sandbox.call in C, the sandbox lock) join the module now.
+if lib.tmebox_fast_register() != 0:  # pragma: no cover - only if the module is broken
+    raise TmeboxError("the native sandbox helper's call path could not be set up")
+Export, FastCallType, Host = _native.Export, _native.FastCall, _native.Host
+LockType = _native.SandboxLock
 
 
 def mmap(addr: int, length: int, prot: int, flags: int, fd: int = -1) -> int:

@@ -39,6 +39,7 @@ _Static_assert(offsetof(struct tmebox_ctx, mode) == 0xa8, "ctx layout");
 _Static_assert(offsetof(struct tmebox_ctx, reason) == 0xac, "ctx layout");
 _Static_assert(offsetof(struct tmebox_ctx, fault_signo) == 0xb0, "ctx layout");
 _Static_assert(offsetof(struct tmebox_ctx, running) == 0xe0, "ctx layout");
+_Static_assert(offsetof(struct tmebox_ctx, rflags) == 0xe8, "ctx layout");
 _Static_assert(offsetof(struct tmebox_ctx, fxsave) == 0x100, "ctx layout");
 _Static_assert(TMEBOX_REASON_FAULT == 3 && SIGSEGV == 11, "fault exit constants");
 
@@ -220,6 +221,8 @@ __asm__(
     "    movq %rax, %r14\n"
     /* From here on any fault, whatever %rip, ends the sandbox's call. */
     "    movl $1, 0xe0(%r11)\n"
+    "    cmpl $2, 0xa8(%r11)\n"
+    "    je 7f\n"
     /* deterministic flags (ZF PF set, the rest clear) and DF=0 */
     "    xorl %eax, %eax\n"
     "    cld\n"
@@ -239,6 +242,32 @@ __asm__(
     "    movq 0x78(%r11), %r15\n"
     "    movq 0x80(%r11), %r11\n"
     "    jmp *%r11\n"
+    /* Continue a preempted run exactly where it stopped: every register as it was,
+       %r11 included, so the jump goes through an iretq frame on the host stack
+       (below host_rsp, which the exit paths go back to). tmebox_continue checked
+       %rip and cleaned the flags. */
+    "7:  movq %ss, %rax\n"
+    "    pushq %rax\n"
+    "    pushq 0x20(%r11)\n"
+    "    pushq 0xe8(%r11)\n"
+    "    movq %cs, %rax\n"
+    "    pushq %rax\n"
+    "    pushq 0x80(%r11)\n"
+    "    movq 0x00(%r11), %rax\n"
+    "    movq 0x08(%r11), %rcx\n"
+    "    movq 0x10(%r11), %rdx\n"
+    "    movq 0x18(%r11), %rbx\n"
+    "    movq 0x28(%r11), %rbp\n"
+    "    movq 0x30(%r11), %rsi\n"
+    "    movq 0x38(%r11), %rdi\n"
+    "    movq 0x40(%r11), %r8\n"
+    "    movq 0x48(%r11), %r9\n"
+    "    movq 0x50(%r11), %r10\n"
+    "    movq 0x60(%r11), %r12\n"
+    "    movq 0x68(%r11), %r13\n"
+    "    movq 0x78(%r11), %r15\n"
+    "    movq 0x58(%r11), %r11\n"
+    "    iretq\n"
     /* running already: sandbox code jumped here; trap, so that it is its fault */
     "9:  ud2\n"
     ".size tmebox_enter_asm, .-tmebox_enter_asm\n"
@@ -307,12 +336,24 @@ static int timer_signal;
 /* Kernel sigset (bit n-1 = signal n) of the signals blocked while sandbox code runs. */
 static uint64_t async_signals;
 
-/* Per-thread resources, released by the pthread key destructor. */
+/* Per-thread resources, released by the pthread key destructor.
+ *
+ * The signal mask is set lazily: the first entry blocks the host's asynchronous
+ * signals, and they stay blocked across further entries and exits until the
+ * service tick (a one-shot timer armed at most once per SERVICE_NS) finds the
+ * thread outside tmebox_run and unblocks them on its way out of the handler (by
+ * editing the mask sigreturn restores). A host signal so waits at most ~SERVICE_NS
+ * after the last call, and a call costs no system call (docs/runtime.md, "Signals"). */
 struct thread_state {
     void *altstack;
     size_t altstack_size;
     int timer_ok;
-    timer_t timer;
+    timer_t timer;           /* deadlines */
+    int service_ok;
+    timer_t service;         /* the service tick */
+    volatile sig_atomic_t service_armed;
+    volatile sig_atomic_t masked; /* the async signals are blocked on this thread */
+    uint64_t added;          /* the signals tmebox blocked that the host had not */
 };
 static __thread struct thread_state *tls_state
     __attribute__((tls_model("initial-exec")));
@@ -320,13 +361,23 @@ static pthread_key_t state_key;
 
 #define ALTSTACK_SIZE (64 * 1024)
 #define TIMER_RETRY_NS 100000
+#define SERVICE_NS 1000000
+/* sigev_value of the two per-thread timers */
+enum { TIMER_DEADLINE = 0, TIMER_SERVICE = 1 };
 
-static void arm_timer_abs(struct thread_state *t, uint64_t when_ns)
+static void arm_abs(timer_t timer, uint64_t when_ns)
 {
     struct itimerspec its = {0};
     its.it_value.tv_sec = (time_t)(when_ns / 1000000000ull);
     its.it_value.tv_nsec = (long)(when_ns % 1000000000ull);
-    timer_settime(t->timer, TIMER_ABSTIME, &its, NULL);
+    timer_settime(timer, TIMER_ABSTIME, &its, NULL);
+}
+
+/* rt_sigprocmask directly: glibc's wrappers refuse to block its own SIGCANCEL
+   and SIGSETXID, whose handlers would write their frames on the sandbox stack too. */
+static void set_sigmask(int how, const uint64_t *set, uint64_t *old)
+{
+    syscall(SYS_rt_sigprocmask, how, set, old, sizeof *set);
 }
 
 static void chain(int idx, int sig, siginfo_t *si, void *uc)
@@ -369,6 +420,33 @@ static void stop_sandbox(struct tmebox_ctx *c, greg_t *g, uint32_t reason, int s
     g[REG_EFL] &= ~(greg_t)(0x100 | 0x40000 | 0x400);
 }
 
+/* The service tick stopped a run that holds the GIL: keep its whole state (the
+ * handler's frame has it) so that tmebox_continue() can go on as if nothing happened. */
+static void preempt_sandbox(struct tmebox_ctx *c, ucontext_t *uc, const siginfo_t *si)
+{
+    greg_t *g = uc->uc_mcontext.gregs;
+    static const int from[16] = {REG_RAX, REG_RCX, REG_RDX, REG_RBX, REG_RSP, REG_RBP,
+                                 REG_RSI, REG_RDI, REG_R8,  REG_R9,  REG_R10, REG_R11,
+                                 REG_R12, REG_R13, REG_R14, REG_R15};
+    for (int i = 0; i < 16; i++)
+        c->gpr[i] = (uint64_t)g[from[i]];
+    c->rip = (uint64_t)g[REG_RIP];
+    c->rflags = (uint64_t)g[REG_EFL];
+    if (uc->uc_mcontext.fpregs)
+        memcpy(c->fxsave, uc->uc_mcontext.fpregs, FXSAVE_SIZE);
+    stop_sandbox(c, g, TMEBOX_REASON_PREEMPTED, timer_signal, si);
+}
+
+/* On the way out of the handler, the host's own signal mask again. */
+static void unmask_on_return(struct thread_state *t, ucontext_t *uc)
+{
+    uint64_t m;
+    memcpy(&m, &uc->uc_sigmask, sizeof m);
+    m &= ~t->added;
+    memcpy(&uc->uc_sigmask, &m, sizeof m);
+    t->masked = 0;
+}
+
 static void on_signal(int sig, siginfo_t *si, void *uc_)
 {
     /* The kernel clears DF and TF for a handler, not AC: a sandbox that set it
@@ -396,6 +474,23 @@ static void on_signal(int sig, siginfo_t *si, void *uc_)
         }
         return;
     }
+    if (sig == timer_signal && si->si_code == SI_TIMER
+        && si->si_value.sival_int == TIMER_SERVICE) {
+        struct thread_state *t = tls_state;
+        if (!t)
+            return;
+        t->service_armed = 0;
+        if (!c) {
+            if (t->masked)
+                unmask_on_return(t, uc);
+        } else if (sandbox && c->preemptible
+                   && ((uint64_t)g[REG_RIP] >> 32) == (c->base >> 32)) {
+            /* in its window: not on the helper's own way in or out */
+            preempt_sandbox(c, uc, si);
+        }
+        /* inside tmebox_run otherwise: its exit arms the tick again */
+        return;
+    }
     if (sig == timer_signal) {
         if (sandbox) {
             stop_sandbox(c, g, TMEBOX_REASON_TIMEOUT, sig, si);
@@ -405,7 +500,7 @@ static void on_signal(int sig, siginfo_t *si, void *uc_)
            (or on the way out): try again shortly. Outside tmebox_run the
            timer is disarmed, so a late tick is simply dropped. */
         if (c && tls_state && tls_state->timer_ok)
-            arm_timer_abs(tls_state, tmebox_monotonic_ns() + TIMER_RETRY_NS);
+            arm_abs(tls_state->timer, tmebox_monotonic_ns() + TIMER_RETRY_NS);
         return;
     }
     /* A fault the CPU raised (si_code > 0) on this thread while it ran sandbox
@@ -419,6 +514,17 @@ static void on_signal(int sig, siginfo_t *si, void *uc_)
             chain((int)i, sig, si, uc_);
             return;
         }
+}
+
+static int thread_timer(timer_t *timer, int kind)
+{
+    struct sigevent sev;
+    memset(&sev, 0, sizeof sev);
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = timer_signal;
+    sev.sigev_value.sival_int = kind;
+    sev._sigev_un._tid = gettid();
+    return timer_create(CLOCK_MONOTONIC, &sev, timer);
 }
 
 static void free_thread_state(void *p)
@@ -435,6 +541,8 @@ static void free_thread_state(void *p)
     }
     if (t->timer_ok)
         timer_delete(t->timer);
+    if (t->service_ok)
+        timer_delete(t->service);
     free(t);
 }
 
@@ -464,6 +572,9 @@ static struct thread_state *thread_state(void)
         t->altstack = mem;
         t->altstack_size = ALTSTACK_SIZE;
     }
+    /* Without the tick (no timer left: RLIMIT_SIGPENDING) every exit unblocks the
+       signals itself, two system calls per entry. */
+    t->service_ok = thread_timer(&t->service, TIMER_SERVICE) == 0;
     pthread_setspecific(state_key, t);
     tls_state = t;
     tmebox_tls.entry[0] = tmebox_rt_syscall_entry;
@@ -475,12 +586,7 @@ static int ensure_timer(struct thread_state *t)
 {
     if (t->timer_ok)
         return 0;
-    struct sigevent sev;
-    memset(&sev, 0, sizeof sev);
-    sev.sigev_notify = SIGEV_THREAD_ID;
-    sev.sigev_signo = timer_signal;
-    sev._sigev_un._tid = gettid();
-    if (timer_create(CLOCK_MONOTONIC, &sev, &t->timer) != 0)
+    if (thread_timer(&t->timer, TIMER_DEADLINE) != 0)
         return -1;
     t->timer_ok = 1;
     return 0;
@@ -529,6 +635,23 @@ static int install_handlers(void)
     return err;
 }
 
+/* A child forked while the signals were lazily blocked: give it the host's mask (it would
+ * keep them blocked forever, and pass that on to what it executes); its timers are gone. */
+static void after_fork_child(void)
+{
+    struct thread_state *t = tls_state;
+    if (!t)
+        return;
+    if (t->masked) {
+        uint64_t added = t->added;
+        set_sigmask(SIG_UNBLOCK, &added, NULL);
+        t->masked = 0;
+    }
+    /* the child's calls unblock on every exit (no tick: timers are not inherited) */
+    t->timer_ok = t->service_ok = 0;
+    t->service_armed = 0;
+}
+
 static void do_init(void)
 {
     unsigned a, b, cx, d;
@@ -558,6 +681,10 @@ static void do_init(void)
         async_signals &= ~(1ull << (fault_signals[i] - 1));
     async_signals &= ~(1ull << (timer_signal - 1) | 1ull << (SIGINT - 1));
     sigfillset(&our_action.sa_mask);
+    if (pthread_atfork(NULL, NULL, after_fork_child) != 0) {
+        init_error = -ENOMEM;
+        return;
+    }
     if (sigaction(timer_signal, &our_action, NULL) != 0) {
         init_error = -errno;
         return;
@@ -601,11 +728,12 @@ uint64_t tmebox_monotonic_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* rt_sigprocmask directly: glibc's wrappers refuse to block its own SIGCANCEL
-   and SIGSETXID, whose handlers would write their frames on the sandbox stack too. */
-static void set_sigmask(int how, const uint64_t *set, uint64_t *old)
+static void arm_service(struct thread_state *t)
 {
-    syscall(SYS_rt_sigprocmask, how, set, old, sizeof *set);
+    if (t->service_ok && !t->service_armed) {
+        t->service_armed = 1;
+        arm_abs(t->service, tmebox_monotonic_ns() + SERVICE_NS);
+    }
 }
 
 int tmebox_run(struct tmebox_ctx *c)
@@ -613,31 +741,74 @@ int tmebox_run(struct tmebox_ctx *c)
     struct thread_state *t = tls_state;
     if (!t && !(t = thread_state()))
         return -ENOMEM;
+    /* Current from here on: a timer tick that comes before the jump into the window
+       is retried (deadline) or leaves the mask alone (service). */
+    tmebox_tls.cur = c;
     uint64_t deadline = c->deadline_ns;
     if (deadline) {
         if (tmebox_monotonic_ns() >= deadline) {
+            tmebox_tls.cur = NULL;
             c->reason = TMEBOX_REASON_TIMEOUT;
             c->fault_rip = c->rip;
             return TMEBOX_REASON_TIMEOUT;
         }
-        if (ensure_timer(t) != 0)
+        if (ensure_timer(t) != 0) {
+            tmebox_tls.cur = NULL;
             return -errno;
-        arm_timer_abs(t, deadline);
+        }
+        arm_abs(t->timer, deadline);
     }
     /* No host handler may run on the sandbox's stack, nor with its %gs base and
-       FPU modes: every signal but the faults, the timer and SIGINT (all
+       FPU modes: every signal but the faults, the timers and SIGINT (all
        handled on the alternate stack) waits until the sandbox has left. */
-    uint64_t host_mask;
-    set_sigmask(SIG_BLOCK, &async_signals, &host_mask);
-    tmebox_tls.cur = c;
+    if (!t->masked) {
+        uint64_t host_mask;
+        set_sigmask(SIG_BLOCK, &async_signals, &host_mask);
+        t->added = async_signals & ~host_mask;
+        t->masked = 1;
+    }
+    arm_service(t);
     int reason = tmebox_enter_asm();
     tmebox_tls.cur = NULL;
-    set_sigmask(SIG_SETMASK, &host_mask, NULL);
+    if (t->service_ok)
+        arm_service(t); /* again, if a tick came while the sandbox ran: it must find us out */
+    else
+        tmebox_release_signals();
     if (deadline) {
         struct itimerspec off = {0};
         timer_settime(t->timer, 0, &off, NULL);
     }
     return reason;
+}
+
+void tmebox_release_signals(void)
+{
+    /* The host's mask now, instead of at the next service tick (before the host
+       hands its signal mask to something that outlives the tick: a child process). */
+    struct thread_state *t = tls_state;
+    if (t && t->masked && !tmebox_tls.cur) {
+        uint64_t added = t->added;
+        t->masked = 0;
+        set_sigmask(SIG_UNBLOCK, &added, NULL);
+    }
+}
+
+int tmebox_continue(struct tmebox_ctx *c, uint64_t code_lo, uint64_t code_hi)
+{
+    /* Only after a preemption, and only to where it stopped inside the window's code;
+       no trap flag, no alignment checks: the flags a verified sandbox can have. */
+    if (c->reason != TMEBOX_REASON_PREEMPTED || c->rip < c->base + code_lo
+        || c->rip >= c->base + code_hi) {
+        c->reason = TMEBOX_REASON_FAULT;
+        c->fault_signo = SIGSEGV;
+        c->fault_addr = c->fault_rip = c->rip;
+        c->fault_rsp = c->gpr[TMEBOX_RSP];
+        return TMEBOX_REASON_FAULT;
+    }
+    c->rflags = (c->rflags & 0xcd5) | 0x202;
+    c->gpr[TMEBOX_R14] = c->base;
+    c->mode = 2;
+    return tmebox_run(c);
 }
 
 static const uint8_t call_r10[3] = {0x41, 0xff, 0xd2}; /* call *%r10 */

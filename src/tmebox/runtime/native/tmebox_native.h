@@ -16,6 +16,8 @@ enum {
     TMEBOX_REASON_TIMEOUT = 4,  /* the deadline passed */
     TMEBOX_REASON_BADSTACK = 5, /* resume: the return address is not readable sandbox memory */
     TMEBOX_REASON_INTERRUPTED = 6, /* SIGINT arrived while sandbox code ran */
+    TMEBOX_REASON_PREEMPTED = 7, /* the service tick stopped a call that held the GIL; its
+                                    whole state is in the context: tmebox_continue() goes on */
 };
 
 /* tmebox_invoke's result when the sandbox did not simply return (see c->reason) */
@@ -47,7 +49,10 @@ struct tmebox_ctx {
     uint64_t deadline_ns;   /* 0xd8 CLOCK_MONOTONIC; 0 = no deadline */
     uint32_t running;       /* 0xe0 1 from just before the jump into the window until an exit
                                path or the signal handler takes the thread back */
-    uint32_t pad1[7];       /* 0xe4 */
+    uint32_t preemptible;   /* 0xe4 1: the service tick may stop this run (tmebox_fast.c sets it
+                               while it runs sandbox code holding the GIL) */
+    uint64_t rflags;        /* 0xe8 the flags a preempted run continues with */
+    uint64_t pad1[2];       /* 0xf0 */
     uint8_t fxsave[];       /* 0x100 sandbox x87/SSE state across a runtime call (FXSAVE) */
 };
 
@@ -62,6 +67,8 @@ int64_t tmebox_invoke(struct tmebox_ctx *c, uint64_t rip, uint64_t rsp, uint64_t
                       int64_t a0, int64_t a1, int64_t a2, int64_t a3, int64_t a4, int64_t a5);
 int tmebox_resume(struct tmebox_ctx *c, int64_t result, int bundle_align,
                   uint64_t stack_lo, uint64_t stack_hi);
+int tmebox_continue(struct tmebox_ctx *c, uint64_t code_lo, uint64_t code_hi);
+void tmebox_release_signals(void);
 void tmebox_write_rt_page(uint8_t *page);
 void tmebox_relocate(uint8_t *data, const uint32_t *offsets, size_t n, uint64_t delta);
 uint64_t tmebox_monotonic_ns(void);
@@ -71,6 +78,8 @@ uint64_t tmebox_bench_alternate(struct tmebox_ctx *a, uint64_t rip_a, uint64_t r
                                 uint64_t ret_a, struct tmebox_ctx *b, uint64_t rip_b,
                                 uint64_t rsp_b, uint64_t ret_b, uint64_t iterations);
 uint64_t tmebox_bench_gsbase(uint64_t iterations);
+/* tmebox_fast.c: puts SandboxLock, Export and FastCall into the module */
+int tmebox_fast_register(void);
 void tmebox_nop(uint64_t a, uint64_t b, uint64_t c, uint64_t d, uint64_t e, uint64_t f,
                 uint64_t g, uint64_t h, uint64_t i, uint64_t j);
 

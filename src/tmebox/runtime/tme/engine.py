@@ -4,8 +4,10 @@ engine (the backend.Engine protocol)."""
 from __future__ import annotations
 
 import signal
+import threading
 import time
 import weakref
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from tmebox.errors import TmeboxError
@@ -14,8 +16,11 @@ from tmebox.runtime.backend import (
     STOP_RETURN,
     STOPPED,
     Engine,
+    FastCall,
+    FastCallSpec,
     FaultInfo,
     Invoke,
+    SandboxLock,
     SharedPool,
 )
 from tmebox.runtime.layout import WindowLayout, page_up
@@ -25,6 +30,7 @@ from tmebox.runtime.tme.machine import MASK64
 from tmebox.tme import LINE_SIZE
 from tmebox.trusted import abi
 from tmebox.trusted.image import Isolation
+from tmebox.trusted.signature import Signature
 
 if TYPE_CHECKING:
     from tmebox.runtime.tme.backend import TmeBackend
@@ -144,6 +150,19 @@ class TmeEngine:
             return v - (1 << 64) if v >> 63 else v
 
         return invoke, None
+
+    def new_lock(self) -> SandboxLock:
+        return threading.RLock()
+
+    def fast_call(self, spec: FastCallSpec) -> FastCall | None:
+        return None  # the emulator costs far more than Python's call path
+
+    def fast_export(self, rip: int, sig: Signature | None) -> object | None:
+        return None
+
+    def call_c_host(self, address: int, args: Sequence[object]) -> int:
+        raise TmeboxError("a host function written in C (CHostFunction) needs the native "
+                          "backend: the tme backend's memory is not the host's")
 
     def last_stop(self) -> int:
         return self._last_stop
