@@ -29,11 +29,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from tmebox.runtime.api import LoadedImage, Runtime, Sandbox
     from tmebox.runtime.backend import FaultKind
+    from tmebox.runtime.host import CHostFunction
     from tmebox.trusted.image import Isolation
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CHostFunction",
     "HostError",
     "FaultKind",
     "ImageError",
@@ -56,9 +58,9 @@ __all__ = [
 
 # Imported on first use: the runtime pulls in cffi and the native helper, and the rewriter
 # (which imports tmebox.errors, so this package) must start without enum, re or dataclasses.
-_LAZY = {"LoadedImage": "tmebox.runtime.api", "Runtime": "tmebox.runtime.api",
-         "Sandbox": "tmebox.runtime.api", "FaultKind": "tmebox.runtime.backend",
-         "Isolation": "tmebox.trusted.image"}
+_LAZY = {"CHostFunction": "tmebox.runtime.host", "LoadedImage": "tmebox.runtime.api",
+         "Runtime": "tmebox.runtime.api", "Sandbox": "tmebox.runtime.api",
+         "FaultKind": "tmebox.runtime.backend", "Isolation": "tmebox.trusted.image"}
 
 
 def __getattr__(name: str) -> object:

@@ -424,6 +424,8 @@ class Sandbox:
         self._call_rsp = (self._engine.stack_pointer() - CALL_FRAME_GAP) & ~15
         self._fast = self._engine.fast_call(FastCallSpec(
             rsp=self._call_rsp, ret=self._ret, lock=self._lock, nested=self._nested,
+            thunk=(self.base + L.code_lo + plan.exports[abi.CALL_THUNK_SYMBOL]
+                   if abi.CALL_THUNK_SYMBOL in plan.exports else 0),
             slow=self.call, finish=self._finish, exports=self._fast_exports,
             imports=tuple(zip(self.image.host_functions, (s for _, s in plan.imports),
                               strict=True)),

@@ -119,6 +119,7 @@ class FastCallSpec:
 
     rsp: int
     ret: int
+    thunk: int  # the call thunk's address (0: the image has none)
     lock: SandboxLock
     nested: list[Any]
     slow: Callable[..., Any]

@@ -56,8 +56,8 @@ def _kind(t: ValType) -> int:
     return _KIND.get(t) or t.bits | (0x80 if t.signed else 0)
 
 
-def _host(fn: object, sig: Signature) -> object:
-    """The C path's entry for one host function: kinds and frame slots of its parameters."""
+def _slots(sig: Signature) -> bytes:
+    """The frame slot of each parameter (tmebox.toolchain.glue's layout)."""
     slots, ints, floats = [], 0, 0
     for t in sig.params:
         if t.is_float:
@@ -66,10 +66,15 @@ def _host(fn: object, sig: Signature) -> object:
         else:
             slots.append(ints)
             ints += 1
+    return bytes(slots)
+
+
+def _host(fn: object, sig: Signature) -> object:
+    """The C path's entry for one host function: kinds and frame slots of its parameters."""
     kinds, result = bytes(_kind(t) for t in sig.params), _kind(sig.result)
     if isinstance(fn, CHostFunction):
-        return Host(None, fn.address, kinds, bytes(slots), result)
-    return Host(fn, 0, kinds, bytes(slots), result)
+        return Host(None, fn.address, kinds, _slots(sig), result)
+    return Host(fn, 0, kinds, _slots(sig), result)
 
 
 class NativeMemory(SandboxMemory):
@@ -169,6 +174,7 @@ class NativeEngine:
         L = self.layout
         return FastCallType(
             ctx=int(ffi.cast("uintptr_t", self.ctx)), rsp=spec.rsp, ret=spec.ret,
+            thunk=spec.thunk,
             code_lo=L.code_lo, code_hi=L.code_hi, rw_lo=L.rw_lo, rw_hi=L.rw_hi,
             bundle=bool(self.bundle), lock=spec.lock, exports=spec.exports,
             nested=spec.nested, slow=spec.slow, finish=spec.finish, caller=spec.caller,
@@ -187,10 +193,12 @@ class NativeEngine:
     def fast_export(self, rip: int, sig: Signature | None) -> object | None:
         if sig is None:
             return Export(rip, -1, b"", _RAW)
-        if sig.uses_sse or ValType.BOOL in sig.params:
-            return None
-        return Export(rip, len(sig.params), bytes(_kind(t) for t in sig.params),
-                      _kind(sig.result))
+        if ValType.BOOL in sig.params:
+            return None  # bool(x) of anything: the Python path's
+        kinds = bytes(_kind(t) for t in sig.params)
+        if sig.uses_sse:
+            return Export(rip, len(sig.params), kinds, _kind(sig.result), _slots(sig))
+        return Export(rip, len(sig.params), kinds, _kind(sig.result))
 
     def last_stop(self) -> int:
         return self.ctx.reason

@@ -22,6 +22,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <math.h>
 #include <x86intrin.h>
 
 #include "tmebox_native.h"
@@ -179,46 +180,60 @@ enum { KIND_RAW = 0, KIND_VOID = 1, KIND_BOOL = 2, KIND_F32 = 3, KIND_F64 = 4,
 typedef struct {
     PyObject_HEAD
     uint64_t rip;
-    int nparams; /* -1: untyped, 0 to 6 integers */
-    uint8_t kind[6];
+    int nparams; /* -1: untyped, else how many */
+    int framed;  /* through the call thunk: arguments in a frame (floats need %xmm) */
+    uint8_t kind[14];
+    uint8_t slot[14]; /* framed: each parameter's frame slot (0-5 integer, 6-13 SSE) */
     uint8_t result;
     double ewma; /* TSC cycles of its recent calls */
 } ExportObject;
 
-static int valid_kind(unsigned k, int result)
+#define FRAME_SLOTS 14 /* tmebox.trusted.signature.FRAME_SIZE / 8 */
+#define FRAME_SSE_SLOT 6
+
+static int valid_kind(unsigned k, int result, int framed)
 {
     unsigned w = k & 0x7f;
-    if (k == KIND_RAW || (result && (k == RESULT_VOID || k == RESULT_BOOL)))
+    if ((result && (k == KIND_VOID || k == KIND_BOOL)) || (framed && (k == KIND_F32 || k == KIND_F64)))
         return 1;
-    return w == 8 || w == 16 || w == 32 || w == 64;
+    return (k & ~0xffu) == 0 && (w == 8 || w == 16 || w == 32 || w == 64);
 }
 
 static PyObject *export_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
     unsigned long long rip;
     int nparams, result;
-    const char *kinds;
-    Py_ssize_t nkinds;
-    static char *names[] = {"rip", "nparams", "kinds", "result", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Kiy#i", names, &rip, &nparams, &kinds,
-                                     &nkinds, &result))
+    const char *kinds, *slots = "";
+    Py_ssize_t nkinds, nslots = 0;
+    static char *names[] = {"rip", "nparams", "kinds", "result", "slots", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Kiy#i|y#", names, &rip, &nparams, &kinds,
+                                     &nkinds, &result, &slots, &nslots))
         return NULL;
-    if (nparams < -1 || nparams > 6 || nkinds != (nparams < 0 ? 0 : nparams)
-        || result < 0 || result > 0xff || !valid_kind((unsigned)result, 1)) {
+    int framed = nslots > 0 || result == KIND_F32 || result == KIND_F64;
+    int ok = nparams >= -1 && nparams <= (framed ? FRAME_SLOTS : 6)
+             && nkinds == (nparams < 0 ? 0 : nparams) && (!framed || nslots == nkinds)
+             && (!framed || nparams >= 0) && result >= 0
+             && (result == KIND_RAW ? nparams < 0 : valid_kind((unsigned)result, 1, framed));
+    for (Py_ssize_t i = 0; ok && i < nkinds; i++) {
+        unsigned k = (uint8_t)kinds[i];
+        int fl = k == KIND_F32 || k == KIND_F64;
+        ok = valid_kind(k, 0, framed)
+             && (!framed || ((uint8_t)slots[i] < FRAME_SLOTS
+                             && (fl == ((uint8_t)slots[i] >= FRAME_SSE_SLOT))));
+    }
+    if (!ok) {
         PyErr_SetString(PyExc_ValueError, "Export: bad calling convention");
         return NULL;
     }
-    for (Py_ssize_t i = 0; i < nkinds; i++)
-        if (!valid_kind((uint8_t)kinds[i], 0) || kinds[i] == KIND_RAW) {
-            PyErr_SetString(PyExc_ValueError, "Export: bad argument kind");
-            return NULL;
-        }
     ExportObject *e = (ExportObject *)type->tp_alloc(type, 0);
     if (!e)
         return NULL;
     e->rip = rip;
     e->nparams = nparams;
+    e->framed = framed;
     memcpy(e->kind, kinds, (size_t)nkinds);
+    if (framed)
+        memcpy(e->slot, slots, (size_t)nslots);
     e->result = (uint8_t)result;
     return (PyObject *)e;
 }
@@ -236,7 +251,8 @@ static PyGetSetDef export_getset[] = {
 static PyTypeObject ExportType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "tmebox.runtime._native.Export",
-    .tp_doc = "Export(rip, nparams, kinds, result): how FastCall calls one export.",
+    .tp_doc = "Export(rip, nparams, kinds, result, slots=b''): how FastCall calls one export "
+              "(slots: framed, through the call thunk).",
     .tp_basicsize = sizeof(ExportObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = export_new,
@@ -244,6 +260,7 @@ static PyTypeObject ExportType = {
 };
 
 static int arg_bits(PyObject *v, unsigned kind, uint64_t *out);
+static PyObject *slot_value(unsigned kind, uint64_t v);
 
 /* The pending exception as an instance (traceback kept), or NULL; and back (3.11 has no
  * PyErr_GetRaisedException). */
@@ -384,9 +401,9 @@ static int plain_result(unsigned kind, PyObject *r, uint64_t *bits)
             memcpy(bits, &d, sizeof d);
             return 1;
         }
-        if (d != d || d > 3.4028234663852886e38 || d < -3.4028234663852886e38)
-            return 0;
         float x = (float)d;
+        if (isinf(x) && !isinf(d))
+            return 0;
         uint32_t lo;
         memcpy(&lo, &x, sizeof lo);
         *bits = lo;
@@ -403,11 +420,12 @@ typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     struct tmebox_ctx *ctx;
-    uint64_t rsp, ret, code_lo, code_hi, rw_lo;
+    uint64_t rsp, ret, code_lo, code_hi, rw_lo, thunk;
     uint64_t timeout_ns; /* 0: none */
     int ready;           /* parked: the Python side clears it on every other state */
     uint64_t rw_hi;
     int bundle;          /* code+data: resume at bundle starts */
+    uint64_t preemptions; /* calls the service tick took the GIL back from */
     LockObject *lock;
     PyObject *exports; /* dict: name -> Export */
     PyObject *nested;  /* list: non-empty while a host function of this sandbox runs */
@@ -455,8 +473,38 @@ static int arg_bits(PyObject *v, unsigned kind, uint64_t *out)
     return 1;
 }
 
+/* A float argument's register bits (an int is a fine double), or 0 for the Python path. */
+static int float_bits(PyObject *v, unsigned kind, uint64_t *out)
+{
+    double d;
+    if (PyFloat_CheckExact(v)) {
+        d = PyFloat_AS_DOUBLE(v);
+    } else if (PyLong_CheckExact(v)) {
+        d = PyLong_AsDouble(v);
+        if (d == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+    } else {
+        return 0;
+    }
+    if (kind == KIND_F64) {
+        memcpy(out, &d, sizeof d);
+        return 1;
+    }
+    float x = (float)d;
+    if (isinf(x) && !isinf(d))
+        return 0; /* too big for a float: Python's OverflowError */
+    uint32_t lo;
+    memcpy(&lo, &x, sizeof lo);
+    *out = lo;
+    return 1;
+}
+
 static PyObject *result_value(unsigned kind, uint64_t rax)
 {
+    if (kind == KIND_F64 || kind == KIND_F32)
+        return slot_value(kind, rax);
     if (kind == RESULT_RAW)
         return PyLong_FromLongLong((long long)rax);
     if (kind == RESULT_VOID)
@@ -476,8 +524,8 @@ static PyObject *result_value(unsigned kind, uint64_t rax)
 
 /* One stretch of sandbox code: the call itself (resume_with NULL) or its continuation after
  * a host function; returns the stop reason. Short ones hold the GIL (file comment). */
-static int run_step(FastObject *f, ExportObject *e, const uint64_t *a,
-                    const int64_t *resume_with)
+static int run_step(FastObject *f, ExportObject *e, uint64_t rip, uint64_t rsp,
+                    const uint64_t *a, const int64_t *resume_with)
 {
     struct tmebox_ctx *c = f->ctx;
     int hold = e->ewma < GIL_HOLD_NS * tsc_per_ns;
@@ -488,10 +536,11 @@ static int run_step(FastObject *f, ExportObject *e, const uint64_t *a,
         ts = PyEval_SaveThread();
     int r = resume_with
                 ? tmebox_resume(c, *resume_with, f->bundle, f->rw_lo, f->rw_hi)
-                : tmebox_call(c, e->rip, f->rsp, f->ret, a[0], a[1], a[2], a[3], a[4], a[5]);
+                : tmebox_call(c, rip, rsp, f->ret, a[0], a[1], a[2], a[3], a[4], a[5]);
     c->preemptible = 0;
     if (r == TMEBOX_REASON_PREEMPTED) {
         /* it held the GIL and ran long: the rest without (never preempted again) */
+        f->preemptions++;
         ts = PyEval_SaveThread();
         r = tmebox_continue(c, f->code_lo, f->code_hi);
     }
@@ -619,12 +668,32 @@ static PyObject *fast_vectorcall(PyObject *self, PyObject *const *args, size_t n
     Py_ssize_t n = nargs - 1;
     if (e->nparams < 0 ? n > 6 : n != e->nparams)
         goto slow;
-    uint64_t a[6] = {0};
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (!arg_bits(args[i + 1], e->nparams < 0 ? KIND_RAW : e->kind[i], &a[i]))
+    uint64_t a[6] = {0}, frame[FRAME_SLOTS] = {0};
+    uint64_t rip = e->rip, rsp = f->rsp, at = 0;
+    if (e->framed) {
+        /* as api.py's _call_framed: the frame below the call, the thunk loads it */
+        if (!f->thunk)
             goto slow;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            unsigned k = e->kind[i];
+            if (!(k == KIND_F32 || k == KIND_F64 ? float_bits(args[i + 1], k, &frame[e->slot[i]])
+                                                 : arg_bits(args[i + 1], k, &frame[e->slot[i]])))
+                goto slow;
+        }
+        at = (f->rsp - 8 * FRAME_SLOTS) & ~15ull;
+        a[0] = at;
+        a[1] = e->rip;
+        rip = f->thunk;
+        rsp = at - 16;
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (!arg_bits(args[i + 1], e->nparams < 0 ? KIND_RAW : e->kind[i], &a[i]))
+                goto slow;
+    }
     if (!PyThread_acquire_lock(l->lock, NOWAIT_LOCK))
         goto slow;
+    if (at)
+        memcpy((void *)(uintptr_t)at, frame, sizeof frame);
     l->owner = PyThread_get_thread_ident();
     l->count = 1;
     Py_INCREF(e);
@@ -633,14 +702,14 @@ static PyObject *fast_vectorcall(PyObject *self, PyObject *const *args, size_t n
         f->ctx->deadline_ns = tmebox_monotonic_ns() + f->timeout_ns;
     uint64_t t0 = __rdtsc();
     PyObject *out = NULL;
-    int stop = run_step(f, e, a, NULL);
+    int stop = run_step(f, e, rip, rsp, a, NULL);
     struct tmebox_ctx *c = f->ctx;
     Py_ssize_t nhosts = PyTuple_GET_SIZE(f->hosts);
     while (stop == TMEBOX_REASON_SYSCALL && c->gpr[TMEBOX_RAX] - SYS_TMEBOX_HOST < (uint64_t)nhosts) {
         int64_t bits;
         if (call_host(f, (Py_ssize_t)(c->gpr[TMEBOX_RAX] - SYS_TMEBOX_HOST), &bits) < 0)
             goto done;
-        stop = run_step(f, e, a, &bits);
+        stop = run_step(f, e, 0, 0, NULL, &bits);
     }
     double dt = (double)(__rdtsc() - t0);
     e->ewma += (dt - e->ewma) * 0.125;
@@ -659,6 +728,8 @@ static PyObject *fast_vectorcall(PyObject *self, PyObject *const *args, size_t n
         if (PyErr_Occurred())
             goto done;
     }
+    if (at && (e->result == KIND_F32 || e->result == KIND_F64))
+        rax = ((volatile uint64_t *)(uintptr_t)at)[FRAME_SSE_SLOT];
     out = result_value(e->result, rax);
 done:
     if (lock_give(l) < 0)
@@ -672,15 +743,15 @@ slow:
 
 static PyObject *fast_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
-    unsigned long long ctx, rsp, ret, code_lo, code_hi, rw_lo, rw_hi;
+    unsigned long long ctx, rsp, ret, code_lo, code_hi, rw_lo, rw_hi, thunk;
     int bundle;
     PyObject *lock, *exports, *nested, *slow, *finish, *caller, *hosts, *host_result,
         *host_error, *host_done;
-    static char *names[] = {"ctx", "rsp", "ret", "code_lo", "code_hi", "rw_lo", "rw_hi",
-                            "bundle", "lock", "exports", "nested", "slow", "finish", "caller",
+    static char *names[] = {"ctx", "rsp", "ret", "thunk", "code_lo", "code_hi", "rw_lo",
+                            "rw_hi", "bundle", "lock", "exports", "nested", "slow", "finish", "caller",
                             "hosts", "host_result", "host_error", "host_done", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKKKKKKpO!O!O!OOOO!OOO", names, &ctx, &rsp,
-                                     &ret, &code_lo, &code_hi, &rw_lo, &rw_hi, &bundle,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKKKKKKKpO!O!O!OOOO!OOO", names, &ctx, &rsp,
+                                     &ret, &thunk, &code_lo, &code_hi, &rw_lo, &rw_hi, &bundle,
                                      &LockType, &lock, &PyDict_Type, &exports, &PyList_Type,
                                      &nested, &slow, &finish, &caller, &PyTuple_Type, &hosts,
                                      &host_result, &host_error, &host_done))
@@ -707,6 +778,7 @@ static PyObject *fast_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     f->code_lo = code_lo;
     f->code_hi = code_hi;
     f->rw_lo = rw_lo;
+    f->thunk = thunk;
     f->rw_hi = rw_hi;
     f->bundle = bundle;
     f->lock = (LockObject *)Py_NewRef(lock);
@@ -810,6 +882,8 @@ static PyGetSetDef fast_getset[] = {
 };
 
 static PyMemberDef fast_members[] = {
+    {"preemptions", T_ULONGLONG, offsetof(FastObject, preemptions), READONLY,
+     "calls that held the GIL and ran past a service tick (then went on without it)"},
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(FastObject, vectorcall), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
@@ -838,6 +912,19 @@ static PyTypeObject FastType = {
 
 /* -- registration ---------------------------------------------------------------------- */
 
+/* A process started from this thread inherits its signal mask, and the lazily blocked one
+ * lasts until the next service tick: give the host's back first. Python audits every way
+ * it starts one (a C hook: it runs for every audited event). */
+static int on_audit(const char *event, PyObject *args, void *unused)
+{
+    if ((event[0] == 'o' && (!strcmp(event, "os.fork") || !strcmp(event, "os.forkpty")
+                             || !strcmp(event, "os.exec") || !strcmp(event, "os.posix_spawn")
+                             || !strcmp(event, "os.spawn") || !strcmp(event, "os.system")))
+        || !strcmp(event, "subprocess.Popen"))
+        tmebox_release_signals();
+    return 0;
+}
+
 static void calibrate_tsc(void)
 {
     uint64_t n0 = tmebox_monotonic_ns(), c0 = __rdtsc(), n1;
@@ -863,6 +950,8 @@ int tmebox_fast_register(void)
         || PyModule_AddObjectRef(m, "Export", (PyObject *)&ExportType) < 0
         || PyModule_AddObjectRef(m, "Host", (PyObject *)&HostType) < 0
         || PyModule_AddObjectRef(m, "FastCall", (PyObject *)&FastType) < 0)
+        goto out;
+    if (PySys_AddAuditHook(on_audit, NULL) < 0)
         goto out;
     calibrate_tsc();
     rc = 0;
