@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -72,6 +73,18 @@ def _run_options(parser: argparse.ArgumentParser, defaults: bool = True) -> None
     parser.add_argument("--min-isolation", choices=abi.ISOLATION_MODES,
                         default=default(abi.DEFAULT_ISOLATION),
                         help="weakest isolation mode accepted (data: only for trusted code)")
+    parser.add_argument("--env", action="append", type=_env_pair, default=default([]),
+                        metavar="K=V", help="set K in the program's environment (repeatable); "
+                        "nothing of tmebox's own environment is passed unless asked")
+    parser.add_argument("--inherit-env", action="store_true", default=default(False),
+                        help="pass tmebox's whole environment to the program (--env wins)")
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not key or not eq or "\0" in text:
+        raise argparse.ArgumentTypeError(f"must be K=V with a non-empty K, not {text!r}")
+    return key, value
 
 
 def _split_run_args(args: argparse.Namespace) -> None:
@@ -81,7 +94,8 @@ def _split_run_args(args: argparse.Namespace) -> None:
     _run_options(later, defaults=False)
     found, guest = later.parse_known_args(args.args)
     for name, value in vars(found).items():
-        setattr(args, name, value)
+        # --env given before and after the image: both count
+        setattr(args, name, args.env + value if name == "env" else value)
     args.args = guest + args.program_args
 
 
@@ -95,6 +109,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         backend=args.backend,
         timeout=args.timeout,
         min_isolation=args.min_isolation,
+        env={**(os.environ if args.inherit_env else {}), **dict(args.env)},
     )
 
 

@@ -5,7 +5,7 @@ other."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tmebox.errors import ImageError
@@ -19,8 +19,10 @@ __all__ = ["compile_cached", "run_command"]
 
 def run_command(target: Path, argv: Sequence[str], backend: str = "native",
                 timeout: float | None = None,
-                min_isolation: Isolation | str = Isolation.CODE_DATA) -> int:
-    """`tmebox run`: run IMAGE (or compile FILE.c first) with the terminal's stdio."""
+                min_isolation: Isolation | str = Isolation.CODE_DATA,
+                env: Mapping[str, str] | None = None) -> int:
+    """`tmebox run`: run IMAGE (or compile FILE.c first) with the terminal's stdio and the
+    environment `env` (none of the host's unless it is in there)."""
     target = Path(target)
     argv0 = target.stem if target.suffix == ".c" else target.name
     if target.suffix == ".c":
@@ -29,7 +31,7 @@ def run_command(target: Path, argv: Sequence[str], backend: str = "native",
         raise ImageError(f"{target}: no such image")
     with Runtime(backend=backend, max_sandboxes=1, min_isolation=min_isolation) as rt:
         img = rt.load(target)
-        sb = rt.spawn(img, argv=[argv0, *argv], timeout=timeout)
+        sb = rt.spawn(img, argv=[argv0, *argv], timeout=timeout, env=env or {})
         return sb.run()
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,15 @@ def _signed_args(name: str, args: tuple[int, ...]) -> list[int]:
         a &= _MASK64
         out.append(a - (1 << 64) if a & _SIGN64 else a)
     return out
+
+
+def _env_entry(key: object, value: object) -> str:
+    if not isinstance(key, str) or not isinstance(value, str):
+        raise TypeError(f"spawn(env=...): {key!r}: keys and values must be str")
+    if not key or "=" in key or "\0" in key or "\0" in value:
+        raise ValueError(f"spawn(env=...): {key!r}: a key is non-empty without '=' or NUL, "
+                         "a value has no NUL")
+    return f"{key}={value}"
 
 
 def _make_backend(name: str, max_sandboxes: int, options: dict[str, Any]) -> Backend[Any]:
@@ -279,10 +288,19 @@ class Runtime:
 
     def spawn(self, image: LoadedImage, argv: Sequence[str | bytes] | None = None,
               envp: Sequence[str | bytes] = (), stdin: Any = None, stdout: Any = None,
-              stderr: Any = None, timeout: float | None = None) -> Sandbox:
-        """A new sandbox of image with libc initialised (`_start` ran up to the park)."""
+              stderr: Any = None, timeout: float | None = None,
+              env: Mapping[str, str] | None = None) -> Sandbox:
+        """A new sandbox of image with libc initialised (`_start` ran up to the park).
+
+        The guest's environment is `env` (a mapping) or `envp` ("K=V" strings), nothing of
+        the host's unless given (`env=os.environ` passes it all).
+        """
         if image.runtime is not self:
             raise TmeboxError(f"{image.name} was loaded by another Runtime")
+        if env is not None:
+            if envp:
+                raise TypeError("spawn: give env or envp, not both")
+            envp = [_env_entry(k, v) for k, v in env.items()]
         with self._lock:
             self._check_open()  # under the lock: close() cannot miss this sandbox
             if len(self._sandboxes) >= self.max_sandboxes:
@@ -405,7 +423,7 @@ class Sandbox:
         self._proc = syscalls.ProcessState(
             layout=L, base=self.base, tp_slot=L.code_lo + plan.tp_slot,
             stdin=syscalls.Source(stdin), stdout=syscalls.Sink(stdout, 1),
-            stderr=syscalls.Sink(stderr, 2))
+            stderr=syscalls.Sink(stderr, 2), deadline=self._engine.deadline)
         rsp, stack = initial_stack(plan, L, self.base, argv, envp, os.urandom(16))
         self._mem.write(rsp, stack)
         with self._lock:

@@ -206,6 +206,9 @@ class Engine(Protocol):
     def fault(self) -> FaultInfo:
         """What went wrong (STOP_FAULT, STOP_TIMEOUT, STOP_BADSTACK)."""
 
+    def deadline(self) -> int:
+        """The current deadline (CLOCK_MONOTONIC ns), 0 if none."""
+
     def set_deadline(self, seconds: float | None) -> None:
         """Limit the next top-level entry (including its runtime calls) to seconds from now."""
 

@@ -13,7 +13,9 @@ import bisect
 import errno
 import io
 import os
+import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +34,8 @@ SYS_GETPID, SYS_EXIT, SYS_KILL, SYS_GETTIMEOFDAY = 39, 60, 62, 96
 SYS_SIGALTSTACK, SYS_ARCH_PRCTL, SYS_GETTID, SYS_TKILL, SYS_FUTEX = 131, 158, 186, 200, 202
 SYS_SET_TID_ADDRESS, SYS_CLOCK_GETTIME, SYS_CLOCK_GETRES, SYS_EXIT_GROUP = 218, 228, 229, 231
 SYS_TGKILL, SYS_GETRANDOM = 234, 318
+SYS_NANOSLEEP, SYS_CLOCK_NANOSLEEP = 35, 230
+TIMER_ABSTIME = 1
 
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x01, 0x02, 0x10, 0x20
@@ -122,6 +126,8 @@ class ProcessState:
     brk: int = 0
     maps: list[tuple[int, int]] = field(default_factory=list)  # sorted [start, end) offsets
     parked: bool = False
+    # The running call's deadline (CLOCK_MONOTONIC ns, 0: none): a sleep ends there.
+    deadline: Callable[[], int] = lambda: 0
 
     def __post_init__(self) -> None:
         if not self.brk:
@@ -338,6 +344,27 @@ def _sys_clock_gettime(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
     return _store(mem, a[1], _timespec(ns))
 
 
+def _sleep(mem: SandboxMemory, st: ProcessState, clock: int, flags: int, req: int) -> Result:
+    """Sleep as the request says, but never past the call's deadline: the sandbox then
+    resumes and times out at once (the timeout counts the time asleep)."""
+    if clock not in _CLOCKS or flags & ~TIMER_ABSTIME:
+        return -errno.EINVAL
+    if not mem.ok(req, 16, False):
+        return -errno.EFAULT
+    sec, nsec = struct.unpack("<qq", mem.read(req, 16))
+    if sec < 0 or not 0 <= nsec < 1_000_000_000:
+        return -errno.EINVAL
+    want = sec * 1_000_000_000 + nsec
+    if flags & TIMER_ABSTIME:
+        want -= time.clock_gettime_ns(_CLOCKS[clock])
+    deadline = st.deadline()
+    if deadline:
+        want = min(want, deadline - time.monotonic_ns())
+    if want > 0:
+        time.sleep(want / 1e9)
+    return 0
+
+
 def _sys_clock_getres(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
     if a[0] not in _CLOCKS and a[0] not in _CPU_CLOCKS:
         return -errno.EINVAL
@@ -430,6 +457,8 @@ _HANDLERS = {
     SYS_SIGALTSTACK: _sys_nothing, SYS_SCHED_YIELD: _sys_nothing, SYS_CLOSE: _sys_nothing,
     SYS_FUTEX: _sys_nothing, SYS_LSEEK: _sys_lseek, SYS_KILL: _sys_kill,
     SYS_TKILL: _sys_kill, SYS_TGKILL: _sys_tgkill, abi.SYS_TMEBOX_PARK: _sys_park,
+    SYS_NANOSLEEP: lambda a, mem, st: _sleep(mem, st, 1, 0, a[0]),
+    SYS_CLOCK_NANOSLEEP: lambda a, mem, st: _sleep(mem, st, a[0], a[1], a[2]),
 }
 
 

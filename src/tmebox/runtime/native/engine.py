@@ -222,6 +222,9 @@ class NativeEngine:
         return FaultInfo(signo=c.fault_signo, address=c.fault_addr & OFFSET_MASK,
                          rip=c.fault_rip & OFFSET_MASK, rsp=c.fault_rsp & OFFSET_MASK)
 
+    def deadline(self) -> int:
+        return int(self.ctx.deadline_ns)
+
     def set_deadline(self, seconds: float | None) -> None:
         self.ctx.deadline_ns = (0 if seconds is None
                                 else lib.tmebox_monotonic_ns() + max(1, int(seconds * 1e9)))

@@ -205,6 +205,9 @@ class TmeEngine:
     def fault(self) -> FaultInfo:
         return self._fault
 
+    def deadline(self) -> int:
+        return self.deadline_ns
+
     def set_deadline(self, seconds: float | None) -> None:
         self.deadline_ns = 0 if seconds is None else (
             time.monotonic_ns() + max(1, int(seconds * 1e9)))
