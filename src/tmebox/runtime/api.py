@@ -752,9 +752,10 @@ class Sandbox:
         try:
             bits = self._host_result(index, fn(self, *values))
         except Exception as e:
-            self._nested.pop()
             raise self._host_error(index, e) from e
-        self._host_done(index, self._nested.pop()[0])
+        finally:
+            self._restore_waiting(self._nested.pop()[0])
+        self._check_resumable(index)
         return bits - (1 << 64) if bits & _SIGN64 else bits
 
     def _host_result(self, index: int, value: object) -> int:
@@ -771,10 +772,16 @@ class Sandbox:
         return err
 
     def _host_done(self, index: int, saved: object) -> None:
-        """Host function `index` returned: the waiting guest as it was, if a call back into
-        the sandbox ran meanwhile (saved), and raise if there is nothing to resume."""
+        """Host function `index` returned (the C path's end of a host call)."""
+        self._restore_waiting(saved)
+        self._check_resumable(index)
+
+    def _restore_waiting(self, saved: object) -> None:
+        """The waiting guest as it was, if a call back into the sandbox ran meanwhile."""
         if saved is not None and self.state != "destroyed":
             self._engine.restore(saved)
+
+    def _check_resumable(self, index: int) -> None:
         if self.state != "parked":
             # It destroyed its caller, or a nested call faulted: nothing to resume.
             self._check_state(f"return from host function {self.image.plan.imports[index][0]}")
