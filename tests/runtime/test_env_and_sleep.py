@@ -124,3 +124,29 @@ def test_tmebox_run_env_options(image, tmp_path) -> None:
     assert r.stdout.splitlines() == ["TMEBOX_TEST_SECRET=mine"]
     r = run(str(image), "--env", "=x")
     assert r.returncode == 2 and "must be K=V with a non-empty K" in r.stderr
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_timeout_per_call(image, backend) -> None:
+    with tmebox.Runtime(backend=backend) as rt:
+        img = rt.load(image)
+        sb = rt.spawn(img)
+        for _ in range(3):  # the first call takes the Python path, later ones (native) C
+            assert sb.call("nap_ms", 5, timeout=0.5) == 0
+        time.sleep(0.6)  # past that limit: it must not apply to calls without one
+        assert sb.call("nap_ms", 5) == 0 and sb.call("nap_ms", 5) == 0
+        sb.timeout = 0.5
+        assert sb.call("nap_ms", 5) == 0
+        sb.timeout = None
+        time.sleep(0.6)
+        assert sb.call("nap_ms", 5) == 0 and sb.call("nap_ms", 5) == 0
+        t = time.monotonic()
+        with pytest.raises(SandboxTimeout, match="longer than 0.2 s"):
+            sb.call("nap_ms", 5000, timeout=0.2)
+        assert time.monotonic() - t < 2.0 and sb.state == "dead"
+        other = rt.spawn(img, timeout=10)
+        with pytest.raises(SandboxTimeout):  # the call's limit, not the sandbox's
+            other.call("nap_ms", 5000, timeout=0.2)
+        for bad in (0, -1, float("inf"), float("nan"), True, "1"):
+            with pytest.raises(ValueError, match="positive number of seconds"):
+                rt.spawn(img).call("nap_ms", 1, timeout=bad)

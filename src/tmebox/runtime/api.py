@@ -96,6 +96,12 @@ def _signed_args(name: str, args: tuple[int, ...]) -> list[int]:
     return out
 
 
+def _check_timeout(value: object) -> None:
+    if value is not None and not (isinstance(value, int | float) and not isinstance(value, bool)
+                                  and 0 < value < 1e9):
+        raise ValueError(f"timeout must be a positive number of seconds, not {value!r}")
+
+
 def _env_entry(key: object, value: object) -> str:
     if not isinstance(key, str) or not isinstance(value, str):
         raise TypeError(f"spawn(env=...): {key!r}: keys and values must be str")
@@ -352,7 +358,7 @@ class Sandbox:
     # Slots: call() reads eight attributes per call; slot access is the cheaper kind.
     __slots__ = ("runtime", "image", "_engine", "_layout", "base", "memory", "_mem", "_timeout",
                  "_state", "exit_status", "_lock", "_rips", "_sigs", "_parked", "_call_rsp",
-                 "_ret", "_proc", "_ran", "_fn", "_handle", "_gone", "_nested", "_fast",
+                 "_ret", "_proc", "_ran", "_fn", "_handle", "_gone", "_nested", "_fast", "_limit",
                  "_fast_exports", "__dict__", "__weakref__")
 
     def __init__(self, runtime: Runtime, image: LoadedImage, engine: Engine,
@@ -366,6 +372,7 @@ class Sandbox:
         self._mem: SandboxMemory = engine.memory  # the runtime's own accesses
         self._fast: FastCall | None = None  # until start-up has parked
         self._fast_exports: dict[str, object] = {}
+        self._limit: float | None = None  # a call(timeout=)'s, while it runs
         self.timeout = timeout
         self.state = "new"
         self.exit_status: int | None = None
@@ -409,9 +416,10 @@ class Sandbox:
 
     @timeout.setter
     def timeout(self, value: float | None) -> None:
-        if value is not None and not (isinstance(value, int | float) and 0 < value < 1e9):
-            raise ValueError(f"timeout must be a positive number of seconds, not {value!r}")
+        _check_timeout(value)
         self._timeout = value
+        if value is None:
+            self._engine.set_deadline(None)  # no limit left over from an earlier call
         if self._fast is not None:
             self._fast.timeout = value
 
@@ -482,13 +490,16 @@ class Sandbox:
         raise SandboxError(f"{self.image.name}: main() returned to the runtime instead of "
                            "calling exit")
 
-    def call(self, name: str, *args: Any) -> Any:
+    def call(self, name: str, *args: Any, timeout: float | None = None) -> Any:
         """Call an exported function.
 
         With the signature the image recorded (img.exports), arguments are checked and
         converted and so is the result; an untyped export (no debug information) takes up to
         6 integers and returns %rax as a signed 64-bit int (as_int32() gives a C int).
+        timeout (seconds) limits this call instead of sb.timeout, runtime calls included.
         """
+        if timeout is not None:
+            return self._call_limited(name, args, timeout)
         rip = self._rips.get(name)
         if rip is None:
             rip = self._lookup(name)
@@ -501,6 +512,19 @@ class Sandbox:
             raise TypeError(f"{name}{conv} takes {len(conv.params)} argument(s), "
                             f"{len(args)} given")
         return self._call_framed(name, rip, conv, args)
+
+    def _call_limited(self, name: str, args: tuple[Any, ...], timeout: float) -> Any:
+        _check_timeout(timeout)
+        with self._lock:
+            if self._nested:
+                raise SandboxError(f"{self.image.name}: call({name!r}, timeout=...) from inside "
+                                   "a host function: the outer call's limit applies")
+            self._limit = timeout
+            try:
+                return Sandbox.call(self, name, *args)
+            finally:
+                self._limit = None
+                self._engine.set_deadline(None)  # the next call starts without this limit
 
     def _call_framed(self, name: str, rip: int, sig: Signature, args: tuple[Any, ...]) -> Any:
         """Through the call thunk, which loads %xmm0-7 too: the frame sits below the call."""
@@ -536,8 +560,9 @@ class Sandbox:
                     rsp = top
             elif rsp is None:
                 rsp = self._call_rsp
-            if self.timeout is not None:
-                self._engine.set_deadline(self.timeout)
+            limit = self._limit or self._timeout
+            if limit is not None:
+                self._engine.set_deadline(limit)
             try:
                 v = self._fn(self._handle, rip, rsp, self._ret, *args, *_PAD[len(args)])
             except (OverflowError, TypeError, IndexError):
@@ -730,7 +755,8 @@ class Sandbox:
                 # Python's SIGINT handler ran too; this is where it usually surfaces.
                 raise KeyboardInterrupt(f"{self.image.name} interrupted")
             if stop == STOP_TIMEOUT:
-                raise SandboxTimeout(f"{self.image.name}: ran longer than {self.timeout} s "
+                raise SandboxTimeout(f"{self.image.name}: ran longer than "
+                                     f"{self._limit or self.timeout} s "
                                      f"(stopped at {engine.fault().rip:#x})")
             if stop in (STOP_FAULT, STOP_BADSTACK):
                 raise self._fault_error(engine.fault(), stop)

@@ -698,8 +698,8 @@ static PyObject *fast_vectorcall(PyObject *self, PyObject *const *args, size_t n
     l->count = 1;
     Py_INCREF(e);
     Py_INCREF(self);
-    if (f->timeout_ns)
-        f->ctx->deadline_ns = tmebox_monotonic_ns() + f->timeout_ns;
+    /* none: clear whatever limit an earlier call left */
+    f->ctx->deadline_ns = f->timeout_ns ? tmebox_monotonic_ns() + f->timeout_ns : 0;
     uint64_t t0 = __rdtsc();
     PyObject *out = NULL;
     int stop = run_step(f, e, rip, rsp, a, NULL);
