@@ -245,6 +245,12 @@ def test_pinned_packages_are_bookworm_versions_with_full_hashes() -> None:
 
 def test_density_stops_at_what_max_map_count_allows_when_not_root(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tmebox.runtime import layout as lay
+
+    # The host's own mappings as they are now: a thread that ends meanwhile (its signal
+    # stack unmapped) must not move the limit between the two reads.
+    maps = lay.read_host_maps()
+    monkeypatch.setattr(lay, "read_host_maps", lambda: maps)
     limit = tmp_path / "max_map_count"
     monkeypatch.setattr(density, "MAP_COUNT_FILE", limit)
     monkeypatch.setattr(density.os, "geteuid", lambda: 1000)
