@@ -129,7 +129,7 @@ def test_host_results_out_of_type_are_host_errors_on_the_c_path(image, bad) -> N
 
 
 def test_a_long_call_holding_the_gil_is_preempted_and_finishes_right(image) -> None:
-    n = 20_000_000
+    n = 40_000_000
     with tmebox.Runtime() as rt:
         _echo_all(rt)
         sb = rt.spawn(rt.load(image))
@@ -167,7 +167,7 @@ def test_preemption_keeps_every_register(image) -> None:
         _echo_all(rt)
         sb = rt.spawn(rt.load(image))
         sb._lookup("work")
-        for n in (3_000_000, 5_000_000, 7_000_000):
+        for n in (5_000_000, 8_000_000, 12_000_000):
             for _ in range(150):
                 sb.call("work", 5)  # short again (the average forgets): the next is held
             assert sb._fast_exports["work"].mean_ns < 2000
