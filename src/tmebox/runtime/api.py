@@ -418,8 +418,6 @@ class Sandbox:
     def timeout(self, value: float | None) -> None:
         _check_timeout(value)
         self._timeout = value
-        if value is None:
-            self._engine.set_deadline(None)  # no limit left over from an earlier call
         if self._fast is not None:
             self._fast.timeout = value
 
@@ -524,7 +522,6 @@ class Sandbox:
                 return Sandbox.call(self, name, *args)
             finally:
                 self._limit = None
-                self._engine.set_deadline(None)  # the next call starts without this limit
 
     def _call_framed(self, name: str, rip: int, sig: Signature, args: tuple[Any, ...]) -> Any:
         """Through the call thunk, which loads %xmm0-7 too: the frame sits below the call."""
@@ -560,9 +557,8 @@ class Sandbox:
                     rsp = top
             elif rsp is None:
                 rsp = self._call_rsp
-            limit = self._limit or self._timeout
-            if limit is not None:
-                self._engine.set_deadline(limit)
+            # every call sets its own limit (or none): nothing is left over from an earlier one
+            self._engine.set_deadline(self._limit or self._timeout)
             try:
                 v = self._fn(self._handle, rip, rsp, self._ret, *args, *_PAD[len(args)])
             except (OverflowError, TypeError, IndexError):

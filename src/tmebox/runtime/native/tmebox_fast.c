@@ -191,12 +191,17 @@ typedef struct {
 #define FRAME_SLOTS 14 /* tmebox.trusted.signature.FRAME_SIZE / 8 */
 #define FRAME_SSE_SLOT 6
 
-static int valid_kind(unsigned k, int result, int framed)
+static int valid_int_kind(unsigned k)
 {
     unsigned w = k & 0x7f;
+    return (k & ~0xffu) == 0 && (w == 8 || w == 16 || w == 32 || w == 64);
+}
+
+static int valid_kind(unsigned k, int result, int framed)
+{
     if ((result && (k == KIND_VOID || k == KIND_BOOL)) || (framed && (k == KIND_F32 || k == KIND_F64)))
         return 1;
-    return (k & ~0xffu) == 0 && (w == 8 || w == 16 || w == 32 || w == 64);
+    return valid_int_kind(k);
 }
 
 static PyObject *export_new(PyTypeObject *type, PyObject *args, PyObject *kw)
@@ -304,12 +309,6 @@ typedef struct {
     uint8_t result;
     unsigned frame_size; /* bytes of the frame the parameters use */
 } HostObject;
-
-static int valid_int_kind(unsigned k)
-{
-    unsigned w = k & 0x7f;
-    return (k & ~0xffu) == 0 && (w == 8 || w == 16 || w == 32 || w == 64);
-}
 
 static PyObject *host_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
