@@ -78,6 +78,30 @@ def _run_options(parser: argparse.ArgumentParser, defaults: bool = True) -> None
                         "nothing of tmebox's own environment is passed unless asked")
     parser.add_argument("--inherit-env", action="store_true", default=default(False),
                         help="pass tmebox's whole environment to the program (--env wins)")
+    parser.add_argument("--dir", action="append", type=_dir_spec, default=default([]),
+                        metavar="HOST:GUEST[:ro|rw]", help="give the program the host "
+                        "directory HOST as GUEST (read-only unless :rw; repeatable); it can "
+                        "open no other file")
+    parser.add_argument("--memory-limit", type=_size, default=default(None), metavar="BYTES",
+                        help="heap and mmap the program may map (K, M, G suffixes)")
+
+
+def _dir_spec(text: str) -> tuple[str, tuple[str, str]]:
+    host, _, rest = text.partition(":")
+    guest, _, mode = rest.partition(":")
+    if not host or not guest.startswith("/") or mode not in ("", "ro", "rw") or "\0" in text:
+        raise argparse.ArgumentTypeError(f"must be HOST:GUEST[:ro|rw] with an absolute GUEST "
+                                         f"path, not {text!r}")
+    return guest, (host, mode or "ro")
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    digits, unit = text.rstrip("KMGkmg"), text[len(text.rstrip("KMGkmg")):].upper()
+    if not digits.isdigit() or unit not in units:
+        raise argparse.ArgumentTypeError(f"must be a number of bytes (K, M or G suffix), "
+                                         f"not {text!r}")
+    return int(digits) * units[unit]
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -94,8 +118,8 @@ def _split_run_args(args: argparse.Namespace) -> None:
     _run_options(later, defaults=False)
     found, guest = later.parse_known_args(args.args)
     for name, value in vars(found).items():
-        # --env given before and after the image: both count
-        setattr(args, name, args.env + value if name == "env" else value)
+        # --env and --dir given before and after the image: all count
+        setattr(args, name, getattr(args, name) + value if name in ("env", "dir") else value)
     args.args = guest + args.program_args
 
 
@@ -110,6 +134,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         min_isolation=args.min_isolation,
         env={**(os.environ if args.inherit_env else {}), **dict(args.env)},
+        dirs=dict(args.dir),
+        memory_limit=args.memory_limit,
     )
 
 

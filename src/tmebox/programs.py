@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from tmebox.errors import ImageError
 from tmebox.runtime.api import Runtime
@@ -20,9 +21,11 @@ __all__ = ["compile_cached", "run_command"]
 def run_command(target: Path, argv: Sequence[str], backend: str = "native",
                 timeout: float | None = None,
                 min_isolation: Isolation | str = Isolation.CODE_DATA,
-                env: Mapping[str, str] | None = None) -> int:
-    """`tmebox run`: run IMAGE (or compile FILE.c first) with the terminal's stdio and the
-    environment `env` (none of the host's unless it is in there)."""
+                env: Mapping[str, str] | None = None, dirs: Mapping[str, Any] | None = None,
+                memory_limit: int | None = None) -> int:
+    """`tmebox run`: run IMAGE (or compile FILE.c first) with the terminal's stdio, the
+    environment `env` (none of the host's unless it is in there) and the directories
+    `dirs` (spawn()'s form)."""
     target = Path(target)
     argv0 = target.stem if target.suffix == ".c" else target.name
     if target.suffix == ".c":
@@ -31,7 +34,8 @@ def run_command(target: Path, argv: Sequence[str], backend: str = "native",
         raise ImageError(f"{target}: no such image")
     with Runtime(backend=backend, max_sandboxes=1, min_isolation=min_isolation) as rt:
         img = rt.load(target)
-        sb = rt.spawn(img, argv=[argv0, *argv], timeout=timeout, env=env or {})
+        sb = rt.spawn(img, argv=[argv0, *argv], timeout=timeout, env=env or {}, dirs=dirs,
+                      memory_limit=memory_limit)
         return sb.run()
 
 

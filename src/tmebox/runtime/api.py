@@ -48,6 +48,7 @@ from tmebox.runtime.backend import (
     FaultKind,
     classify,
 )
+from tmebox.runtime.files import DEFAULT_FD_LIMIT, FileTable, parse_dirs
 from tmebox.runtime.host import (
     CHostFunction,
     FrameReader,
@@ -58,6 +59,7 @@ from tmebox.runtime.host import (
 )
 from tmebox.runtime.loader import ImagePlan, initial_stack, plan_from_image
 from tmebox.runtime.memory import GuardedMemory, SandboxMemory, SandboxMemoryError
+from tmebox.runtime.streams import Sink, Source
 from tmebox.trusted import abi
 from tmebox.trusted.image import Isolation
 from tmebox.trusted.signature import FRAME_SIZE, FRAME_SSE, Signature
@@ -295,11 +297,15 @@ class Runtime:
     def spawn(self, image: LoadedImage, argv: Sequence[str | bytes] | None = None,
               envp: Sequence[str | bytes] = (), stdin: Any = None, stdout: Any = None,
               stderr: Any = None, timeout: float | None = None,
-              env: Mapping[str, str] | None = None) -> Sandbox:
+              env: Mapping[str, str] | None = None, dirs: Mapping[str, Any] | None = None,
+              memory_limit: int | None = None, fd_limit: int = DEFAULT_FD_LIMIT) -> Sandbox:
         """A new sandbox of image with libc initialised (`_start` ran up to the park).
 
         The guest's environment is `env` (a mapping) or `envp` ("K=V" strings), nothing of
-        the host's unless given (`env=os.environ` passes it all).
+        the host's unless given (`env=os.environ` passes it all). It reaches no file but
+        beneath `dirs` ({"/guest": "/host"} read-only, {"/guest": ("/host", "rw")}), holds
+        at most fd_limit descriptors and maps at most memory_limit bytes of heap and mmap
+        (None: as much as its window holds) - docs/runtime.md "Files" and "Limits".
         """
         if image.runtime is not self:
             raise TmeboxError(f"{image.name} was loaded by another Runtime")
@@ -307,6 +313,11 @@ class Runtime:
             if envp:
                 raise TypeError("spawn: give env or envp, not both")
             envp = [_env_entry(k, v) for k, v in env.items()]
+        specs = parse_dirs(dirs or {})
+        if memory_limit is not None and (not isinstance(memory_limit, int)
+                                         or isinstance(memory_limit, bool) or memory_limit < 0):
+            raise ValueError(f"spawn: memory_limit must be a number of bytes >= 0, not "
+                             f"{memory_limit!r}")
         with self._lock:
             self._check_open()  # under the lock: close() cannot miss this sandbox
             if len(self._sandboxes) >= self.max_sandboxes:
@@ -317,8 +328,10 @@ class Runtime:
             sb = Sandbox(self, image, engine, timeout)
             self._sandboxes.add(sb)
         try:
+            files = FileTable.open(Source(stdin), Sink(stdout, 1), Sink(stderr, 2), specs,
+                                   fd_limit)
             sb._start(list(argv) if argv is not None else [Path(image.name).name], list(envp),
-                      stdin, stdout, stderr)
+                      files, memory_limit)
         except BaseException:
             sb.destroy()
             raise
@@ -423,13 +436,12 @@ class Sandbox:
 
     # -- life cycle --------------------------------------------------------------------------
 
-    def _start(self, argv: list[str | bytes], envp: list[str | bytes], stdin: Any, stdout: Any,
-               stderr: Any) -> None:
+    def _start(self, argv: list[str | bytes], envp: list[str | bytes], files: FileTable,
+               memory_limit: int | None) -> None:
         L, plan = self._layout, self.image.plan
         self._proc = syscalls.ProcessState(
-            layout=L, base=self.base, tp_slot=L.code_lo + plan.tp_slot,
-            stdin=syscalls.Source(stdin), stdout=syscalls.Sink(stdout, 1),
-            stderr=syscalls.Sink(stderr, 2), deadline=self._engine.deadline)
+            layout=L, base=self.base, tp_slot=L.code_lo + plan.tp_slot, files=files,
+            memory_limit=memory_limit, deadline=self._engine.deadline)
         rsp, stack = initial_stack(plan, L, self.base, argv, envp, os.urandom(16))
         self._mem.write(rsp, stack)
         with self._lock:
@@ -689,6 +701,9 @@ class Sandbox:
                 self._engine.destroy()
             finally:
                 self.runtime._forget(self)
+                if self._proc is not None:
+                    self._proc.files.close_all()
+                    self._proc.waker.close()
 
     def __enter__(self) -> Sandbox:
         return self

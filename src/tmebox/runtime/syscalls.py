@@ -2,28 +2,30 @@
 
 `handle()` gets the number and six arguments of a rewritten `syscall` and
 returns the result (negative errno on failure) or an action (`Exit`, `Park`).
-It touches nothing of the host but the three standard streams given to
-spawn(): there is no open(), so no file, socket or process is reachable.
-Sandbox pointers are used by their low 32 bits and bounds-checked (-EFAULT).
+It touches nothing of the host but the three standard streams given to spawn() and the
+directories preopened for the sandbox (`tmebox.runtime.files`): no other file, no socket,
+no process is reachable. Sandbox pointers are used by their low 32 bits and
+bounds-checked (-EFAULT).
 """
 
 from __future__ import annotations
 
 import bisect
 import errno
-import io
 import os
 import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
+from tmebox.runtime import files
+from tmebox.runtime.files import FileTable, OpenFile
 from tmebox.runtime.layout import PAGE, WindowLayout, page_up
 from tmebox.runtime.memory import OFFSET_MASK, SandboxMemory
+from tmebox.runtime.streams import Sink, Source, Waker
 from tmebox.trusted import abi
 
-__all__ = ["SANDBOX_PID", "Exit", "Park", "ProcessState", "Sink", "Source", "handle"]
+__all__ = ["SANDBOX_PID", "Exit", "Park", "ProcessState", "handle"]
 
 # x86-64 system call numbers
 SYS_READ, SYS_WRITE, SYS_CLOSE = 0, 1, 3
@@ -42,7 +44,6 @@ MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x01, 0x02, 0x10, 0x20
 MAP_FIXED_NOREPLACE = 0x100000
 MADV_DONTNEED = 4
 ARCH_SET_FS, ARCH_GET_FS = 0x1002, 0x1003
-TIOCGWINSZ = 0x5413
 IOV_MAX = 1024
 # One runtime call moves at most this much (a short count, as Linux may return), so a
 # tenant cannot make the host allocate gigabytes at once.
@@ -68,70 +69,34 @@ class Park:
     """The crt finished initialising libc and waits for run() (abi.SYS_TMEBOX_PARK)."""
 
 
-class Sink:
-    """Where a sandbox's fd 1 or 2 goes: None (the host fd), a bytearray, or .write()."""
-
-    def __init__(self, target: Any, host_fd: int) -> None:
-        self.target = target
-        self.host_fd = host_fd
-        if target is None or isinstance(target, bytearray):
-            self._write_obj = None
-        else:
-            # Text streams (sys.stdout) take bytes through their binary buffer.
-            self._write_obj = getattr(target, "buffer", target)
-
-    def write(self, data: bytes) -> int:
-        if self._write_obj is None and self.target is None:
-            view = memoryview(data)
-            while view:
-                n = os.write(self.host_fd, view)
-                view = view[n:]
-        elif self._write_obj is None:
-            self.target += data
-        else:
-            try:
-                self._write_obj.write(data)
-            except TypeError:
-                self._write_obj.write(data.decode("utf-8", "replace"))
-        return len(data)
-
-
-class Source:
-    """Where fd 0 reads from: bytes, a file object with .read(), or None (the host's fd 0)."""
-
-    def __init__(self, source: Any) -> None:
-        if isinstance(source, bytes | bytearray | memoryview):
-            source = io.BytesIO(bytes(source))
-        self.source = None if source is None else getattr(source, "buffer", source)
-
-    def read(self, n: int) -> bytes:
-        if self.source is None:
-            return os.read(0, n)
-        # read1 returns what is there (a pipe or terminal) instead of waiting for n bytes.
-        reader = getattr(self.source, "read1", self.source.read)
-        data = reader(n)
-        return data.encode() if isinstance(data, str) else data
-
-
 @dataclass
 class ProcessState:
-    """One sandbox's kernel-side state: program break, mmap area, thread pointer, stdio."""
+    """One sandbox's kernel-side state: program break, mmap area, thread pointer, files."""
 
     layout: WindowLayout
     base: int
     tp_slot: int  # window offset of __tmebox_tp
-    stdin: Source
-    stdout: Sink
-    stderr: Sink
+    files: FileTable
     brk: int = 0
     maps: list[tuple[int, int]] = field(default_factory=list)  # sorted [start, end) offsets
     parked: bool = False
-    # The running call's deadline (CLOCK_MONOTONIC ns, 0: none): a sleep ends there.
+    # The running call's deadline (CLOCK_MONOTONIC ns, 0: none): a wait ends there.
     deadline: Callable[[], int] = lambda: 0
+    waker: Waker = field(default_factory=Waker)  # Sandbox.interrupt() ends a wait with it
+    memory_limit: int | None = None  # bytes of heap (above the image's end) and mmap
 
     def __post_init__(self) -> None:
         if not self.brk:
             self.brk = self.layout.heap
+
+    def fits(self, lo: int, hi: int, brk: int | None = None) -> bool:
+        """Whether mapping [lo, hi) (and moving the break to brk) stays in memory_limit."""
+        if self.memory_limit is None:
+            return True
+        mapped = sum(e - s for s, e in self.maps)
+        mapped += (hi - lo) - sum(max(0, min(e, hi) - max(s, lo)) for s, e in self.maps)
+        heap = page_up(self.brk if brk is None else brk) - self.layout.heap
+        return mapped + heap <= self.memory_limit
 
     # The mmap area grows down from layout.mmap_top and never meets the break.
     def map_floor(self) -> int:
@@ -145,7 +110,7 @@ class ProcessState:
                 break
             top = start
         lo = top - length
-        if lo < self.map_floor():
+        if lo < self.map_floor() or not self.fits(lo, top):
             return None
         self._insert(lo, top)
         return lo
@@ -209,27 +174,34 @@ def _clip(vecs: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def _write(st: ProcessState, mem: SandboxMemory, fd: int, vecs: list[tuple[int, int]]) -> int:
-    sink = st.stdout if fd == 1 else st.stderr if fd == 2 else None
-    if sink is None:
+    entry = st.files.get(fd)
+    if not isinstance(entry, Sink | OpenFile):
         return -errno.EBADF
     for base, n in vecs:
         if n and not mem.ok(base, n, False):
             return -errno.EFAULT
     data = b"".join(mem.read(base, n) for base, n in _clip(vecs) if n)
-    return sink.write(data) if data else 0
+    if not data:
+        return 0
+    return entry.write(data) if isinstance(entry, Sink) else files.write_file(entry, data)
 
 
 def _read(st: ProcessState, mem: SandboxMemory, fd: int, vecs: list[tuple[int, int]]) -> int:
-    if fd != 0:
+    entry = st.files.get(fd)
+    if not isinstance(entry, Source | OpenFile):
         return -errno.EBADF
     for base, n in vecs:
         if n and not mem.ok(base, n, True):
             return -errno.EFAULT
+    if isinstance(entry, OpenFile):
+        return files.read_file(entry, mem, _clip(vecs))
     total = 0
     for base, n in _clip(vecs):
         if not n:
             continue
-        data = st.stdin.read(n)
+        data = entry.read(n, st.waker, st.deadline())
+        if data is None:  # the wait ended: the call is out of time, or interrupted
+            return total or -errno.EINTR
         mem.write(base, data)
         total += len(data)
         if len(data) < n:
@@ -239,7 +211,7 @@ def _read(st: ProcessState, mem: SandboxMemory, fd: int, vecs: list[tuple[int, i
 
 def _brk(st: ProcessState, mem: SandboxMemory, addr: int) -> int:
     want = addr & OFFSET_MASK
-    if addr and st.layout.heap <= want <= st.lowest_map():
+    if addr and st.layout.heap <= want <= st.lowest_map() and st.fits(0, 0, want):
         old_top, new_top = page_up(st.brk), page_up(want)
         if new_top < old_top:
             mem.release(new_top, old_top - new_top)
@@ -262,6 +234,8 @@ def _mmap(st: ProcessState, mem: SandboxMemory, addr: int, length: int, prot: in
             return -errno.ENOMEM
         if flags & MAP_FIXED_NOREPLACE and any(s < lo + length and e > lo for s, e in st.maps):
             return -errno.EEXIST
+        if not st.fits(lo, lo + length):
+            return -errno.ENOMEM
         mem.release(lo, length)
         st._insert(lo, lo + length)
         return st.base + lo
@@ -345,8 +319,8 @@ def _sys_clock_gettime(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
 
 
 def _sleep(mem: SandboxMemory, st: ProcessState, clock: int, flags: int, req: int) -> Result:
-    """Sleep as the request says, but never past the call's deadline: the sandbox then
-    resumes and times out at once (the timeout counts the time asleep)."""
+    """Sleep as the request says, but never past the call's deadline nor an interrupt():
+    the sandbox then resumes and stops at once (the timeout counts the time asleep)."""
     if clock not in _CLOCKS or flags & ~TIMER_ABSTIME:
         return -errno.EINVAL
     if not mem.ok(req, 16, False):
@@ -357,11 +331,10 @@ def _sleep(mem: SandboxMemory, st: ProcessState, clock: int, flags: int, req: in
     want = sec * 1_000_000_000 + nsec
     if flags & TIMER_ABSTIME:
         want -= time.clock_gettime_ns(_CLOCKS[clock])
-    deadline = st.deadline()
-    if deadline:
-        want = min(want, deadline - time.monotonic_ns())
     if want > 0:
-        time.sleep(want / 1e9)
+        until = time.monotonic_ns() + want
+        deadline = st.deadline()
+        st.waker.wait(None, min(until, deadline) if deadline else until)
     return 0
 
 
@@ -387,12 +360,6 @@ def _sys_getrandom(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
     return n
 
 
-def _sys_ioctl(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
-    if a[0] not in (0, 1, 2):
-        return -errno.EBADF
-    return -errno.ENOTTY if a[1] == TIOCGWINSZ else -errno.EINVAL
-
-
 def _sys_arch_prctl(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
     if a[0] == ARCH_SET_FS:
         mem.write_u64(st.tp_slot, a[1])
@@ -412,13 +379,9 @@ def _sys_sigprocmask(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
 
 
 def _sys_nothing(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
-    # sigaction, sigaltstack, sched_yield, close, and futex: one thread per
+    # sigaction, sigaltstack, sched_yield and futex: one thread per
     # sandbox has nobody to wake and nothing to wait for.
     return 0
-
-
-def _sys_lseek(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
-    return -errno.ESPIPE if a[0] in (0, 1, 2) else -errno.EBADF
 
 
 def _kill(target: int, sig: int) -> Result:
@@ -442,7 +405,7 @@ def _sys_park(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
     return Park()
 
 
-_HANDLERS = {
+_HANDLERS: dict[int, Callable[[Args, SandboxMemory, ProcessState], Result]] = {
     SYS_WRITE: _sys_write, SYS_WRITEV: _sys_writev, SYS_READ: _sys_read,
     SYS_READV: _sys_readv, SYS_EXIT: _sys_exit, SYS_EXIT_GROUP: _sys_exit,
     SYS_BRK: lambda a, mem, st: _brk(st, mem, a[0]),
@@ -451,15 +414,22 @@ _HANDLERS = {
     SYS_MPROTECT: lambda a, mem, st: _mprotect(st, mem, a[0], a[1], a[2]),
     SYS_MADVISE: _sys_madvise, SYS_CLOCK_GETTIME: _sys_clock_gettime,
     SYS_CLOCK_GETRES: _sys_clock_getres, SYS_GETTIMEOFDAY: _sys_gettimeofday,
-    SYS_GETRANDOM: _sys_getrandom, SYS_IOCTL: _sys_ioctl, SYS_ARCH_PRCTL: _sys_arch_prctl,
+    SYS_GETRANDOM: _sys_getrandom, SYS_ARCH_PRCTL: _sys_arch_prctl,
     SYS_SET_TID_ADDRESS: _sys_pid, SYS_GETPID: _sys_pid, SYS_GETTID: _sys_pid,
     SYS_RT_SIGPROCMASK: _sys_sigprocmask, SYS_RT_SIGACTION: _sys_nothing,
-    SYS_SIGALTSTACK: _sys_nothing, SYS_SCHED_YIELD: _sys_nothing, SYS_CLOSE: _sys_nothing,
-    SYS_FUTEX: _sys_nothing, SYS_LSEEK: _sys_lseek, SYS_KILL: _sys_kill,
+    SYS_SIGALTSTACK: _sys_nothing, SYS_SCHED_YIELD: _sys_nothing,
+    SYS_FUTEX: _sys_nothing, SYS_KILL: _sys_kill,
     SYS_TKILL: _sys_kill, SYS_TGKILL: _sys_tgkill, abi.SYS_TMEBOX_PARK: _sys_park,
     SYS_NANOSLEEP: lambda a, mem, st: _sleep(mem, st, 1, 0, a[0]),
     SYS_CLOCK_NANOSLEEP: lambda a, mem, st: _sleep(mem, st, a[0], a[1], a[2]),
 }
+
+
+def _on_files(fn: files.Handler) -> Callable[[Args, SandboxMemory, ProcessState], Result]:
+    return lambda a, mem, st: fn(a, mem, st.files)
+
+
+_HANDLERS.update({nr: _on_files(fn) for nr, fn in files.HANDLERS.items()})
 
 
 def _enosys(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
