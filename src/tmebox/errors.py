@@ -11,8 +11,8 @@ if TYPE_CHECKING:
 
 __all__ = ["HostError", "ImageError", "IsolationError", "LibcError", "MissingImport",
            "OutOfSandboxes", "RewriteError", "RuntimeClosed", "SandboxDestroyed", "SandboxError",
-           "SandboxExited", "SandboxFault", "SandboxTimeout", "TmeboxError", "ToolchainError",
-           "VerificationError"]
+           "SandboxExited", "SandboxFault", "SandboxInterrupted", "SandboxTimeout", "TmeboxError",
+           "ToolchainError", "VerificationError"]
 
 
 class ToolchainError(TmeboxError):
@@ -51,6 +51,10 @@ class SandboxFault(SandboxError):
 
 class SandboxTimeout(SandboxError):
     """The sandbox ran past its time limit and was stopped."""
+
+
+class SandboxInterrupted(SandboxError):
+    """Sandbox.interrupt() ended the sandbox's call (a sibling of SandboxTimeout)."""
 
 
 class SandboxExited(SandboxError):

@@ -97,7 +97,9 @@ def test_the_dead_uses_cover_every_public_method():
         return {n for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n))}
 
     names = {k.split(" ")[0] for k in _dead_uses(None, None, 0, None)}  # type: ignore[arg-type]
-    assert public(Sandbox) - {"destroy"} == {n for n in names if "." not in n}
+    # destroy() may be repeated; interrupt() races with destroy() from other threads by
+    # design and then has nothing to do (test_interrupt.py)
+    assert public(Sandbox) - {"destroy", "interrupt"} == {n for n in names if "." not in n}
     assert {f"memory.{n}" for n in public(GuardedMemory)} == {n for n in names if "." in n}
 
 

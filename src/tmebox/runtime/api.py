@@ -27,6 +27,7 @@ from tmebox.errors import (
     SandboxError,
     SandboxExited,
     SandboxFault,
+    SandboxInterrupted,
     SandboxTimeout,
     TmeboxError,
     VerificationError,
@@ -372,7 +373,7 @@ class Sandbox:
     __slots__ = ("runtime", "image", "_engine", "_layout", "base", "memory", "_mem", "_timeout",
                  "_state", "exit_status", "_lock", "_rips", "_sigs", "_parked", "_call_rsp",
                  "_ret", "_proc", "_ran", "_fn", "_handle", "_gone", "_nested", "_fast", "_limit",
-                 "_fast_exports", "__dict__", "__weakref__")
+                 "_fast_exports", "_engine_lock", "__dict__", "__weakref__")
 
     def __init__(self, runtime: Runtime, image: LoadedImage, engine: Engine,
                  timeout: float | None) -> None:
@@ -392,6 +393,9 @@ class Sandbox:
         self._gone = ""  # how it was destroyed, once it is
         # Re-entrant: a host function the sandbox called may call back into it.
         self._lock = engine.new_lock()
+        # interrupt() takes this one, not _lock (which the running call holds): destroy()
+        # frees the engine under it, so that an interrupt never reaches a freed context.
+        self._engine_lock = threading.Lock()
         # The host's: waits while the sandbox runs on another thread (docs/runtime.md).
         self.memory = GuardedMemory(self._mem, self._lock)
         self._rips: dict[str, int] = {}
@@ -698,12 +702,25 @@ class Sandbox:
             self._parked = None
             self._handle = None  # the native context is freed with the engine
             try:
-                self._engine.destroy()
+                with self._engine_lock:
+                    self._engine.destroy()
             finally:
                 self.runtime._forget(self)
                 if self._proc is not None:
                     self._proc.files.close_all()
                     self._proc.waker.close()
+
+    def interrupt(self) -> None:
+        """End the call running now, from any thread, with SandboxInterrupted: at once,
+        also while it waits in a runtime call (a sleep, a read of the host's stdin) - not
+        inside a host function, whose return it waits for. If no call runs, the next one
+        ends so as soon as it starts. The sandbox is then dead, as after a timeout."""
+        with self._engine_lock:
+            if self.state == "destroyed":
+                return
+            self._engine.interrupt()
+        if self._proc is not None:
+            self._proc.waker.set()
 
     def __enter__(self) -> Sandbox:
         return self
@@ -765,6 +782,9 @@ class Sandbox:
             if stop == STOP_INTERRUPTED:
                 # Python's SIGINT handler ran too; this is where it usually surfaces.
                 raise KeyboardInterrupt(f"{self.image.name} interrupted")
+            if stop == STOP_TIMEOUT and engine.interrupted():
+                raise SandboxInterrupted(f"{self.image.name}: interrupted (stopped at "
+                                         f"{engine.fault().rip:#x})")
             if stop == STOP_TIMEOUT:
                 raise SandboxTimeout(f"{self.image.name}: ran longer than "
                                      f"{self._limit or self.timeout} s "

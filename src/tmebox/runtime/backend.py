@@ -212,6 +212,15 @@ class Engine(Protocol):
     def set_deadline(self, seconds: float | None) -> None:
         """Limit the next top-level entry (including its runtime calls) to seconds from now."""
 
+    def interrupt(self) -> None:
+        """From any thread: stop the run under way (as a timeout) and every later one."""
+
+    def interrupted(self) -> bool:
+        """Whether interrupt() was called since the last clear_interrupt()."""
+
+    def clear_interrupt(self) -> None:
+        """Let runs go on again (the sandbox is being reset)."""
+
     def save(self) -> object:
         """A snapshot of the register state (to resume a parked sandbox later)."""
 

@@ -32,6 +32,7 @@ struct tmebox_ctx {
     uint64_t fault_rip;
     uint64_t fault_rsp;
     uint64_t deadline_ns;
+    uint32_t interrupt;
     ...;
 };
 {prototypes}

@@ -50,6 +50,8 @@ __all__ = ["NativeEngine", "NativeMemory"]
 # _RAW is an untyped export's (integers in, %rax out as a signed 64-bit int).
 _RAW = 0
 _KIND = {ValType.VOID: 1, ValType.BOOL: 2, ValType.F32: 3, ValType.F64: 4}
+# restore() leaves the context's interrupt flag and tid (16 bytes from here) alone
+_LIVE = ffi.offsetof("struct tmebox_ctx", "interrupt")
 
 
 def _kind(t: ValType) -> int:
@@ -229,12 +231,24 @@ class NativeEngine:
         self.ctx.deadline_ns = (0 if seconds is None
                                 else lib.tmebox_monotonic_ns() + max(1, int(seconds * 1e9)))
 
+    def interrupt(self) -> None:
+        lib.tmebox_interrupt(self.ctx)
+
+    def interrupted(self) -> bool:
+        return bool(self.ctx.interrupt)
+
+    def clear_interrupt(self) -> None:
+        self.ctx.interrupt = 0
+
     def save(self) -> bytes:
         return ffi.buffer(self.ctx, CTX_SIZE)[:]
 
     def restore(self, snapshot: object) -> None:
         assert isinstance(snapshot, bytes)
-        ffi.memmove(self.ctx, snapshot, len(snapshot))
+        # All but interrupt and tid (0xf0-0xff), which another thread may be setting.
+        c = ffi.cast("uint8_t *", self.ctx)
+        ffi.memmove(c, snapshot[:_LIVE], _LIVE)
+        ffi.memmove(c + _LIVE + 16, snapshot[_LIVE + 16:], len(snapshot) - _LIVE - 16)
 
     def destroy(self) -> None:
         if self.ctx is None:

@@ -346,6 +346,8 @@ struct thread_state {
     timer_t service;         /* the service tick */
     volatile sig_atomic_t service_armed;
     volatile sig_atomic_t masked; /* the async signals are blocked on this thread */
+    volatile sig_atomic_t timer_armed; /* the deadline timer may fire: disarm on exit */
+    uint32_t tid;
     uint64_t added;          /* the signals tmebox blocked that the host had not */
 };
 static __thread struct thread_state *tls_state
@@ -356,7 +358,7 @@ static pthread_key_t state_key;
 #define TIMER_RETRY_NS 100000
 #define SERVICE_NS 1000000
 /* sigev_value of the two per-thread timers */
-enum { TIMER_DEADLINE = 0, TIMER_SERVICE = 1 };
+enum { TIMER_DEADLINE = 0, TIMER_SERVICE = 1, TIMER_INTERRUPT = 2 };
 
 static void arm_abs(timer_t timer, uint64_t when_ns)
 {
@@ -485,15 +487,21 @@ static void on_signal(int sig, siginfo_t *si, void *uc_)
         return;
     }
     if (sig == timer_signal) {
-        if (sandbox) {
+        /* The deadline timer, its retry, or tmebox_interrupt()'s signal: each stops the
+           current context only if it is due, so that a late one meant for a context this
+           thread ran before is dropped. */
+        int due = c && (c->interrupt
+                        || (c->deadline_ns && tmebox_monotonic_ns() >= c->deadline_ns));
+        if (sandbox && due) {
             stop_sandbox(c, g, TMEBOX_REASON_TIMEOUT, sig, si);
             return;
         }
-        /* Between tmebox_run's deadline check and the jump into the window
-           (or on the way out): try again shortly. Outside tmebox_run the
-           timer is disarmed, so a late tick is simply dropped. */
-        if (c && tls_state && tls_state->timer_ok)
+        /* Between tmebox_run's checks and the jump into the window (or on the way
+           out): try again shortly. Outside tmebox_run a late tick is simply dropped. */
+        if (due && tls_state && tls_state->timer_ok) {
+            tls_state->timer_armed = 1;
             arm_abs(tls_state->timer, tmebox_monotonic_ns() + TIMER_RETRY_NS);
+        }
         return;
     }
     /* A fault the CPU raised (si_code > 0) on this thread while it ran sandbox
@@ -568,6 +576,7 @@ static struct thread_state *thread_state(void)
     /* Without the tick (no timer left: RLIMIT_SIGPENDING) every exit unblocks the
        signals itself, two system calls per entry. */
     t->service_ok = thread_timer(&t->service, TIMER_SERVICE) == 0;
+    t->tid = (uint32_t)gettid();
     pthread_setspecific(state_key, t);
     tls_state = t;
     tmebox_tls.entry[0] = tmebox_rt_syscall_entry;
@@ -642,7 +651,8 @@ static void after_fork_child(void)
     }
     /* the child's calls unblock on every exit (no tick: timers are not inherited) */
     t->timer_ok = t->service_ok = 0;
-    t->service_armed = 0;
+    t->service_armed = t->timer_armed = 0;
+    t->tid = (uint32_t)gettid();
 }
 
 static void do_init(void)
@@ -736,19 +746,23 @@ int tmebox_run(struct tmebox_ctx *c)
         return -ENOMEM;
     /* Current from here on: a timer tick that comes before the jump into the window
        is retried (deadline) or leaves the mask alone (service). */
+    if (ensure_timer(t) != 0)
+        return -errno; /* also for interrupt's retries, which may come to any run */
     tmebox_tls.cur = c;
+    /* tid, then interrupt (a full barrier between): tmebox_interrupt() stores them the
+       other way round, so either this sees its flag or it sees our tid and signals. */
+    __atomic_store_n(&c->tid, t->tid, __ATOMIC_SEQ_CST);
     uint64_t deadline = c->deadline_ns;
+    if (__atomic_load_n(&c->interrupt, __ATOMIC_SEQ_CST)
+        || (deadline && tmebox_monotonic_ns() >= deadline)) {
+        c->tid = 0;
+        tmebox_tls.cur = NULL;
+        c->reason = TMEBOX_REASON_TIMEOUT;
+        c->fault_rip = c->rip;
+        return TMEBOX_REASON_TIMEOUT;
+    }
     if (deadline) {
-        if (tmebox_monotonic_ns() >= deadline) {
-            tmebox_tls.cur = NULL;
-            c->reason = TMEBOX_REASON_TIMEOUT;
-            c->fault_rip = c->rip;
-            return TMEBOX_REASON_TIMEOUT;
-        }
-        if (ensure_timer(t) != 0) {
-            tmebox_tls.cur = NULL;
-            return -errno;
-        }
+        t->timer_armed = 1;
         arm_abs(t->timer, deadline);
     }
     /* No host handler may run on the sandbox's stack, nor with its %gs base and
@@ -762,16 +776,36 @@ int tmebox_run(struct tmebox_ctx *c)
     }
     arm_service(t);
     int reason = tmebox_enter_asm();
+    __atomic_store_n(&c->tid, 0, __ATOMIC_SEQ_CST);
     tmebox_tls.cur = NULL;
     if (t->service_ok)
         arm_service(t); /* again, if a tick came while the sandbox ran: it must find us out */
     else
         tmebox_release_signals();
-    if (deadline) {
+    if (t->timer_armed) {
         struct itimerspec off = {0};
+        t->timer_armed = 0;
         timer_settime(t->timer, 0, &off, NULL);
     }
     return reason;
+}
+
+void tmebox_interrupt(struct tmebox_ctx *c)
+{
+    /* From any thread. The flag stops every later run at its start; a run under way is
+       stopped by a signal to its thread, which the handler checks against the flag. */
+    __atomic_store_n(&c->interrupt, 1, __ATOMIC_SEQ_CST);
+    uint32_t tid = __atomic_load_n(&c->tid, __ATOMIC_SEQ_CST);
+    if (tid) {
+        siginfo_t si;
+        memset(&si, 0, sizeof si);
+        si.si_signo = timer_signal;
+        si.si_code = SI_QUEUE;
+        si.si_pid = getpid();
+        si.si_uid = getuid();
+        si.si_value.sival_int = TIMER_INTERRUPT;
+        syscall(SYS_rt_tgsigqueueinfo, getpid(), tid, timer_signal, &si);
+    }
 }
 
 void tmebox_release_signals(void)

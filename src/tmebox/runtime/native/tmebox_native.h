@@ -52,7 +52,10 @@ struct tmebox_ctx {
     uint32_t preemptible;   /* 0xe4 1: the service tick may stop this run (tmebox_fast.c sets it
                                while it runs sandbox code holding the GIL) */
     uint64_t rflags;        /* 0xe8 the flags a preempted run continues with */
-    uint64_t pad1[2];       /* 0xf0 */
+    uint32_t interrupt;     /* 0xf0 1: tmebox_interrupt() was called; every run stops at once
+                               (TIMEOUT) until it is cleared (the sandbox is reset) */
+    uint32_t tid;           /* 0xf4 the thread inside tmebox_run with this context, or 0 */
+    uint64_t pad1;          /* 0xf8 */
     uint8_t fxsave[];       /* 0x100 sandbox x87/SSE state across a runtime call (FXSAVE) */
 };
 
@@ -69,6 +72,7 @@ int tmebox_resume(struct tmebox_ctx *c, int64_t result, int bundle_align,
                   uint64_t stack_lo, uint64_t stack_hi);
 int tmebox_continue(struct tmebox_ctx *c, uint64_t code_lo, uint64_t code_hi);
 void tmebox_release_signals(void);
+void tmebox_interrupt(struct tmebox_ctx *c);
 void tmebox_write_rt_page(uint8_t *page);
 void tmebox_relocate(uint8_t *data, const uint32_t *offsets, size_t n, uint64_t delta);
 uint64_t tmebox_monotonic_ns(void);

@@ -314,7 +314,8 @@ class TmeBackend:
         """Run the guest from rip until it stops; returns a STOP_* code."""
         uc, mmu = self.uc, self.mmu
         while True:
-            if engine.deadline_ns and time.monotonic_ns() >= engine.deadline_ns:
+            if engine.interrupt_requested or (engine.deadline_ns
+                                              and time.monotonic_ns() >= engine.deadline_ns):
                 engine._fault = FaultInfo(0, 0, rip & OFFSET_MASK,
                                           self.rsp.get() & OFFSET_MASK)
                 return STOP_TIMEOUT
@@ -456,6 +457,13 @@ class TmeBackend:
             self._watchdog = threading.Thread(target=self._watch, name="tmebox-tme-watchdog",
                                               daemon=True)
             self._watchdog.start()
+
+    def _stop_if_running(self, engine: TmeEngine) -> None:
+        """Stop the emulator now if it runs engine (interrupt(), from any thread): the run
+        loop's head then finds the request."""
+        if self._running is engine:
+            self._watchdog_hit = True
+            self.uc.emu_stop()
 
     def _watch(self) -> None:
         while not self._closed.wait(WATCHDOG_PERIOD):

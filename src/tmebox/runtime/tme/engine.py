@@ -121,6 +121,7 @@ class TmeEngine:
         self.ctx = None  # UcContext while another engine holds the CPU
         self._fault = FaultInfo(0, 0, 0, 0)
         self.deadline_ns = 0
+        self.interrupt_requested = False  # every run stops at its start until cleared
         self.alive = True
         self._last_stop = 0
 
@@ -213,6 +214,16 @@ class TmeEngine:
             time.monotonic_ns() + max(1, int(seconds * 1e9)))
         if seconds is not None:
             self.backend._start_watchdog()
+
+    def interrupt(self) -> None:
+        self.interrupt_requested = True
+        self.backend._stop_if_running(self)
+
+    def interrupted(self) -> bool:
+        return self.interrupt_requested
+
+    def clear_interrupt(self) -> None:
+        self.interrupt_requested = False
 
     def save(self) -> object:
         with self.backend.lock:
