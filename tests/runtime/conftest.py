@@ -14,3 +14,4 @@ import tmebox  # noqa: E402
 def rt():
     with tmebox.Runtime(backend="native", max_sandboxes=2048) as runtime:
         yield runtime
+

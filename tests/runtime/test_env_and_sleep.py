@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from c_image import build_c
 
 import tmebox
 from tmebox.errors import SandboxTimeout
@@ -51,12 +52,7 @@ BACKENDS = ["native", "tme"]
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory, sandbox_libc) -> Path:
-    from tmebox.toolchain import cc
-
-    d = tmp_path_factory.mktemp("env")
-    (d / "env.c").write_text(SRC)
-    (img,) = cc.build([d / "env.c"], d / "env.box", isolation="code+data")
-    return img
+    return build_c(tmp_path_factory, "env", SRC)
 
 
 def _printed(rt: tmebox.Runtime, image: Path, names: list[str], **kw) -> list[str]:

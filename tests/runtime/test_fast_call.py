@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from asm_image import machine_code
+from c_image import build_c
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -51,12 +52,7 @@ double work(int64_t n) {
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory, sandbox_libc) -> Path:
-    from tmebox.toolchain import cc
-
-    d = tmp_path_factory.mktemp("fast")
-    (d / "fast.c").write_text(SRC)
-    (img,) = cc.build([d / "fast.c"], d / "fast.box", isolation="code+data")
-    return img
+    return build_c(tmp_path_factory, "fast", SRC)
 
 
 def _echo_all(rt: tmebox.Runtime, result=None) -> None:

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from c_image import build_c
 
 import tmebox
 from tmebox.errors import HostError, ImageError, MissingImport, SandboxError
@@ -70,12 +71,7 @@ BACKENDS = ["native", "native-c", "tme"]
 
 @pytest.fixture(scope="module")
 def plugin(tmp_path_factory, sandbox_libc) -> Path:
-    from tmebox.toolchain import cc
-
-    d = tmp_path_factory.mktemp("host")
-    (d / "plugin.c").write_text(PLUGIN)
-    (image,) = cc.build([d / "plugin.c"], d / "plugin.box", isolation="code+data")
-    return image
+    return build_c(tmp_path_factory, "plugin", PLUGIN)
 
 
 class _WarmRuntime(tmebox.Runtime):

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from c_image import build_c
 
 import tmebox
 from tmebox.errors import SandboxError, SandboxInterrupted, SandboxTimeout
@@ -50,12 +51,7 @@ BACKENDS = ["native", "tme"]
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory, sandbox_libc) -> Path:
-    from tmebox.toolchain import cc
-
-    d = tmp_path_factory.mktemp("interrupt")
-    (d / "intr.c").write_text(SRC)
-    (img,) = cc.build([d / "intr.c"], d / "intr.box", isolation="code+data")
-    return img
+    return build_c(tmp_path_factory, "intr", SRC)
 
 
 @pytest.fixture(params=BACKENDS)

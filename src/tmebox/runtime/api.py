@@ -14,6 +14,7 @@ import errno
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ from tmebox.runtime.backend import (
     FaultKind,
     classify,
 )
-from tmebox.runtime.files import DEFAULT_FD_LIMIT, FileTable, parse_dirs
+from tmebox.runtime.files import DEFAULT_FD_LIMIT, FileTable, OpenFile, parse_dirs
 from tmebox.runtime.host import (
     CHostFunction,
     FrameReader,
@@ -60,6 +61,7 @@ from tmebox.runtime.host import (
 )
 from tmebox.runtime.loader import ImagePlan, initial_stack, plan_from_image
 from tmebox.runtime.memory import GuardedMemory, SandboxMemory, SandboxMemoryError
+from tmebox.runtime.snapshot import Snapshot, capture_runs, used_ranges
 from tmebox.runtime.streams import Sink, Source
 from tmebox.trusted import abi
 from tmebox.trusted.image import Isolation
@@ -69,7 +71,7 @@ HostFunction = Callable[..., Any] | CHostFunction  # fn(caller: Sandbox, *args) 
 _INTERNAL = "__tmebox"  # the toolchain's own exports (the call thunk)
 
 __all__ = ["BACKENDS", "DEFAULT_MAX_SANDBOXES", "HostFunction", "Isolation", "LoadedImage",
-           "Runtime", "Sandbox", "as_int32"]
+           "Runtime", "Sandbox", "Snapshot", "as_int32"]
 
 BACKENDS = ("native", "tme")
 DEFAULT_MAX_SANDBOXES = 1024
@@ -153,6 +155,7 @@ class LoadedImage:
         self.layout = plan.layout()
         self.host_functions = host  # by runtime-call index: plan.imports[i] is host[i]
         self.frame_readers = tuple(FrameReader(sig) for _, sig in plan.imports)
+        self.argv0 = Path(plan.name).name  # a sandbox's argv[0] unless spawn() is given one
 
     @property
     def prepared(self) -> Any:
@@ -295,12 +298,13 @@ class Runtime:
         self._backend.release_image(loaded._release())
         raise RuntimeClosed("this Runtime was closed while the image was being loaded")
 
-    def spawn(self, image: LoadedImage, argv: Sequence[str | bytes] | None = None,
+    def spawn(self, image: LoadedImage | Snapshot, argv: Sequence[str | bytes] | None = None,
               envp: Sequence[str | bytes] = (), stdin: Any = None, stdout: Any = None,
               stderr: Any = None, timeout: float | None = None,
               env: Mapping[str, str] | None = None, dirs: Mapping[str, Any] | None = None,
               memory_limit: int | None = None, fd_limit: int = DEFAULT_FD_LIMIT) -> Sandbox:
-        """A new sandbox of image with libc initialised (`_start` ran up to the park).
+        """A new sandbox of image with libc initialised (`_start` ran up to the park), or
+        one in the state of a snapshot (Sandbox.snapshot(); no argv or environment then).
 
         The guest's environment is `env` (a mapping) or `envp` ("K=V" strings), nothing of
         the host's unless given (`env=os.environ` passes it all). It reaches no file but
@@ -308,8 +312,12 @@ class Runtime:
         at most fd_limit descriptors and maps at most memory_limit bytes of heap and mmap
         (None: as much as its window holds) - docs/runtime.md "Files" and "Limits".
         """
-        if image.runtime is not self:
-            raise TmeboxError(f"{image.name} was loaded by another Runtime")
+        snap = image if isinstance(image, Snapshot) else None
+        loaded = image.image if isinstance(image, Snapshot) else image
+        if loaded.runtime is not self:
+            raise TmeboxError(f"{loaded.name} was loaded by another Runtime")
+        if snap is not None and (argv is not None or envp or env is not None):
+            raise TypeError("spawn(snapshot): argv and the environment are the snapshot's")
         if env is not None:
             if envp:
                 raise TypeError("spawn: give env or envp, not both")
@@ -319,20 +327,20 @@ class Runtime:
                                          or isinstance(memory_limit, bool) or memory_limit < 0):
             raise ValueError(f"spawn: memory_limit must be a number of bytes >= 0, not "
                              f"{memory_limit!r}")
+        origin = _Origin(list(argv) if argv is not None else [loaded.argv0], list(envp), snap,
+                         memory_limit)
         with self._lock:
             self._check_open()  # under the lock: close() cannot miss this sandbox
             if len(self._sandboxes) >= self.max_sandboxes:
                 raise OutOfSandboxes(
                     f"this Runtime already has {len(self._sandboxes)} sandboxes "
                     f"(max_sandboxes={self.max_sandboxes})")
-            engine = self._backend.new_engine(image.prepared)
-            sb = Sandbox(self, image, engine, timeout)
+            engine = self._backend.new_engine(loaded.prepared)
+            sb = Sandbox(self, loaded, engine, timeout, origin)
             self._sandboxes.add(sb)
         try:
-            files = FileTable.open(Source(stdin), Sink(stdout, 1), Sink(stderr, 2), specs,
-                                   fd_limit)
-            sb._start(list(argv) if argv is not None else [Path(image.name).name], list(envp),
-                      files, memory_limit)
+            sb._begin(FileTable.open(Source(stdin), Sink(stdout, 1), Sink(stderr, 2), specs,
+                                     fd_limit))
         except BaseException:
             sb.destroy()
             raise
@@ -373,19 +381,14 @@ class Sandbox:
     __slots__ = ("runtime", "image", "_engine", "_layout", "base", "memory", "_mem", "_timeout",
                  "_state", "exit_status", "_lock", "_rips", "_sigs", "_parked", "_call_rsp",
                  "_ret", "_proc", "_ran", "_fn", "_handle", "_gone", "_nested", "_fast", "_limit",
-                 "_fast_exports", "_engine_lock", "__dict__", "__weakref__")
+                 "_fast_exports", "_engine_lock", "_origin", "__dict__", "__weakref__")
 
     def __init__(self, runtime: Runtime, image: LoadedImage, engine: Engine,
-                 timeout: float | None) -> None:
+                 timeout: float | None, origin: _Origin) -> None:
         self.runtime = runtime
         self.image = image
-        self._engine = engine
-        # A backend may place each sandbox differently (tme: at its own pool offset).
-        self._layout = engine.layout
-        self.base: int = engine.base
-        self._mem: SandboxMemory = engine.memory  # the runtime's own accesses
+        self._origin = origin  # what reset() goes back to
         self._fast: FastCall | None = None  # until start-up has parked
-        self._fast_exports: dict[str, object] = {}
         self._limit: float | None = None  # a call(timeout=)'s, while it runs
         self.timeout = timeout
         self.state = "new"
@@ -396,10 +399,20 @@ class Sandbox:
         # interrupt() takes this one, not _lock (which the running call holds): destroy()
         # frees the engine under it, so that an interrupt never reaches a freed context.
         self._engine_lock = threading.Lock()
+        self._attach(engine)
+
+    def _attach(self, engine: Engine) -> None:
+        """Take engine's window (at spawn, and again at reset)."""
+        self._engine = engine
+        # A backend may place each sandbox differently (tme: at its own pool offset).
+        self._layout = engine.layout
+        self.base: int = engine.base
+        self._mem: SandboxMemory = engine.memory  # the runtime's own accesses
         # The host's: waits while the sandbox runs on another thread (docs/runtime.md).
         self.memory = GuardedMemory(self._mem, self._lock)
         self._rips: dict[str, int] = {}
         self._sigs: dict[str, IntCall | Signature | None] = {}  # None: untyped
+        self._fast_exports: dict[str, object] = {}
         # One entry per host function running (innermost last): the engine state to resume
         # it from once a call back into this sandbox has used the engine (taken on demand),
         # and the stack pointer below which such a call runs.
@@ -440,12 +453,19 @@ class Sandbox:
 
     # -- life cycle --------------------------------------------------------------------------
 
-    def _start(self, argv: list[str | bytes], envp: list[str | bytes], files: FileTable,
-               memory_limit: int | None) -> None:
-        L, plan = self._layout, self.image.plan
+    def _begin(self, files: FileTable) -> None:
+        """Start-up, or the snapshot's state: the sandbox is then parked (or exited)."""
+        o, L = self._origin, self._layout
         self._proc = syscalls.ProcessState(
-            layout=L, base=self.base, tp_slot=L.code_lo + plan.tp_slot, files=files,
-            memory_limit=memory_limit, deadline=self._engine.deadline)
+            layout=L, base=self.base, tp_slot=L.code_lo + self.image.plan.tp_slot, files=files,
+            memory_limit=o.memory_limit, deadline=self._engine.deadline)
+        if o.snapshot is None:
+            self._start(o.argv, o.envp)
+        else:
+            self._from_snapshot(o.snapshot)
+
+    def _start(self, argv: list[str | bytes], envp: list[str | bytes]) -> None:
+        L, plan = self._layout, self.image.plan
         rsp, stack = initial_stack(plan, L, self.base, argv, envp, os.urandom(16))
         self._mem.write(rsp, stack)
         with self._lock:
@@ -460,8 +480,28 @@ class Sandbox:
             self.state = "dead"
             raise SandboxError(f"{self.image.name}: start-up jumped to {abi.RT_EXIT_SYMBOL} "
                                "instead of parking")
-        self._parked = self._engine.save()
-        self._call_rsp = (self._engine.stack_pointer() - CALL_FRAME_GAP) & ~15
+        self._park(self._engine.save(),
+                   (self._engine.stack_pointer() - CALL_FRAME_GAP) & ~15)
+
+    def _from_snapshot(self, snap: Snapshot) -> None:
+        L, proc = self._layout, self._proc
+        assert proc is not None
+        origin = self.base + L.code_lo
+        delta = origin - snap.lo
+        for run in snap.runs:
+            self._mem.write_relocated(L.code_lo + run.at, run.data, run.pointers, origin)
+        proc.brk = L.code_lo + snap.brk
+        proc.maps = [(L.code_lo + s, L.code_lo + e) for s, e in snap.maps]
+        proc.parked = True
+        proc.files.cwd = snap.cwd
+        self._park(self._engine.rebase(snap.registers, snap.lo, snap.hi, delta),
+                   origin + snap.call_rsp)
+
+    def _park(self, registers: object, call_rsp: int) -> None:
+        """Parked with these registers; calls start their frames at call_rsp."""
+        L, plan = self._layout, self.image.plan
+        self._parked = registers
+        self._call_rsp = call_rsp
         self._fast = self._engine.fast_call(FastCallSpec(
             rsp=self._call_rsp, ret=self._ret, lock=self._lock, nested=self._nested,
             thunk=(self.base + L.code_lo + plan.exports[abi.CALL_THUNK_SYMBOL]
@@ -477,6 +517,58 @@ class Sandbox:
             # has a __dict__ for it alone) comes before the method below.
             self.__dict__["call"] = self._fast
         self.state = "parked"
+
+    def snapshot(self) -> Snapshot:
+        """Its memory and registers now, for rt.spawn(snapshot) to start sandboxes from
+        (docs/runtime.md, "Snapshots"): parked, outside host functions, no file open."""
+        with self._lock:
+            self._check_state("snapshot")
+            if self._nested:
+                raise SandboxError(f"{self.image.name}: snapshot() from inside a host function")
+            proc = self._proc
+            assert proc is not None
+            held = sorted(fd for fd, e in proc.files.entries.items() if isinstance(e, OpenFile))
+            if held:
+                raise SandboxError(f"{self.image.name}: snapshot(): file descriptor(s) "
+                                   f"{', '.join(map(str, held))} are open; a snapshot holds no "
+                                   "host file, close them first")
+            L = self._layout
+            used = used_ranges(L, proc.brk, proc.maps)
+            origin = self.base + L.code_lo
+            return Snapshot(
+                image=self.image, runs=capture_runs(self._mem, L, self.base, used),
+                registers=self._parked, lo=origin, hi=self.base + max(e for _, e in used),
+                brk=proc.brk - L.code_lo,
+                maps=tuple((s - L.code_lo, e - L.code_lo) for s, e in proc.maps),
+                call_rsp=self._call_rsp - origin, cwd=proc.files.cwd)
+
+    def reset(self) -> None:
+        """Back to how it was spawned, in a fresh window: the snapshot's state, or start-up
+        run again (same argv and environment). Works in every state but destroyed; files
+        are closed and the preopens opened anew; `base` and `memory` are the new window's
+        (an old `memory` raises SandboxDestroyed)."""
+        with self._lock:
+            if self.state == "destroyed":
+                self._check_state("reset")
+            if self._nested:
+                raise SandboxError(f"{self.image.name}: reset() from inside a host function")
+            assert self._proc is not None
+            files = self._proc.files.reopen()
+            try:
+                self._detach("reset")
+                self._attach(self.runtime._backend.new_engine(self.image.prepared))
+            except BaseException:
+                files.close_all()
+                self.state = "destroyed"
+                self._gone = "lost in reset()"
+                self.runtime._forget(self)
+                raise
+            self.state, self.exit_status = "new", None
+            try:
+                self._begin(files)
+            except BaseException:
+                self._destroy("destroyed: its reset failed")
+                raise
 
     def run(self) -> int:
         """Run main(argc, argv, envp) to its end; returns the exit status."""
@@ -694,21 +786,27 @@ class Sandbox:
                 return
             self.state = "destroyed"
             self._gone = how
-            # the C path and its references back to this sandbox go; call() raises from now
-            self.__dict__.pop("call", None)
-            self._fast = None
-            # First, so that no host access can reach the window whatever happens next.
-            self._mem.close(f"{self._name()}: memory access: the sandbox was {how}")
-            self._parked = None
-            self._handle = None  # the native context is freed with the engine
             try:
-                with self._engine_lock:
-                    self._engine.destroy()
+                self._detach(how)
             finally:
                 self.runtime._forget(self)
-                if self._proc is not None:
-                    self._proc.files.close_all()
-                    self._proc.waker.close()
+
+    def _detach(self, how: str) -> None:
+        """Give the window up (destroy, reset): nothing of the host reaches it any more."""
+        # the C path and its references back to this sandbox go; call() raises from now
+        self.__dict__.pop("call", None)
+        self._fast = None
+        # First, so that no host access can reach the window whatever happens next.
+        self._mem.close(f"{self._name()}: memory access: the sandbox was {how}")
+        self._parked = None
+        self._handle = None  # the native context is freed with the engine
+        try:
+            with self._engine_lock:
+                self._engine.destroy()
+        finally:
+            if self._proc is not None:
+                self._proc.files.close_all()
+                self._proc.waker.close()
 
     def interrupt(self) -> None:
         """End the call running now, from any thread, with SandboxInterrupted: at once,
@@ -866,6 +964,16 @@ class Sandbox:
         except ImportError:
             pass
         return f"image+{off - self._layout.code_lo:#x}: {code[:8].hex(' ')}"
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """How a sandbox was spawned, which reset() does again."""
+
+    argv: list[str | bytes]
+    envp: list[str | bytes]
+    snapshot: Snapshot | None
+    memory_limit: int | None
 
 
 class _Exited(SandboxExited):

@@ -216,16 +216,17 @@ class Engine(Protocol):
         """From any thread: stop the run under way (as a timeout) and every later one."""
 
     def interrupted(self) -> bool:
-        """Whether interrupt() was called since the last clear_interrupt()."""
-
-    def clear_interrupt(self) -> None:
-        """Let runs go on again (the sandbox is being reset)."""
+        """Whether interrupt() was called (a new engine starts without)."""
 
     def save(self) -> object:
         """A snapshot of the register state (to resume a parked sandbox later)."""
 
     def restore(self, snapshot: object) -> None:
         """Go back to a snapshot taken by save()."""
+
+    def rebase(self, saved: object, lo: int, hi: int, delta: int) -> object:
+        """save()d state of another sandbox of the same image, made this one's: every
+        general register and %rip in [lo, hi) moved by delta, the window base this one's."""
 
     def destroy(self) -> None:
         """Release the window; the engine is unusable afterwards."""

@@ -109,6 +109,7 @@ class FileTable:
     preopens: list[_Preopen] = field(default_factory=list)
     limit: int = DEFAULT_FD_LIMIT
     cwd: tuple[bytes, ...] = ()
+    opened_from: tuple[tuple[Source, Sink, Sink], list[DirSpec]] | None = None
 
     @classmethod
     def open(cls, stdin: Source, stdout: Sink, stderr: Sink, dirs: list[DirSpec] = [],  # noqa: B006
@@ -117,7 +118,8 @@ class FileTable:
         TmeboxError naming it (and nothing stays open)."""
         if not 3 <= limit <= 1 << 16:
             raise TmeboxError(f"fd_limit must be between 3 and 65536, not {limit}")
-        table = cls({0: stdin, 1: stdout, 2: stderr}, limit=limit)
+        table = cls({0: stdin, 1: stdout, 2: stderr}, limit=limit,
+                    opened_from=((stdin, stdout, stderr), dirs))
         try:
             for d in dirs:
                 try:
@@ -130,6 +132,12 @@ class FileTable:
             table.close_all()
             raise
         return table
+
+    def reopen(self) -> FileTable:
+        """The table this one started as: the same streams, the preopens opened anew."""
+        assert self.opened_from is not None
+        (stdin, stdout, stderr), dirs = self.opened_from
+        return FileTable.open(stdin, stdout, stderr, dirs, self.limit)
 
     def close_all(self) -> None:
         for entry in self.entries.values():

@@ -11,6 +11,7 @@ nothing at all.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 
 from tmebox.errors import SandboxDestroyed, SandboxError, TmeboxError
@@ -75,6 +76,15 @@ class SandboxMemory:
 
     def write_u64(self, addr: int, value: int) -> None:
         self.write(addr, (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little"))
+
+    def write_relocated(self, addr: int, data: bytes, offsets: Sequence[int],
+                        delta: int) -> None:
+        """Write data at addr with delta added to the 64-bit words at those byte offsets."""
+        buf = bytearray(data)
+        words = memoryview(buf).cast("Q")
+        for at in offsets:
+            words[at // 8] = (words[at // 8] + delta) & 0xFFFF_FFFF_FFFF_FFFF
+        self.write(addr, buf)
 
     def release(self, addr: int, n: int) -> None:
         """Give the pages of [addr, addr+n) back; they read as zero afterwards."""

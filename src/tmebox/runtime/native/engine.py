@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from array import array
 from collections.abc import Sequence
 
 from tmebox.runtime import layout as lay
@@ -52,6 +53,7 @@ _RAW = 0
 _KIND = {ValType.VOID: 1, ValType.BOOL: 2, ValType.F32: 3, ValType.F64: 4}
 # restore() leaves the context's interrupt flag and tid (16 bytes from here) alone
 _LIVE = ffi.offsetof("struct tmebox_ctx", "interrupt")
+_REGS = ffi.offsetof("struct tmebox_ctx", "base") + 8
 
 
 def _kind(t: ValType) -> int:
@@ -90,6 +92,14 @@ class NativeMemory(SandboxMemory):
 
     def _write(self, off: int, data: bytes | bytearray | memoryview) -> None:
         ffi.memmove(ffi.cast("char *", self.base + off), data, len(data))
+
+    def write_relocated(self, addr: int, data: bytes, offsets: Sequence[int],
+                        delta: int) -> None:
+        self.write(addr, data)  # checked here; then the words in place, in C
+        if offsets:
+            at = ffi.cast("uint8_t *", self.base + (addr & OFFSET_MASK))
+            lib.tmebox_relocate(at, ffi.from_buffer("uint32_t[]", offsets), len(offsets),
+                                delta & 0xFFFF_FFFF_FFFF_FFFF)
 
     def _view(self, off: int, n: int, writable: bool) -> memoryview:
         exporter = ffi.buffer(ffi.cast("char *", self.base + off), n)
@@ -237,11 +247,17 @@ class NativeEngine:
     def interrupted(self) -> bool:
         return bool(self.ctx.interrupt)
 
-    def clear_interrupt(self) -> None:
-        self.ctx.interrupt = 0
-
     def save(self) -> bytes:
         return ffi.buffer(self.ctx, CTX_SIZE)[:]
+
+    def rebase(self, saved: object, lo: int, hi: int, delta: int) -> bytes:
+        assert isinstance(saved, bytes)
+        regs = array("Q", saved[:_REGS])  # gpr[16], rip, base
+        for i in range(17):
+            if lo <= regs[i] < hi:
+                regs[i] = (regs[i] + delta) & 0xFFFF_FFFF_FFFF_FFFF
+        regs[17] = self.base
+        return regs.tobytes() + saved[_REGS:]
 
     def restore(self, snapshot: object) -> None:
         assert isinstance(snapshot, bytes)

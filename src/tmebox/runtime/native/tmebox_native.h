@@ -53,7 +53,7 @@ struct tmebox_ctx {
                                while it runs sandbox code holding the GIL) */
     uint64_t rflags;        /* 0xe8 the flags a preempted run continues with */
     uint32_t interrupt;     /* 0xf0 1: tmebox_interrupt() was called; every run stops at once
-                               (TIMEOUT) until it is cleared (the sandbox is reset) */
+                               (TIMEOUT); reset() gives the sandbox a new context */
     uint32_t tid;           /* 0xf4 the thread inside tmebox_run with this context, or 0 */
     uint64_t pad1;          /* 0xf8 */
     uint8_t fxsave[];       /* 0x100 sandbox x87/SSE state across a runtime call (FXSAVE) */

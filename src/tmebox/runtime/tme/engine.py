@@ -10,6 +10,8 @@ import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from unicorn import x86_const as x86
+
 from tmebox.errors import TmeboxError
 from tmebox.runtime.backend import (
     STOP_BADSTACK,
@@ -34,6 +36,10 @@ from tmebox.trusted.signature import Signature
 
 if TYPE_CHECKING:
     from tmebox.runtime.tme.backend import TmeBackend
+
+_GPRS = tuple(getattr(x86, f"UC_X86_REG_{r}") for r in (
+    "RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP", "RSP", "R8", "R9", "R10", "R11", "R12",
+    "R13", "R15", "RIP"))
 
 
 class TmeImage:
@@ -121,7 +127,7 @@ class TmeEngine:
         self.ctx = None  # UcContext while another engine holds the CPU
         self._fault = FaultInfo(0, 0, 0, 0)
         self.deadline_ns = 0
-        self.interrupt_requested = False  # every run stops at its start until cleared
+        self.interrupt_requested = False  # then every run stops at its start
         self.alive = True
         self._last_stop = 0
 
@@ -222,13 +228,22 @@ class TmeEngine:
     def interrupted(self) -> bool:
         return self.interrupt_requested
 
-    def clear_interrupt(self) -> None:
-        self.interrupt_requested = False
-
     def save(self) -> object:
         with self.backend.lock:
             self.backend._take_cpu(self)
             return self.backend.uc.context_save()
+
+    def rebase(self, saved: object, lo: int, hi: int, delta: int) -> object:
+        with self.backend.lock:
+            be = self.backend
+            be._take_cpu(self, snapshot=saved)
+            for reg in _GPRS:
+                v = be.uc.reg_read(reg)
+                if lo <= v < hi:
+                    be.uc.reg_write(reg, (v + delta) & MASK64)
+            be.uc.reg_write(x86.UC_X86_REG_GS_BASE, self.base)
+            be.uc.reg_write(x86.UC_X86_REG_R14, self.base)
+            return be.uc.context_save()
 
     def restore(self, snapshot: object) -> None:
         with self.backend.lock:

@@ -1,0 +1,170 @@
+"""Snapshots and reset, on both backends: sandboxes start in the state a snapshot saw,
+share nothing writable, and their pointers are their own window's (docs/runtime.md,
+"Snapshots")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from c_image import build_c
+
+import tmebox
+from tmebox.errors import SandboxError, SandboxFault, SandboxInterrupted, TmeboxError
+
+SRC = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static unsigned char *table;
+static char *big;
+static long counter;
+static long (*fn)(long);
+static long *self_ptr;
+long twice(long v) { return 2 * v; }
+long init(long n) {
+    table = malloc(n);
+    for (long i = 0; i < n; i++) table[i] = i & 0xff;
+    big = malloc(1 << 20);                  /* mmapped */
+    memset(big, 7, 8192);
+    counter = 100;
+    fn = twice;
+    self_ptr = &counter;
+    return 0;
+}
+long check(long i) { return table[i] + counter + fn(1) + big[4096]; }
+long pointers_agree(void) {                 /* stored pointers == addresses taken now */
+    return fn == twice && self_ptr == &counter && (long)self_ptr >> 32 == (long)&fn >> 32;
+}
+long bump(void) { return ++counter; }
+long churn(long n) {                        /* the heap after the snapshot still works */
+    void *keep[64] = {0};
+    for (long i = 0; i < n; i++) {
+        free(keep[i % 64]);
+        keep[i % 64] = malloc(16 + (i * 37) % 5000);
+        if (!keep[i % 64]) return -1;
+        memset(keep[i % 64], 1, 16);
+    }
+    char *large = malloc(300000);
+    if (!large) return -2;
+    large[299999] = 1;
+    free(large);
+    return table[3] + (big[0] == 7);
+}
+long crash(void) { return *(volatile long *)8; }
+long spin(void) { for (volatile long i = 0;; i++) {} }
+int main(void) { printf("main counter=%ld %ld\n", counter, fn ? fn(21) : -1); return 0; }
+"""
+BACKENDS = ["native", "tme"]
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory, sandbox_libc) -> Path:
+    return build_c(tmp_path_factory, "snap", SRC)
+
+
+@pytest.fixture(params=BACKENDS)
+def rt(request):
+    with tmebox.Runtime(backend=request.param, max_sandboxes=16) as runtime:
+        yield runtime
+
+
+def initialised(rt, image):
+    sb = rt.spawn(rt.load(image))
+    assert sb.call("init", 1000) == 0
+    return sb
+
+
+def test_spawns_start_in_the_snapshots_state(rt, image):
+    src = initialised(rt, image)
+    snap = src.snapshot()
+    assert 8192 <= snap.size <= 256 << 10
+    kids = [rt.spawn(snap) for _ in range(3)]
+    for k in kids:
+        assert k.base != src.base
+        assert k.call("check", 5) == 5 + 100 + 2 + 7
+        assert k.call("pointers_agree") == 1
+        assert k.call("churn", 2000) == 3 + 1
+    assert src.call("pointers_agree") == 1
+
+
+def test_spawns_share_nothing_writable(rt, image):
+    src = initialised(rt, image)
+    snap = src.snapshot()
+    a, b = rt.spawn(snap), rt.spawn(snap)
+    assert a.call("bump") == 101 and a.call("bump") == 102
+    assert b.call("bump") == 101
+    assert src.call("bump") == 101
+    p = a.symbol("counter") if "counter" in a.image.plan.data_symbols else None
+    if p is not None:
+        a.memory.write_u64(p, 999)
+        assert b.memory.read_u64(b.symbol("counter")) == 101
+
+
+def test_the_snapshot_outlives_its_sandbox(rt, image):
+    src = initialised(rt, image)
+    snap = src.snapshot()
+    src.destroy()
+    assert rt.spawn(snap).call("check", 7) == 7 + 100 + 2 + 7
+
+
+def test_run_continues_from_the_snapshots_registers(rt, image):
+    src = initialised(rt, image)
+    out = bytearray()
+    kid = rt.spawn(src.snapshot(), stdout=out)
+    assert kid.run() == 0
+    assert out == b"main counter=100 42\n"
+
+
+def test_reset_returns_to_the_snapshot(rt, image):
+    kid = rt.spawn(initialised(rt, image).snapshot())
+    kid.call("bump")
+    with pytest.raises(SandboxFault):
+        kid.call("crash")
+    assert kid.state == "dead"
+    old_memory = kid.memory
+    kid.reset()
+    assert kid.state == "parked" and kid.call("check", 1) == 1 + 100 + 2 + 7
+    with pytest.raises(tmebox.SandboxDestroyed):
+        old_memory.read(kid.base, 8)  # the old window is not ours any more
+
+
+def test_reset_without_a_snapshot_runs_start_up_again(rt, image):
+    out = bytearray()
+    sb = rt.spawn(rt.load(image), stdout=out)
+    sb.call("init", 10)
+    sb.interrupt()
+    with pytest.raises(SandboxInterrupted):
+        sb.call("spin")
+    sb.reset()  # a new context: the interrupt is gone
+    assert sb.run() == 0
+    assert out == b"main counter=0 -1\n"
+    sb.reset()  # after exit as well
+    assert sb.state == "parked" and sb.call("bump") == 1
+
+
+def test_what_cannot_be_snapshotted_or_spawned(rt, image, tmp_path):
+    img = rt.load(image)
+    (tmp_path / "f").write_text("x")
+    sb = rt.spawn(img, dirs={"/d": str(tmp_path)})
+    sb.snapshot()  # preopens are fine: they are not descriptors of the guest
+    dead = rt.spawn(img)
+    with pytest.raises(SandboxFault):
+        dead.call("crash")
+    with pytest.raises(SandboxError, match="faulted"):
+        dead.snapshot()
+    snap = initialised(rt, image).snapshot()
+    with pytest.raises(TypeError, match="snapshot's"):
+        rt.spawn(snap, argv=["x"])
+    with tmebox.Runtime(backend=rt.backend_name) as other, \
+            pytest.raises(TmeboxError, match="another Runtime"):
+        other.spawn(snap)
+
+
+def test_memory_limit_holds_for_snapshot_spawns(rt, image):
+    snap = initialised(rt, image).snapshot()
+    kid = rt.spawn(snap, memory_limit=2 << 20)
+    assert kid.call("churn", 100) == 4  # a 300 KB block still fits
+    tight = rt.spawn(snap, memory_limit=1 << 20)  # init already holds ~1 MiB
+    assert tight.call("churn", 10) < 0  # a malloc failed
