@@ -16,6 +16,7 @@ SRC = r"""
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static unsigned char *table;
 static char *big;
@@ -51,6 +52,16 @@ long churn(long n) {                        /* the heap after the snapshot still
     large[299999] = 1;
     free(large);
     return table[3] + (big[0] == 7);
+}
+long refresh(void) {                       /* memory given back reads as zero again */
+    char *page = (char *)(((unsigned long)big + 4096) & ~4095ul);
+    if (page[0] != 7) return -1;
+    madvise(page, 4096, MADV_DONTNEED);
+    long a = page[0];
+    munmap(page + 4096, 4096);
+    char *p = mmap(page + 4096, 4096, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    return p == MAP_FAILED ? -2 : a + p[0] + 1;
 }
 long crash(void) { return *(volatile long *)8; }
 long spin(void) { for (volatile long i = 0;; i++) {} }
@@ -100,6 +111,27 @@ def test_spawns_share_nothing_writable(rt, image):
     if p is not None:
         a.memory.write_u64(p, 999)
         assert b.memory.read_u64(b.symbol("counter")) == 101
+
+
+def test_freed_memory_reads_zero_and_the_next_tenant_sees_none_of_the_snapshot(rt, image):
+    snap = initialised(rt, image).snapshot()
+    kid = rt.spawn(snap)
+    assert kid.call("refresh") == 1  # the same range again, all zeros
+    kids = [rt.spawn(snap) for _ in range(4)]
+    for k in kids:
+        k.destroy()
+    kid.destroy()
+    plain = [rt.spawn(snap.image) for _ in range(6)]  # into the windows just left
+    checked = 0
+    for sb in plain:
+        used = sb._proc.brk
+        for run in snap.runs:
+            for page in range(0, len(run.data), 4096):
+                off = sb._layout.code_lo + run.at + page
+                if off >= used and not any(s <= off < e for s, e in sb._proc.maps):
+                    assert sb.memory.read(sb.base + off, 4096) == bytes(4096), hex(off)
+                    checked += 1
+    assert checked > 0
 
 
 def test_the_snapshot_outlives_its_sandbox(rt, image):

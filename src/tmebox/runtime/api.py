@@ -335,7 +335,7 @@ class Runtime:
                 raise OutOfSandboxes(
                     f"this Runtime already has {len(self._sandboxes)} sandboxes "
                     f"(max_sandboxes={self.max_sandboxes})")
-            engine = self._backend.new_engine(loaded.prepared)
+            engine = self._backend.new_engine(loaded.prepared, fill=snap is None)
             sb = Sandbox(self, loaded, engine, timeout, origin)
             self._sandboxes.add(sb)
         try:
@@ -488,8 +488,7 @@ class Sandbox:
         assert proc is not None
         origin = self.base + L.code_lo
         delta = origin - snap.lo
-        for run in snap.runs:
-            self._mem.write_relocated(L.code_lo + run.at, run.data, run.pointers, origin)
+        self._engine.load_runs(snap.runs, snap.kept, origin)
         proc.brk = L.code_lo + snap.brk
         proc.maps = [(L.code_lo + s, L.code_lo + e) for s, e in snap.maps]
         proc.parked = True
@@ -535,8 +534,9 @@ class Sandbox:
             L = self._layout
             used = used_ranges(L, proc.brk, proc.maps)
             origin = self.base + L.code_lo
+            runs = capture_runs(self._mem, L, self.base, used)
             return Snapshot(
-                image=self.image, runs=capture_runs(self._mem, L, self.base, used),
+                image=self.image, runs=runs, kept=self._engine.keep_runs(runs),
                 registers=self._parked, lo=origin, hi=self.base + max(e for _, e in used),
                 brk=proc.brk - L.code_lo,
                 maps=tuple((s - L.code_lo, e - L.code_lo) for s, e in proc.maps),
@@ -556,7 +556,8 @@ class Sandbox:
             files = self._proc.files.reopen()
             try:
                 self._detach("reset")
-                self._attach(self.runtime._backend.new_engine(self.image.prepared))
+                self._attach(self.runtime._backend.new_engine(
+                    self.image.prepared, fill=self._origin.snapshot is None))
             except BaseException:
                 files.close_all()
                 self.state = "destroyed"

@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 from tmebox.runtime.layout import WindowLayout
 from tmebox.runtime.loader import ImagePlan
 from tmebox.runtime.memory import SandboxMemory
+from tmebox.runtime.snapshot import Run
 from tmebox.trusted.signature import Signature
 
 __all__ = ["MACHINE_CHECK", "STOPPED", "STOP_BADSTACK", "STOP_FAULT", "STOP_INTERRUPTED",
@@ -224,6 +225,13 @@ class Engine(Protocol):
     def restore(self, snapshot: object) -> None:
         """Go back to a snapshot taken by save()."""
 
+    def keep_runs(self, runs: Sequence[Run]) -> object:
+        """What load_runs needs of a snapshot's pages, made once (native: a sealed memfd)."""
+
+    def load_runs(self, runs: Sequence[Run], kept: object, origin: int) -> None:
+        """A snapshot's pages into this window, at code_lo + run.at, with origin added to
+        every pointer word (native: mapped copy-on-write from keep_runs's memfd)."""
+
     def rebase(self, saved: object, lo: int, hi: int, delta: int) -> object:
         """save()d state of another sandbox of the same image, made this one's: every
         general register and %rip in [lo, hi) moved by delta, the window base this one's."""
@@ -259,8 +267,9 @@ class Backend(Protocol[ImageT]):
     def release_image(self, image: ImageT) -> None:
         """Free what prepare() made, once no sandbox of it is alive."""
 
-    def new_engine(self, image: ImageT) -> Engine:
-        """A fresh sandbox of image (raises OutOfSandboxes when no window is free)."""
+    def new_engine(self, image: ImageT, fill: bool = True) -> Engine:
+        """A fresh sandbox of image (raises OutOfSandboxes when no window is free); with
+        fill=False the image's data need not be copied in (a snapshot's pages will be)."""
 
     def close(self) -> None:
         """Release process-wide resources; no engine of this backend is alive any more."""

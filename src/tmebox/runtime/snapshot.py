@@ -56,6 +56,7 @@ class Snapshot:
     maps: tuple[tuple[int, int], ...]
     call_rsp: int
     cwd: tuple[bytes, ...]
+    kept: object  # the backend's copy of the runs (Engine.keep_runs)
 
     @property
     def size(self) -> int:

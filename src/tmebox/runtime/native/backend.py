@@ -36,14 +36,14 @@ class NativeBackend:
     def prepare(self, plan: ImagePlan) -> NativeImage:
         return NativeImage(plan)
 
-    def new_engine(self, image: NativeImage) -> NativeEngine:
+    def new_engine(self, image: NativeImage, fill: bool = True) -> NativeEngine:
         if image.warm:
             window, warm = image.warm.pop(), True
         else:
             POOL.ensure(1, self.max_sandboxes)
             window, warm = POOL.acquire(), False
         try:
-            return NativeEngine(image, window, warm)
+            return NativeEngine(image, window, warm, fill)
         except BaseException:
             POOL.release(window)
             raise

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import weakref
-from array import array
 from collections.abc import Sequence
 
 from tmebox.runtime import layout as lay
@@ -41,6 +41,7 @@ from tmebox.runtime.native.windows import (
     PROT_READ,
     PROT_WRITE,
 )
+from tmebox.runtime.snapshot import Run
 from tmebox.trusted.image import Isolation
 from tmebox.trusted.signature import FRAME_SSE, Signature, ValType
 
@@ -53,7 +54,6 @@ _RAW = 0
 _KIND = {ValType.VOID: 1, ValType.BOOL: 2, ValType.F32: 3, ValType.F64: 4}
 # restore() leaves the context's interrupt flag and tid (16 bytes from here) alone
 _LIVE = ffi.offsetof("struct tmebox_ctx", "interrupt")
-_REGS = ffi.offsetof("struct tmebox_ctx", "base") + 8
 
 
 def _kind(t: ValType) -> int:
@@ -86,6 +86,17 @@ class NativeMemory(SandboxMemory):
         super().__init__(layout.code_lo, layout.rw_lo, layout.rw_hi)
         self.base = base
         self._views: list[tuple[weakref.ref[memoryview], weakref.ref[object]]] = []
+        # Window offsets [lo, hi) mapped copy-on-write from a snapshot (load_runs):
+        # MADV_DONTNEED there would bring the snapshot's bytes back, not zeros.
+        self.file_backed: list[tuple[int, int]] = []
+
+    def zero_pages(self, lo: int, hi: int) -> None:
+        """Pages [lo, hi) (window offsets, page aligned) as a fresh mapping has them."""
+        if any(s < hi and lo < e for s, e in self.file_backed):
+            mmap(self.base + lo, hi - lo, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED)
+        else:
+            lib.madvise(ffi.cast("void *", self.base + lo), hi - lo, MADV_DONTNEED)
 
     def _read(self, off: int, n: int) -> bytes:
         return ffi.buffer(ffi.cast("char *", self.base + off), n)[:]
@@ -132,7 +143,26 @@ class NativeMemory(SandboxMemory):
             self._write(off, bytes(lo - off))
         if off + n > hi:
             self._write(hi, bytes(off + n - hi))
-        lib.madvise(ffi.cast("void *", self.base + lo), hi - lo, MADV_DONTNEED)
+        self.zero_pages(lo, hi)
+
+
+class _KeptRuns:
+    """A snapshot's pages in a sealed memfd, which every spawn maps copy-on-write: the
+    spawns share its page cache pages until they write, and nothing writable."""
+
+    def __init__(self, runs: Sequence[Run]) -> None:
+        import fcntl
+
+        fd = os.memfd_create("tmebox-snapshot", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        self.fd, self.offsets = fd, []
+        weakref.finalize(self, os.close, fd)
+        at = 0
+        for run in runs:
+            self.offsets.append(at)
+            os.pwrite(fd, run.data, at)
+            at += len(run.data)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
+                    | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
 
 
 class NativeEngine:
@@ -140,7 +170,8 @@ class NativeEngine:
 
     pool: SharedPool | None = None  # host buffers come from the sandbox's own mmap area
 
-    def __init__(self, image: NativeImage, window: int, warm: bool = False) -> None:
+    def __init__(self, image: NativeImage, window: int, warm: bool = False,
+                 fill: bool = True) -> None:
         self.image = image
         self.window = window
         self.base = base = lay.window_base(window)
@@ -152,10 +183,11 @@ class NativeEngine:
                   MAP_SHARED | MAP_FIXED, image.fd)
             mmap(base + L.rw_lo, L.rw_hi - L.rw_lo, PROT_READ | PROT_WRITE,
                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED)
-        data_at = ffi.cast("uint8_t *", base + L.data)
-        ffi.memmove(data_at, image.data, len(image.data))
-        if image.n_relocs:
-            lib.tmebox_relocate(data_at, image.relocs, image.n_relocs, base + L.code_lo)
+        if fill:
+            data_at = ffi.cast("uint8_t *", base + L.data)
+            ffi.memmove(data_at, image.data, len(image.data))
+            if image.n_relocs:
+                lib.tmebox_relocate(data_at, image.relocs, image.n_relocs, base + L.code_lo)
         self.memory = NativeMemory(base, L)
         ctx = lib.tmebox_ctx_new(base)
         if ctx == ffi.NULL:
@@ -252,12 +284,34 @@ class NativeEngine:
 
     def rebase(self, saved: object, lo: int, hi: int, delta: int) -> bytes:
         assert isinstance(saved, bytes)
-        regs = array("Q", saved[:_REGS])  # gpr[16], rip, base
+        ctx = bytearray(saved)
+        regs = memoryview(ctx).cast("Q")  # gpr[16], rip, base, ...
         for i in range(17):
             if lo <= regs[i] < hi:
                 regs[i] = (regs[i] + delta) & 0xFFFF_FFFF_FFFF_FFFF
         regs[17] = self.base
-        return regs.tobytes() + saved[_REGS:]
+        regs.release()
+        return bytes(ctx)
+
+    def keep_runs(self, runs: Sequence[Run]) -> _KeptRuns:
+        return _KeptRuns(runs)
+
+    def load_runs(self, runs: Sequence[Run], kept: object, origin: int) -> None:
+        assert isinstance(kept, _KeptRuns)
+        lo = self.layout.code_lo
+        for run, at in zip(runs, kept.offsets, strict=True):
+            start = lo + run.at
+            try:
+                mmap(self.base + start, len(run.data), PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_FIXED, kept.fd, at)
+            except OSError:  # no mapping left (vm.max_map_count): a copy does the same
+                self.memory.write_relocated(start, run.data, run.pointers, origin)
+                continue
+            self.memory.file_backed.append((start, start + len(run.data)))
+            if run.pointers:
+                lib.tmebox_relocate(ffi.cast("uint8_t *", self.base + start),
+                                    ffi.from_buffer("uint32_t[]", run.pointers),
+                                    len(run.pointers), origin)
 
     def restore(self, snapshot: object) -> None:
         assert isinstance(snapshot, bytes)
@@ -276,6 +330,8 @@ class NativeEngine:
         if held:
             self._quarantine(held)
             return
+        for s, e in self.memory.file_backed:  # anonymous again, as a fresh window is
+            self.memory.zero_pages(s, e)
         # Zap every page the tenant touched: the next tenant finds the same zero-filled
         # RW area a fresh mapping gives (mprotect never changed it).
         if (image.fd >= 0 and len(image.warm) < windows.WARM_WINDOWS

@@ -33,8 +33,8 @@ Export, FastCallType, Host = _native.Export, _native.FastCall, _native.Host
 LockType = _native.SandboxLock
 
 
-def mmap(addr: int, length: int, prot: int, flags: int, fd: int = -1) -> int:
-    p = lib.mmap(ffi.cast("void *", addr), length, prot, flags, fd, 0)
+def mmap(addr: int, length: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> int:
+    p = lib.mmap(ffi.cast("void *", addr), length, prot, flags, fd, offset)
     got = int(ffi.cast("uintptr_t", p))
     if got == MAP_FAILED:
         err = ffi.errno

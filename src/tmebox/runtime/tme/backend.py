@@ -480,7 +480,8 @@ class TmeBackend:
     def release_image(self, image: TmeImage) -> None:
         """Images hold no emulator state: every sandbox has its own encrypted copy."""
 
-    def new_engine(self, image: TmeImage) -> TmeEngine:
+    def new_engine(self, image: TmeImage, fill: bool = True) -> TmeEngine:
+        # fill=False is a hint the emulator does not need: its data copy is cheap enough
         with self.lock:
             if len(self.engines) >= self.max_sandboxes:
                 raise OutOfSandboxes(f"{len(self.engines)} sandboxes are alive "

@@ -28,6 +28,7 @@ from tmebox.runtime.backend import (
 from tmebox.runtime.layout import WindowLayout, page_up
 from tmebox.runtime.loader import ImagePlan
 from tmebox.runtime.memory import OFFSET_MASK, SandboxMemory, SandboxMemoryError
+from tmebox.runtime.snapshot import Run
 from tmebox.runtime.tme.machine import MASK64
 from tmebox.tme import LINE_SIZE
 from tmebox.trusted import abi
@@ -244,6 +245,14 @@ class TmeEngine:
             be.uc.reg_write(x86.UC_X86_REG_GS_BASE, self.base)
             be.uc.reg_write(x86.UC_X86_REG_R14, self.base)
             return be.uc.context_save()
+
+    def keep_runs(self, runs: Sequence[Run]) -> None:
+        return None  # written into the pool through the new sandbox's key (load_runs)
+
+    def load_runs(self, runs: Sequence[Run], kept: object, origin: int) -> None:
+        for run in runs:
+            self.memory.write_relocated(self.layout.code_lo + run.at, run.data, run.pointers,
+                                        origin)
 
     def restore(self, snapshot: object) -> None:
         with self.backend.lock:
