@@ -304,7 +304,12 @@ class NativeEngine:
             try:
                 mmap(self.base + start, len(run.data), PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_FIXED, kept.fd, at)
-            except OSError:  # no mapping left (vm.max_map_count): a copy does the same
+            except OSError:
+                # No mapping left (vm.max_map_count): a copy does the same, into anonymous
+                # pages put back first in case the failed mmap took some of the range away
+                # (if that fails too, the spawn fails: the host never writes into a hole).
+                mmap(self.base + start, len(run.data), PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED)
                 self.memory.write_relocated(start, run.data, run.pointers, origin)
                 continue
             self.memory.file_backed.append((start, start + len(run.data)))
