@@ -200,3 +200,21 @@ def test_memory_limit_holds_for_snapshot_spawns(rt, image):
     assert kid.call("churn", 100) == 4  # a 300 KB block still fits
     tight = rt.spawn(snap, memory_limit=1 << 20)  # init already holds ~1 MiB
     assert tight.call("churn", 10) < 0  # a malloc failed
+
+
+def test_without_mappings_left_a_spawn_copies(image, monkeypatch):
+    from tmebox.runtime.native import engine as native_engine
+
+    real = native_engine.mmap
+
+    def no_file_mappings(addr, length, prot, flags, fd=-1, offset=0):
+        if fd >= 0 and not prot & 4:  # a snapshot's memfd (the image's code is PROT_EXEC)
+            raise OSError(12, "no mapping left")
+        return real(addr, length, prot, flags, fd, offset)
+
+    with tmebox.Runtime(max_sandboxes=4) as rt:
+        snap = initialised(rt, image).snapshot()
+        monkeypatch.setattr(native_engine, "mmap", no_file_mappings)
+        kid = rt.spawn(snap)
+        assert kid._mem.file_backed == []
+        assert kid.call("check", 9) == 9 + 100 + 2 + 7 and kid.call("pointers_agree") == 1
