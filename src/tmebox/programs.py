@@ -11,7 +11,6 @@ from typing import Any
 
 from tmebox.errors import ImageError
 from tmebox.runtime.api import Runtime
-from tmebox.toolchain import cc
 from tmebox.trusted import abi, cache
 from tmebox.trusted.image import Isolation
 
@@ -41,6 +40,9 @@ def run_command(target: Path, argv: Sequence[str], backend: str = "native",
 
 def compile_cached(source: Path, isolation: str = abi.DEFAULT_ISOLATION) -> Path:
     """Compile a C file into an image once; later calls reuse it (keyed by source + toolchain)."""
+    from tmebox.toolchain import cc  # only here: running an image needs no compiler
+
+
     try:
         text = source.read_bytes()
     except OSError as e:

@@ -14,6 +14,7 @@ import asmkit  # noqa: E402
 
 from tmebox import cli  # noqa: E402
 from tmebox.trusted import abi, decode, verifier  # noqa: E402
+from tmebox.trusted import verdict as verdicts  # noqa: E402
 from tmebox.trusted.image import Image  # noqa: E402
 from tmebox.trusted.verdict import Store  # noqa: E402
 
@@ -174,7 +175,7 @@ _start:
 def cache_dir(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("TMEBOX_CACHE", str(tmp_path))
     path = tmp_path / "verdicts"
-    monkeypatch.setattr(verifier, "_VERDICTS", {})
+    monkeypatch.setattr(verdicts, "_VERDICTS", {})
     return path
 
 
@@ -192,10 +193,10 @@ def test_forged_cache_entry_is_not_believed(tmp_path: Path, cache_dir: Path) -> 
     forged = body.replace('"ok": false', '"ok": true')
     assert forged != body
     entry.write_text(f"{tag}\n{forged}")
-    verifier._VERDICTS.clear()
+    verdicts._VERDICTS.clear()
     assert not verifier.verify_file(path).ok
     entry.write_text(f"{'0' * 64}\n{forged}")
-    verifier._VERDICTS.clear()
+    verdicts._VERDICTS.clear()
     assert not verifier.verify_file(path).ok
 
 
@@ -264,12 +265,12 @@ def test_verify_file_caches_by_content_and_verifier(tmp_path: Path, cache_dir: P
     assert first.ok and len(calls) == 1
     assert len(entries(cache_dir)) == 1
     assert verifier.verify_file(path) == first and len(calls) == 1  # memory
-    monkeypatch.setattr(verifier, "_VERDICTS", {})
+    monkeypatch.setattr(verdicts, "_VERDICTS", {})
     assert verifier.verify_file(path) == first and len(calls) == 1  # disk
     copy = tmp_path / "copy.box"
     copy.write_bytes(path.read_bytes())
     assert verifier.verify_file(copy).name == str(copy) and len(calls) == 1
-    monkeypatch.setattr(verifier, "_SOURCE_HASH", "a different verifier")
+    monkeypatch.setattr(verdicts, "_verifier_hash", lambda: "a different verifier")
     assert verifier.verify_file(path).ok and len(calls) == 2
     assert len(entries(cache_dir)) == 2
 
@@ -277,7 +278,7 @@ def test_verify_file_caches_by_content_and_verifier(tmp_path: Path, cache_dir: P
 def test_verify_file_caches_rejections(tmp_path: Path, cache_dir: Path) -> None:
     path = asmkit.link_image(PROGRAM.replace("jmp _start", "ret"), tmp_path)
     first = verifier.verify_file(path)
-    verifier._VERDICTS.clear()
+    verdicts._VERDICTS.clear()
     again = verifier.verify_file(path)
     assert not again.ok and again == first and again.bytes == b"\xc3"
 
@@ -287,7 +288,7 @@ def test_corrupt_cache_entry_is_ignored(tmp_path: Path, cache_dir: Path) -> None
     verifier.verify_file(path)
     (entry,) = entries(cache_dir)
     entry.write_text("{not json")
-    verifier._VERDICTS.clear()
+    verdicts._VERDICTS.clear()
     assert verifier.verify_file(path).ok
 
 

@@ -11,6 +11,8 @@ and they could as well ptrace the host (docs/verifier.md, "Threat model").
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import hmac
 import json
 import os
@@ -19,7 +21,9 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Store", "Verdict"]
+from tmebox.trusted import cache
+
+__all__ = ["Store", "Verdict", "remember", "stored"]
 
 
 @dataclass(frozen=True)
@@ -119,3 +123,43 @@ class Store:
             tmp.replace(self.directory / key)
         except OSError:
             tmp.unlink(missing_ok=True)
+
+
+_VERDICTS: dict[str, Verdict] = {}
+
+
+@functools.cache
+def _verifier_hash() -> str:
+    """Hash of the code that decides verdicts: this folder's files, and where the two
+    decoders are installed with their size and time (a reinstall or upgrade changes them),
+    found without importing the decoders, so that a known image's verdict costs no decoder."""
+    from importlib.util import find_spec
+
+    decoders = []
+    for name in ("iced_x86", "capstone"):
+        spec = find_spec(name)
+        origin = spec.origin if spec is not None else None
+        st = os.stat(origin) if origin else None
+        decoders.append(f"{name} {origin} {st and (st.st_size, st.st_mtime_ns)}")
+    return cache.fingerprint(sorted(Path(__file__).parent.glob("*.py")), *decoders, length=64)
+
+
+def _key(image_sha256: str) -> str:
+    return hashlib.sha256(f"{image_sha256} {_verifier_hash()}".encode()).hexdigest()
+
+
+def stored(image_sha256: str) -> Verdict | None:
+    """The verdict this verifier gave an image of that content, if one is kept (in this
+    process, or authenticated on disk), else None."""
+    key = _key(image_sha256)
+    verdict = _VERDICTS.get(key) or Store(cache.root() / "verdicts").get(key)
+    if verdict is not None:
+        _VERDICTS[key] = verdict
+    return verdict
+
+
+def remember(image_sha256: str, verdict: Verdict) -> None:
+    """Keep the verdict for images of that content (in this process, and on disk)."""
+    key = _key(image_sha256)
+    _VERDICTS[key] = verdict
+    Store(cache.root() / "verdicts").put(key, verdict)
