@@ -123,3 +123,33 @@ def test_run_rejects_a_timeout_that_is_not_a_positive_number(source, capfd, valu
     assert e.value.code == 2
     err = capfd.readouterr().err
     assert "--timeout" in err and "Traceback" not in err
+
+
+LIGHT = r"""
+import sys
+from tmebox import cli
+status = cli.main(["run", sys.argv[1], "x"])
+heavy = sorted(m for m in ("numpy", "unicorn", "capstone", "iced_x86", "matplotlib",
+                           "cryptography", "tmebox.toolchain.cc", "tmebox.trusted.scan")
+               if m in sys.modules)
+print(status, heavy)
+"""
+
+
+def test_running_a_known_image_loads_nothing_heavy(source, tmp_path):
+    """The first run verifies (and loads the decoders); later runs take the kept verdict."""
+    import os
+    import subprocess
+    import sys
+
+    from tmebox.toolchain import cc
+
+    box = tmp_path / "light.box"
+    cc.build(sources=[source], output=box, isolation="code+data")
+    env = {**os.environ, "TMEBOX_CACHE": str(tmp_path / "cache")}
+    outs = [subprocess.run([sys.executable, "-c", LIGHT, str(box)], env=env, text=True,
+                           capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
+            for _ in range(2)]
+    first, second = (o.stdout.splitlines()[-1] for o in outs)
+    assert first.startswith("12 [") and "tmebox.trusted.scan" in first, outs[0].stderr
+    assert second == "12 []", outs[1].stderr
