@@ -305,9 +305,12 @@ def test_the_sandbox_lock_is_reentrant_and_owned() -> None:
         lock.release()
 
 
-def test_the_host_call_number_in_c_is_the_abi_one() -> None:
-    text = (Path(tmebox.__file__).parent / "runtime/native/tmebox_fast.c").read_text()
+def test_the_host_call_numbers_in_c_are_the_abi_ones() -> None:
+    from tmebox.trusted.signature import MAX_IMPORTS
+
+    text = (Path(tmebox.__file__).parent / "runtime/native/tmebox_native.h").read_text()
     assert f"#define SYS_TMEBOX_HOST {abi.SYS_TMEBOX_HOST:#x}" in text
+    assert f"#define TMEBOX_MAX_IMPORTS {MAX_IMPORTS}" in text
 
 
 def test_a_destroyed_sandbox_refuses_its_saved_c_path(image) -> None:

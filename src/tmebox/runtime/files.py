@@ -8,8 +8,9 @@ absolute symlinks and symlinks that lead out fail there, whatever the string loo
 like. Calls that act on a name instead of opening it (mkdir, unlink, rename, readlink,
 lstat) resolve the parent the same way and then act on one plain component through its
 descriptor. A read-only preopen refuses every change (EROFS) before the kernel is asked.
-Only regular files and directories open: a FIFO or device in a preopen could block the
-host's thread or do what the host never meant to give.
+Only regular files and directories open, and open(2) itself only ever runs on one (found
+first as an O_PATH descriptor): a FIFO or device in a preopen could block the host's thread
+or act on being opened.
 
 Descriptors are per sandbox (fds 0-2 are its streams), at most `fd_limit` of them, and
 every host descriptor behind them is closed on destroy().
@@ -343,25 +344,52 @@ def _open(files: FileTable, mem: SandboxMemory, dirfd: int, addr: int, flags: in
         return -errno.EROFS
     if files.full():
         return -errno.EMFILE
-    try:
-        # O_NONBLOCK so that opening a FIFO cannot block the host's thread; it is refused
-        # below anyway, and a regular file gets the flags the guest asked for.
-        # (openat2 refuses a mode without O_CREAT, which open ignores)
-        fd = _openat2(base, rel, flags & ~(O_CLOEXEC | O_LARGEFILE) | O_NONBLOCK,
-                      mode & 0o777 if flags & O_CREAT else 0)
-    except OSError as e:
-        return _err(e)
-    try:
-        st = os.fstat(fd)
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-            os.close(fd)
-            return -errno.EACCES
-        if not flags & O_NONBLOCK:
-            os.set_blocking(fd, True)
-    except OSError as e:
-        os.close(fd)
-        return _err(e)
-    return files.add(OpenFile(fd, writable, stat.S_ISDIR(st.st_mode), bool(flags & O_CLOEXEC)))
+    fd = _open_file(base, rel, flags, mode)
+    if fd < 0:
+        return fd
+    return files.add(OpenFile(fd, writable, stat.S_ISDIR(os.fstat(fd).st_mode),
+                              bool(flags & O_CLOEXEC)))
+
+
+def _open_file(base: int, rel: bytes, flags: int, mode: int) -> int:
+    """A host fd for rel beneath base opened with the guest's flags, or -errno.
+
+    The file is found first as an O_PATH descriptor (which opens nothing) and only a
+    regular file or directory is then opened, through that descriptor: open(2) never
+    runs on a FIFO or device, whose opening may block or act. A file O_CREAT makes is
+    created exclusively, so it is the regular file made here.
+    """
+    find = O_PATH | (flags & (O_NOFOLLOW | O_DIRECTORY))
+    for _ in range(4):  # a file created or removed meanwhile: look again
+        try:
+            found = _openat2(base, rel, find)
+        except OSError as e:
+            if e.errno != errno.ENOENT or not flags & O_CREAT:
+                return _err(e)
+            try:
+                return _openat2(base, rel, (flags | O_EXCL) & ~(O_CLOEXEC | O_LARGEFILE),
+                                mode & 0o777)
+            except FileExistsError:
+                continue  # made meanwhile, or a dangling symlink: look again
+            except OSError as e:
+                return _err(e)
+        try:
+            if flags & O_CREAT and flags & O_EXCL:
+                return -errno.EEXIST
+            kind = os.fstat(found).st_mode
+            if stat.S_ISLNK(kind):  # O_NOFOLLOW found the symlink itself
+                return -errno.ELOOP
+            if not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)):
+                return -errno.EACCES
+            # the descriptor's own file, whatever happened to the path since
+            return os.open(f"/proc/self/fd/{found}",
+                           flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW | O_LARGEFILE)
+                           | os.O_CLOEXEC | O_NOCTTY)
+        except OSError as e:
+            return _err(e)
+        finally:
+            os.close(found)
+    return -errno.ENOENT  # O_CREAT through a symlink to nowhere: not made
 
 
 def _pack_stat(st: os.stat_result) -> bytes:
@@ -551,6 +579,8 @@ def _dup(files: FileTable, old: int, new: int | None, lowest: int = 0,
         return -errno.EBADF
     if new is not None and not 0 <= new < files.limit:
         return -errno.EBADF
+    if new == old:
+        return new  # dup2(fd, fd): nothing to do (and no host descriptor to make)
     if isinstance(entry, OpenFile):
         if files.full() and new not in files.entries:
             return -errno.EMFILE
@@ -560,9 +590,8 @@ def _dup(files: FileTable, old: int, new: int | None, lowest: int = 0,
             return _err(e)
     if new is None:
         return files.add(entry, lowest)
-    if new != old:
-        files.close(new)
-        files.entries[new] = entry
+    files.close(new)
+    files.entries[new] = entry
     return new
 
 

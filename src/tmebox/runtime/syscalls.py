@@ -385,9 +385,11 @@ def _sys_nothing(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:
 
 
 def _kill(target: int, sig: int) -> Result:
+    if not 0 <= sig <= 64:
+        return -errno.EINVAL
     if target != SANDBOX_PID:
         return -errno.ESRCH
-    return Exit(128 + sig, signal=sig) if sig else 0
+    return Exit((128 + sig) & 0xFF, signal=sig) if sig else 0
 
 
 def _sys_kill(a: Args, mem: SandboxMemory, st: ProcessState) -> Result:

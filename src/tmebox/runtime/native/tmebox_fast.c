@@ -27,8 +27,6 @@
 
 #include "tmebox_native.h"
 
-#define SYS_TMEBOX_HOST 0x7200 /* tmebox.trusted.abi (test_fast_call checks it) */
-
 /* Calls expected to take longer than this release the GIL. */
 #define GIL_HOLD_NS 2000
 

@@ -215,7 +215,10 @@ __asm__(
        or the host's last x87 instruction was). A resume needs it too: AMD
        CPUs without XSaveErPtr keep them across fxrstor unless an exception is
        pending (this one's fxsave stores zeros and its fxrstor loads them). */
-    "4:  cmpl $0, 0xa8(%r11)\n"
+    "4:  movl 0xa8(%r11), %eax\n"
+    "    testl %eax, %eax\n"
+    "    je 5f\n"
+    "    cmpl $3, %eax\n"
     "    je 5f\n"
     "    fninit\n"
     "    fxrstor64 0x100(%r11)\n"
@@ -231,7 +234,16 @@ __asm__(
     "    pxor %mm6, %mm6\n"
     "    pxor %mm7, %mm7\n"
     "    fninit\n"
+    "    testl %eax, %eax\n"
+    "    jne 8f\n"
     "    ldmxcsr tmebox_default_mxcsr(%rip)\n"
+    "    jmp 6f\n"
+    /* Mode 3, back from a host function: the vector registers are the ABI's
+       caller-saved ones, cleared like a fresh entry's; the control words are
+       callee-saved, so the sandbox's own come back (stored by the entry below
+       with fnstcw/stmxcsr: valid values, whatever the sandbox did). */
+    "8:  fldcw 0x100(%r11)\n"
+    "    ldmxcsr 0x118(%r11)\n"
     "6:\n"
     "    movq 0x88(%r11), %rax\n"
     "    wrgsbase %rax\n"
@@ -287,8 +299,21 @@ __asm__(
     "    movq %r12, 0x60(%r11)\n"
     "    movq %r13, 0x68(%r11)\n"
     "    movq %r15, 0x78(%r11)\n"
-    "    fxsave64 0x100(%r11)\n"
-    "    movl $2, 0xac(%r11)\n"
+    /* A host function (SYS_TMEBOX_HOST + k, k < MAX_IMPORTS) is a C call for the
+       sandbox: its vector registers are the caller's to lose, so only the control
+       words are kept (mode 3; FXSAVE+FXRSTOR cost ~80 ns of a ~250 ns host call).
+       Any other runtime call keeps the whole x87/SSE state (mode 1). */
+    "    movq %rax, %rcx\n"
+    "    subq $" TMEBOX_STR(SYS_TMEBOX_HOST) ", %rcx\n"
+    "    cmpq $" TMEBOX_STR(TMEBOX_MAX_IMPORTS) ", %rcx\n"
+    "    jae 1f\n"
+    "    fnstcw 0x100(%r11)\n"
+    "    stmxcsr 0x118(%r11)\n"
+    "    movl $3, 0xa8(%r11)\n"
+    "    jmp 2f\n"
+    "1:  fxsave64 0x100(%r11)\n"
+    "    movl $1, 0xa8(%r11)\n"
+    "2:  movl $2, 0xac(%r11)\n"
     "    tmebox_exit\n"
 
     /* Reached from the stub at image offset 0x20: a host-initiated call returned. */
@@ -899,7 +924,9 @@ int tmebox_resume(struct tmebox_ctx *c, int64_t result, int bundle_align,
     c->gpr[TMEBOX_RCX] = 0;
     c->gpr[TMEBOX_R11] = 0;
     c->rip = c->base + off;
-    c->mode = 1;
+    /* how the runtime-call entry saved the vector state: all of it (1), or only the
+       control words, for a host function (3) */
+    c->mode = c->mode == 3 ? 3 : 1;
     return tmebox_run(c);
 }
 

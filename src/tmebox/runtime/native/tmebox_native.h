@@ -9,6 +9,13 @@
 #include <stdint.h>
 #include <stddef.h>
 
+/* tmebox.trusted.abi.SYS_TMEBOX_HOST and tmebox.trusted.signature.MAX_IMPORTS
+   (test_fast_call checks both): runtime calls SYS_TMEBOX_HOST + k are host functions */
+#define SYS_TMEBOX_HOST 0x7200
+#define TMEBOX_MAX_IMPORTS 1024
+#define TMEBOX_STR_(x) #x
+#define TMEBOX_STR(x) TMEBOX_STR_(x)
+
 enum {
     TMEBOX_REASON_RETURN = 1,   /* the called function returned to __tmebox_rt_exit */
     TMEBOX_REASON_SYSCALL = 2,  /* runtime call: number and arguments in gpr[] */
@@ -39,7 +46,9 @@ struct tmebox_ctx {
     uint32_t host_mxcsr;    /* 0xa0 */
     uint16_t host_fcw;      /* 0xa4 */
     uint16_t pad0;
-    uint32_t mode;          /* 0xa8 0: fresh entry (clear vector state), 1: resume (restore it) */
+    uint32_t mode;          /* 0xa8 0: fresh entry (clear vector state), 1: resume (restore it),
+                               2: continue a preempted run, 3: back from a host function
+                               (clear vector state, restore the control words) */
     uint32_t reason;        /* 0xac */
     uint64_t fault_signo;   /* 0xb0 */
     uint64_t fault_code;    /* 0xb8 si_code */
