@@ -322,6 +322,11 @@ class Runtime:
                 raise TypeError("spawn: give env or envp, not both")
             envp = [_env_entry(k, v) for k, v in env.items()]
         specs = parse_dirs(dirs or {})
+        if memory_limit is not None and any(isinstance(f, CHostFunction)
+                                            for f in loaded.host_functions):
+            raise TmeboxError(f"{loaded.name}: memory_limit leaves pages of the window "
+                              "unmapped, which a host function written in C (CHostFunction) "
+                              "could touch: use Python host functions with it")
         if memory_limit is not None and (not isinstance(memory_limit, int)
                                          or isinstance(memory_limit, bool) or memory_limit < 0):
             raise ValueError(f"spawn: memory_limit must be a number of bytes >= 0, not "
@@ -458,6 +463,11 @@ class Sandbox:
         self._proc = syscalls.ProcessState(
             layout=L, base=self.base, tp_slot=L.code_lo + self.image.plan.tp_slot, files=files,
             memory_limit=o.memory_limit, deadline=self._engine.deadline)
+        if o.snapshot is not None:
+            self._proc.brk = L.code_lo + o.snapshot.brk
+            self._proc.maps = [(L.code_lo + s, L.code_lo + e) for s, e in o.snapshot.maps]
+        if o.memory_limit is not None:
+            self._proc.confine(self._mem)
         if o.snapshot is None:
             self._start(o.argv, o.envp)
         else:
@@ -488,8 +498,6 @@ class Sandbox:
         origin = self.base + L.code_lo
         delta = origin - snap.lo
         self._engine.load_runs(snap.runs, snap.kept, origin)
-        proc.brk = L.code_lo + snap.brk
-        proc.maps = [(L.code_lo + s, L.code_lo + e) for s, e in snap.maps]
         proc.parked = True
         proc.files.cwd = snap.cwd
         self._park(self._engine.rebase(snap.registers, snap.lo, snap.hi, delta),

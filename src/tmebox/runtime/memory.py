@@ -11,7 +11,7 @@ nothing at all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 
 from tmebox.errors import SandboxDestroyed, SandboxError, TmeboxError
@@ -36,6 +36,17 @@ class SandboxMemory:
         self.write_lo = write_lo
         self.hi = hi
         self._gone: str | None = None  # why the memory is closed, once it is
+        # A narrower rule, where a memory_limit leaves pages unmapped (confine()).
+        self._accessible: Callable[[int, int], bool] | None = None
+
+    def confine(self, accessible: Callable[[int, int], bool]) -> None:
+        """From now on the host touches only [off, off+n) for which accessible(off, n):
+        the backend may leave the rest unmapped (protect())."""
+        self._accessible = accessible
+
+    def protect(self, lo: int, hi: int, accessible: bool) -> None:
+        """Make window pages [lo, hi) usable or not by the sandbox (page aligned); a
+        backend whose memory is bounded another way (tme: its pool region) ignores it."""
 
     def close(self, why: str) -> None:
         """Refuse every later access with SandboxDestroyed(why): the window is not ours."""
@@ -49,7 +60,8 @@ class SandboxMemory:
         """The window offset of [addr, addr+n) if the host may access it, else raise."""
         off = addr & OFFSET_MASK
         lo = self.write_lo if write else self.read_lo
-        if n < 0 or off < lo or off + n > self.hi:
+        if n < 0 or off < lo or off + n > self.hi or (
+                self._accessible is not None and not self._accessible(off, n)):
             what = "write" if write else "read"
             raise SandboxMemoryError(
                 f"host {what} of {n} bytes at window offset {off:#x} is outside the sandbox's "
@@ -60,7 +72,8 @@ class SandboxMemory:
     def ok(self, addr: int, n: int, write: bool) -> bool:
         off = addr & OFFSET_MASK
         return (self._gone is None and n >= 0
-                and off >= (self.write_lo if write else self.read_lo) and off + n <= self.hi)
+                and off >= (self.write_lo if write else self.read_lo) and off + n <= self.hi
+                and (self._accessible is None or self._accessible(off, n)))
 
     # Every access below goes through check_open() first; subclasses only move bytes.
     def read(self, addr: int, n: int) -> bytes:

@@ -84,10 +84,42 @@ class ProcessState:
     deadline: Callable[[], int] = lambda: 0
     waker: Waker = field(default_factory=Waker)  # Sandbox.interrupt() ends a wait with it
     memory_limit: int | None = None  # bytes of heap (above the image's end) and mmap
+    _mem: SandboxMemory | None = None  # set by confine(): protect() changes its pages
 
     def __post_init__(self) -> None:
         if not self.brk:
             self.brk = self.layout.heap
+
+    def confine(self, mem: SandboxMemory) -> None:
+        """With a memory_limit: what is neither below the break nor mapped becomes
+        inaccessible, to the sandbox (it faults) and to the host, so that the limit bounds
+        what can be touched and not only what brk and mmap report."""
+        self._mem = mem
+        mem.confine(self.covers)
+        at = page_up(self.brk)
+        for s, e in [*self.maps, (self.layout.mmap_top, self.layout.mmap_top)]:
+            mem.protect(at, s, False)
+            at = e
+
+    def covers(self, off: int, n: int) -> bool:
+        """Whether window offsets [off, off+n) are the sandbox's: below the break's page
+        (its code, stack, data and heap), or inside one mapping."""
+        end = off + n
+        return end <= page_up(self.brk) or any(s <= off and end <= e for s, e in self.maps)
+
+    def protect(self, lo: int, hi: int, accessible: bool) -> None:
+        if self._mem is not None:
+            self._mem.protect(lo, hi, accessible)
+
+    def release(self, mem: SandboxMemory, lo: int, hi: int) -> None:
+        """Give pages [lo, hi) back: they read as zeros. With a memory_limit only the parts
+        that are the sandbox's are touched; the others are inaccessible and zero already."""
+        if self._mem is None:
+            mem.release(lo, hi - lo)
+            return
+        for s, e in [(self.layout.rw_lo, page_up(self.brk)), *self.maps]:
+            if max(lo, s) < min(hi, e):
+                mem.release(max(lo, s), min(hi, e) - max(lo, s))
 
     def fits(self, lo: int, hi: int, brk: int | None = None) -> bool:
         """Whether mapping [lo, hi) (and moving the break to brk) stays in memory_limit."""
@@ -113,6 +145,7 @@ class ProcessState:
         if lo < self.map_floor() or not self.fits(lo, top):
             return None
         self._insert(lo, top)
+        self.protect(lo, top, True)
         return lo
 
     def _insert(self, lo: int, hi: int) -> None:
@@ -215,6 +248,9 @@ def _brk(st: ProcessState, mem: SandboxMemory, addr: int) -> int:
         old_top, new_top = page_up(st.brk), page_up(want)
         if new_top < old_top:
             mem.release(new_top, old_top - new_top)
+            st.protect(new_top, old_top, False)
+        else:
+            st.protect(old_top, new_top, True)
         st.brk = want
     return st.base + st.brk
 
@@ -236,8 +272,9 @@ def _mmap(st: ProcessState, mem: SandboxMemory, addr: int, length: int, prot: in
             return -errno.EEXIST
         if not st.fits(lo, lo + length):
             return -errno.ENOMEM
-        mem.release(lo, length)
+        st.release(mem, lo, lo + length)
         st._insert(lo, lo + length)
+        st.protect(lo, lo + length, True)
         return st.base + lo
     fresh = st.mmap_alloc(length)
     return -errno.ENOMEM if fresh is None else st.base + fresh
@@ -250,8 +287,9 @@ def _munmap(st: ProcessState, mem: SandboxMemory, addr: int, length: int) -> int
     length = page_up(length)
     if lo < st.map_floor() or lo + length > st.layout.mmap_top:
         return -errno.EINVAL
-    mem.release(lo, length)
+    st.release(mem, lo, lo + length)
     st._remove(lo, lo + length)
+    st.protect(lo, lo + length, False)
     return 0
 
 

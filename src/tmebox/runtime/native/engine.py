@@ -38,6 +38,7 @@ from tmebox.runtime.native.windows import (
     MAP_SHARED,
     POOL,
     PROT_EXEC,
+    PROT_NONE,
     PROT_READ,
     PROT_WRITE,
 )
@@ -89,6 +90,19 @@ class NativeMemory(SandboxMemory):
         # Window offsets [lo, hi) mapped copy-on-write from a snapshot (load_runs):
         # MADV_DONTNEED there would bring the snapshot's bytes back, not zeros.
         self.file_backed: list[tuple[int, int]] = []
+        self.protected = False  # protect() made pages inaccessible (a memory_limit)
+
+    def protect(self, lo: int, hi: int, accessible: bool) -> None:
+        self.protected = True
+        if hi > lo and lib.mprotect(ffi.cast("void *", self.base + lo), hi - lo,
+                                    PROT_READ | PROT_WRITE if accessible else PROT_NONE):
+            raise MemoryError(f"mprotect of window offsets [{lo:#x}, {hi:#x}) failed: "
+                              f"{os.strerror(ffi.errno)}")
+
+    def stack_hi(self, layout: lay.WindowLayout) -> int:
+        """Where a stack may end for the runtime to read a return address or a frame
+        there: the whole RW area, or, once pages may be inaccessible, below the heap."""
+        return layout.heap if self.protected else layout.rw_hi
 
     def zero_pages(self, lo: int, hi: int) -> None:
         """Pages [lo, hi) (window offsets, page aligned) as a fresh mapping has them."""
@@ -219,7 +233,7 @@ class NativeEngine:
         return FastCallType(
             ctx=int(ffi.cast("uintptr_t", self.ctx)), rsp=spec.rsp, ret=spec.ret,
             thunk=spec.thunk,
-            code_lo=L.code_lo, code_hi=L.code_hi, rw_lo=L.rw_lo, rw_hi=L.rw_hi,
+            code_lo=L.code_lo, code_hi=L.code_hi, rw_lo=L.rw_lo, rw_hi=self.memory.stack_hi(L),
             bundle=bool(self.bundle), lock=spec.lock, exports=spec.exports,
             nested=spec.nested, slow=spec.slow, finish=spec.finish, caller=spec.caller,
             hosts=tuple(_host(fn, sig) for fn, sig in spec.imports),
@@ -249,7 +263,7 @@ class NativeEngine:
 
     def resume(self, result: int) -> int:
         return lib.tmebox_resume(self.ctx, result, self.bundle, self.layout.rw_lo,
-                                 self.layout.rw_hi)
+                                 self.memory.stack_hi(self.layout))
 
     def result(self) -> int:
         return self.ctx.gpr[0]
@@ -337,6 +351,8 @@ class NativeEngine:
             return
         for s, e in self.memory.file_backed:  # anonymous again, as a fresh window is
             self.memory.zero_pages(s, e)
+        if self.memory.protected:  # and all of it usable
+            self.memory.protect(L.rw_lo, L.rw_hi, True)
         # Zap every page the tenant touched: the next tenant finds the same zero-filled
         # RW area a fresh mapping gives (mprotect never changed it).
         if (image.fd >= 0 and len(image.warm) < windows.WARM_WINDOWS
