@@ -51,7 +51,13 @@ from tmebox.runtime.backend import (
     FaultKind,
     classify,
 )
-from tmebox.runtime.files import DEFAULT_FD_LIMIT, FileTable, OpenFile, parse_dirs
+from tmebox.runtime.files import (
+    DEFAULT_FD_LIMIT,
+    FileTable,
+    OpenFile,
+    direct_marks,
+    parse_dirs,
+)
 from tmebox.runtime.host import (
     CHostFunction,
     FrameReader,
@@ -468,6 +474,9 @@ class Sandbox:
             self._proc.maps = [(L.code_lo + s, L.code_lo + e) for s, e in o.snapshot.maps]
         if o.memory_limit is not None:
             self._proc.confine(self._mem)
+        else:  # (with a limit every access is checked against what is mapped, in Python)
+            engine = self._engine
+            files.watch_with(lambda fd, entry: engine.mark_fd(fd, *direct_marks(entry)))
         if o.snapshot is None:
             self._start(o.argv, o.envp)
         else:

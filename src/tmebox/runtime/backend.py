@@ -225,6 +225,11 @@ class Engine(Protocol):
     def restore(self, snapshot: object) -> None:
         """Go back to a snapshot taken by save()."""
 
+    def mark_fd(self, fd: int, host: int, readable: bool, writable: bool, seekable: bool,
+                whole: bool) -> None:
+        """Guest fd is host descriptor `host` for the runtime calls the backend services
+        itself (host -1: it is not; files.direct_marks says which are)."""
+
     def keep_runs(self, runs: Sequence[Run]) -> object:
         """What load_runs needs of a snapshot's pages, made once (native: a sealed memfd)."""
 

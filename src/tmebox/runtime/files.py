@@ -31,8 +31,8 @@ from tmebox.errors import TmeboxError
 from tmebox.runtime.memory import SandboxMemory
 from tmebox.runtime.streams import Sink, Source
 
-__all__ = ["DEFAULT_FD_LIMIT", "HANDLERS", "DirSpec", "FileTable", "OpenFile", "parse_dirs",
-           "read_path"]
+__all__ = ["DEFAULT_FD_LIMIT", "HANDLERS", "DirSpec", "FileTable", "OpenFile", "direct_marks",
+           "parse_dirs", "read_path"]
 
 DEFAULT_FD_LIMIT = 64
 PATH_MAX = 4096
@@ -111,6 +111,19 @@ class FileTable:
     limit: int = DEFAULT_FD_LIMIT
     cwd: tuple[bytes, ...] = ()
     opened_from: tuple[tuple[Source, Sink, Sink], list[DirSpec]] | None = None
+    # Told of every change of an fd (its new entry, None once closed): the native backend
+    # services some calls on plain host descriptors itself (tmebox_calls.c).
+    watch: Callable[[int, Entry | None], None] | None = None
+
+    def watch_with(self, watch: Callable[[int, Entry | None], None]) -> None:
+        self.watch = watch
+        for fd, entry in self.entries.items():
+            watch(fd, entry)
+
+    def put(self, fd: int, entry: Entry) -> None:
+        self.entries[fd] = entry
+        if self.watch is not None:
+            self.watch(fd, entry)
 
     @classmethod
     def open(cls, stdin: Source, stdout: Sink, stderr: Sink, dirs: list[DirSpec] = [],  # noqa: B006
@@ -141,7 +154,9 @@ class FileTable:
         return FileTable.open(stdin, stdout, stderr, dirs, self.limit)
 
     def close_all(self) -> None:
-        for entry in self.entries.values():
+        for fd, entry in self.entries.items():
+            if self.watch is not None:
+                self.watch(fd, None)
             if isinstance(entry, OpenFile):
                 os.close(entry.fd)
         for p in self.preopens:
@@ -163,7 +178,7 @@ class FileTable:
         then closed)."""
         for fd in range(max(lowest, 0), self.limit):
             if fd not in self.entries:
-                self.entries[fd] = entry
+                self.put(fd, entry)
                 return fd
         _close_entry(entry)
         return -errno.EMFILE if lowest < self.limit else -errno.EINVAL
@@ -172,6 +187,8 @@ class FileTable:
         entry = self.entries.pop(fd, None)
         if entry is None:
             return -errno.EBADF
+        if self.watch is not None:
+            self.watch(fd, None)
         _close_entry(entry)
         return 0
 
@@ -207,6 +224,17 @@ class FileTable:
 
 def _host_path(fd: int) -> bytes:
     return os.readlink(f"/proc/self/fd/{fd}".encode())
+
+
+def direct_marks(entry: Entry | None) -> tuple[int, bool, bool, bool, bool]:
+    """(host fd, readable, writable, seekable, whole writes) of an entry whose calls may
+    go straight to the host descriptor, or host -1: an open file, or a stream that is the
+    host's own fd 1 or 2. The host's fd 0 is not: its reads wait through the Waker."""
+    if isinstance(entry, OpenFile):
+        return entry.fd, True, True, True, False
+    if isinstance(entry, Sink) and entry.target is None:
+        return entry.host_fd, False, True, False, True
+    return -1, False, False, False, False
 
 
 def _components(path: bytes) -> tuple[bytes, ...]:
@@ -591,7 +619,7 @@ def _dup(files: FileTable, old: int, new: int | None, lowest: int = 0,
     if new is None:
         return files.add(entry, lowest)
     files.close(new)
-    files.entries[new] = entry
+    files.put(new, entry)
     return new
 
 

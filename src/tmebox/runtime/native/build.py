@@ -20,6 +20,7 @@ enum {
     TMEBOX_REASON_TIMEOUT = 4, TMEBOX_REASON_BADSTACK = 5, TMEBOX_REASON_INTERRUPTED = 6,
 };
 #define TMEBOX_INVOKE_STOPPED ...
+{prototypes}
 struct tmebox_ctx {
     uint64_t gpr[16];
     uint64_t rip;
@@ -33,9 +34,9 @@ struct tmebox_ctx {
     uint64_t fault_rsp;
     uint64_t deadline_ns;
     uint32_t interrupt;
+    struct tmebox_direct *direct;
     ...;
 };
-{prototypes}
 void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
 int munmap(void *addr, size_t length);
 int madvise(void *addr, size_t length, int advice);
@@ -57,7 +58,8 @@ ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "tmebox.runtime._native",
     '#include <sys/mman.h>\n#include <errno.h>\n#include "tmebox_native.h"\n',
-    sources=[str(_REL / "tmebox_native.c"), str(_REL / "tmebox_fast.c")],
+    sources=[str(_REL / "tmebox_native.c"), str(_REL / "tmebox_fast.c"),
+             str(_REL / "tmebox_calls.c")],
     # tmebox_fast.c is a CPython type with vectorcall: not in the 3.11 limited API.
     py_limited_api=False,
     include_dirs=[str(_REL)],

@@ -203,10 +203,16 @@ class NativeEngine:
             if image.n_relocs:
                 lib.tmebox_relocate(data_at, image.relocs, image.n_relocs, base + L.code_lo)
         self.memory = NativeMemory(base, L)
+        # Calls tmebox_calls.c services on descriptors mark_fd names (none at first).
+        self.direct = ffi.new("struct tmebox_direct *", {
+            "read_lo": L.code_lo, "write_lo": L.rw_lo, "hi": L.rw_hi, "nfds": 0,
+            "bundle": self.bundle, "stack_lo": L.rw_lo, "stack_hi": L.rw_hi})
+        self._fds: object = None
         ctx = lib.tmebox_ctx_new(base)
         if ctx == ffi.NULL:
             raise MemoryError("cannot allocate a sandbox context")
         self.ctx = ctx
+        ctx.direct = self.direct
 
     def enter(self, rip: int, rsp: int, args: tuple[int, ...], return_to: int | None) -> int:
         a = [x & 0xFFFF_FFFF_FFFF_FFFF for x in args] + [0] * (6 - len(args))
@@ -306,6 +312,21 @@ class NativeEngine:
         regs[17] = self.base
         regs.release()
         return bytes(ctx)
+
+    def mark_fd(self, fd: int, host: int, readable: bool, writable: bool, seekable: bool,
+                whole: bool) -> None:
+        d = self.direct
+        if fd >= d.nfds:
+            if host < 0:
+                return
+            grown = ffi.new("struct tmebox_fd[]", max(64, 2 * (fd + 1)))
+            for i in range(len(grown)):
+                grown[i].host = -1
+            if d.nfds:
+                ffi.memmove(grown, d.fds, d.nfds * ffi.sizeof("struct tmebox_fd"))
+            self._fds, d.fds, d.nfds = grown, grown, len(grown)  # _fds keeps it alive
+        d.fds[fd] = {"host": host, "readable": readable, "writable": writable,
+                     "seekable": seekable, "whole": whole}
 
     def keep_runs(self, runs: Sequence[Run]) -> _KeptRuns:
         return _KeptRuns(runs)

@@ -764,7 +764,27 @@ static void arm_service(struct thread_state *t)
     }
 }
 
+static int run_once(struct tmebox_ctx *c);
+static int prepare_resume(struct tmebox_ctx *c, int64_t result, int bundle_align,
+                          uint64_t stack_lo, uint64_t stack_hi);
+
 int tmebox_run(struct tmebox_ctx *c)
+{
+    /* The runtime calls tmebox_calls.c services (plain I/O on host descriptors, clocks)
+       go on here, without a way back to Python; the rest end the run. */
+    for (;;) {
+        int reason = run_once(c);
+        int64_t result;
+        if (reason != TMEBOX_REASON_SYSCALL || !tmebox_direct_call(c, &result))
+            return reason;
+        const struct tmebox_direct *d = c->direct;
+        reason = prepare_resume(c, result, (int)d->bundle, d->stack_lo, d->stack_hi);
+        if (reason)
+            return reason;
+    }
+}
+
+static int run_once(struct tmebox_ctx *c)
 {
     struct thread_state *t = tls_state;
     if (!t && !(t = thread_state()))
@@ -904,6 +924,14 @@ int64_t tmebox_invoke(struct tmebox_ctx *c, uint64_t rip, uint64_t rsp, uint64_t
 int tmebox_resume(struct tmebox_ctx *c, int64_t result, int bundle_align,
                   uint64_t stack_lo, uint64_t stack_hi)
 {
+    int reason = prepare_resume(c, result, bundle_align, stack_lo, stack_hi);
+    return reason ? reason : tmebox_run(c);
+}
+
+/* Finish the pending runtime call with result: 0 (ready to run), or BADSTACK. */
+static int prepare_resume(struct tmebox_ctx *c, int64_t result, int bundle_align,
+                          uint64_t stack_lo, uint64_t stack_hi)
+{
     /* The return address lies in sandbox memory: only read it where the
        sandbox's RW mapping is, and only ever resume inside the window. */
     uint32_t sp = (uint32_t)c->gpr[TMEBOX_RSP];
@@ -927,7 +955,7 @@ int tmebox_resume(struct tmebox_ctx *c, int64_t result, int bundle_align,
     /* how the runtime-call entry saved the vector state: all of it (1), or only the
        control words, for a host function (3) */
     c->mode = c->mode == 3 ? 3 : 1;
-    return tmebox_run(c);
+    return 0;
 }
 
 /* The %fs offset of a thread-local: not an address (the same in every thread). */

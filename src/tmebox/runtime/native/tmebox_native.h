@@ -37,6 +37,8 @@ enum {
     TMEBOX_R14, TMEBOX_R15,
 };
 
+struct tmebox_direct;
+
 struct tmebox_ctx {
     uint64_t gpr[16];       /* 0x00 sandbox registers */
     uint64_t rip;           /* 0x80 where the next entry starts */
@@ -64,11 +66,27 @@ struct tmebox_ctx {
     uint32_t interrupt;     /* 0xf0 1: tmebox_interrupt() was called; every run stops at once
                                (TIMEOUT); reset() gives the sandbox a new context */
     uint32_t tid;           /* 0xf4 the thread inside tmebox_run with this context, or 0 */
-    uint64_t pad1;          /* 0xf8 */
+    struct tmebox_direct *direct; /* 0xf8 the calls tmebox_run services itself (tmebox_calls.c),
+                               or NULL */
     uint8_t fxsave[];       /* 0x100 sandbox x87/SSE state across a runtime call (FXSAVE) */
 };
 
 int tmebox_init(void);
+/* tmebox_calls.c: runtime calls serviced in C on descriptors the host marked */
+struct tmebox_fd {
+    int32_t host;       /* the host descriptor, or -1: Python services this one */
+    uint8_t readable, writable, seekable;
+    uint8_t whole;      /* a stream: a write continues until everything is written */
+};
+struct tmebox_direct {
+    uint64_t read_lo, write_lo, hi; /* window offsets the host may read / write */
+    uint64_t nfds;
+    struct tmebox_fd *fds;
+    uint64_t bundle, stack_lo, stack_hi; /* tmebox_resume's arguments, to go on after one */
+};
+/* 1 and the call's result if tmebox_calls.c services the pending runtime call, else 0 */
+int tmebox_direct_call(const struct tmebox_ctx *c, int64_t *result);
+
 struct tmebox_ctx *tmebox_ctx_new(uint64_t base);
 void tmebox_ctx_free(struct tmebox_ctx *c);
 size_t tmebox_ctx_size(void);

@@ -246,6 +246,10 @@ class TmeEngine:
             be.uc.reg_write(x86.UC_X86_REG_R14, self.base)
             return be.uc.context_save()
 
+    def mark_fd(self, fd: int, host: int, readable: bool, writable: bool, seekable: bool,
+                whole: bool) -> None:
+        pass  # every runtime call of the emulator goes through Python
+
     def keep_runs(self, runs: Sequence[Run]) -> None:
         return None  # written into the pool through the new sandbox's key (load_runs)
 
