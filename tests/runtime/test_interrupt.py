@@ -176,3 +176,29 @@ def test_tmebox_run_times_out_a_program_waiting_for_stdin(image):
         os.close(w)
     assert p.returncode == 1 and "longer than 0.5 s" in p.stderr, p.stderr
     assert time.monotonic() - t0 < 10
+
+
+def test_a_flood_of_interrupts_queues_one_signal(image):
+    """interrupt() in a loop: only the first one signals (the flag stays set), so the
+    user's queue of real-time signals is not spent and the thread is not drowned."""
+    with tmebox.Runtime() as rt:
+        sb = rt.spawn(rt.load(image))
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                sb.call("spin")
+            except BaseException as e:  # noqa: BLE001 - what ended the call is the result
+                errors.append(e)
+
+        t = threading.Thread(target=run)
+        t.start()
+        time.sleep(0.05)
+        for _ in range(20000):
+            sb.interrupt()
+        queued = int(next(line.split()[1].split("/")[0]
+                          for line in Path("/proc/self/status").read_text().splitlines()
+                          if line.startswith("SigQ:")))
+        t.join(10)
+        assert not t.is_alive() and isinstance(errors[0], SandboxInterrupted)
+        assert queued <= 50  # the user's whole queue (timers too); 20,000 before the fix

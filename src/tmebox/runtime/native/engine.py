@@ -211,8 +211,7 @@ class NativeEngine:
         ctx = lib.tmebox_ctx_new(base)
         if ctx == ffi.NULL:
             raise MemoryError("cannot allocate a sandbox context")
-        self.ctx = ctx
-        ctx.direct = self.direct
+        self.ctx = ctx  # ctx.direct stays NULL until mark_fd: see there
 
     def enter(self, rip: int, rsp: int, args: tuple[int, ...], return_to: int | None) -> int:
         a = [x & 0xFFFF_FFFF_FFFF_FFFF for x in args] + [0] * (6 - len(args))
@@ -294,7 +293,8 @@ class NativeEngine:
                                 else lib.tmebox_monotonic_ns() + max(1, int(seconds * 1e9)))
 
     def interrupt(self) -> None:
-        lib.tmebox_interrupt(self.ctx)
+        if self.ctx is not None:  # destroyed (or between reset()'s two windows): nothing runs
+            lib.tmebox_interrupt(self.ctx)
 
     def interrupted(self) -> bool:
         return bool(self.ctx.interrupt)
@@ -315,6 +315,12 @@ class NativeEngine:
 
     def mark_fd(self, fd: int, host: int, readable: bool, writable: bool, seekable: bool,
                 whole: bool) -> None:
+        # The C service (clock_gettime too) only for a sandbox whose descriptor table is
+        # watched: one with a memory_limit never is, and tmebox_calls.c knows nothing of
+        # the pages such a sandbox may not touch.
+        if self.ctx is None:
+            return  # destroyed: its descriptors are being closed
+        self.ctx.direct = self.direct
         d = self.direct
         if fd >= d.nfds:
             if host < 0:

@@ -791,13 +791,16 @@ static int run_once(struct tmebox_ctx *c)
         return -ENOMEM;
     /* Current from here on: a timer tick that comes before the jump into the window
        is retried (deadline) or leaves the mask alone (service). */
-    if (ensure_timer(t) != 0)
-        return -errno; /* also for interrupt's retries, which may come to any run */
+    uint64_t deadline = c->deadline_ns;
+    /* The timer serves deadlines and interrupt()'s retries. Without one (timer_create
+       fails when the user's queued-signal limit is spent) a run with a deadline cannot
+       start; one without still can, an interrupt then reaching it only while it runs. */
+    if (ensure_timer(t) != 0 && deadline)
+        return -errno;
     tmebox_tls.cur = c;
     /* tid, then interrupt (a full barrier between): tmebox_interrupt() stores them the
        other way round, so either this sees its flag or it sees our tid and signals. */
     __atomic_store_n(&c->tid, t->tid, __ATOMIC_SEQ_CST);
-    uint64_t deadline = c->deadline_ns;
     if (__atomic_load_n(&c->interrupt, __ATOMIC_SEQ_CST)
         || (deadline && tmebox_monotonic_ns() >= deadline)) {
         c->tid = 0;
@@ -839,7 +842,11 @@ void tmebox_interrupt(struct tmebox_ctx *c)
 {
     /* From any thread. The flag stops every later run at its start; a run under way is
        stopped by a signal to its thread, which the handler checks against the flag. */
-    __atomic_store_n(&c->interrupt, 1, __ATOMIC_SEQ_CST);
+    /* Only the first call signals: the flag stays set, and one queued signal per
+       interrupt() would let a caller in a loop spend the user's signal queue (and the
+       target thread's time) on them. */
+    if (__atomic_exchange_n(&c->interrupt, 1, __ATOMIC_SEQ_CST))
+        return;
     uint32_t tid = __atomic_load_n(&c->tid, __ATOMIC_SEQ_CST);
     if (tid) {
         siginfo_t si;
