@@ -7,6 +7,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from tmebox.errors import TmeboxError
 from tmebox.trusted import abi
@@ -24,6 +25,12 @@ def _cmd_setup(args: argparse.Namespace) -> int:
 def _cmd_cc(args: argparse.Namespace) -> int:
     from tmebox.toolchain import cc
 
+    if args.output and not Path(args.output).parent.is_dir():
+        raise TmeboxError(f"-o {args.output}: directory {Path(args.output).parent} does "
+                          "not exist")
+    if args.compile_only and args.libs:
+        print(f"tmebox cc: warning: {' '.join('-l' + lib for lib in args.libs)}: not used, "
+              "-c does not link", file=sys.stderr)
     out = cc.build(
         sources=[Path(s) for s in args.sources],
         output=Path(args.output) if args.output else None,
@@ -114,7 +121,7 @@ def _env_pair(text: str) -> tuple[str, str]:
 def _split_run_args(args: argparse.Namespace) -> None:
     """tmebox's options may also follow the image (`tmebox run x.box --timeout 1`); what is
     not one of them, and everything after `--`, is the program's."""
-    later = argparse.ArgumentParser(prog="tmebox run", allow_abbrev=False, add_help=False)
+    later = _Parser(prog="tmebox run", allow_abbrev=False, add_help=False)
     _run_options(later, defaults=False)
     found, guest = later.parse_known_args(args.args)
     for name, value in vars(found).items():
@@ -161,9 +168,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad usage is one line naming the command and the problem, not the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (--help lists the options)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tmebox", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="tmebox", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("setup", help="fetch and build the sandbox libc (cached)")
     s.set_defaults(func=_cmd_setup)
@@ -176,7 +190,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-I", dest="include", action="append", default=[], metavar="DIR")
     s.add_argument("-D", dest="define", action="append", default=[], metavar="NAME[=V]")
     s.add_argument("-l", dest="libs", action="append", default=[], metavar="LIB",
-                   help="only -lm (part of the sandbox libc)")
+                   help="a library the sandbox libc holds (m, pthread, rt, dl, util, crypt, "
+                        "resolv, xnet, c); no others yet")
     s.add_argument("-c", dest="compile_only", action="store_true",
                    help="produce instrumented objects, do not link")
     s.add_argument("--cc", default="gcc", help="system C compiler (gcc or clang)")
@@ -224,7 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["run"] and "--" in argv:
         at = argv.index("--")
         argv, program_args = argv[:at], argv[at + 1:]
-    args = _parser().parse_args(argv)
+    args, extra = _parser().parse_known_args(argv)
+    if extra and args.command != "run":  # (run's go to the program)
+        print(f"tmebox {args.command}: unrecognized option(s) {' '.join(extra)} (--help lists "
+              "the options)", file=sys.stderr)
+        return 2
     args.program_args = program_args
     try:
         return args.func(args)

@@ -25,7 +25,7 @@ def run_command(target: Path, argv: Sequence[str], backend: str = "native",
     """`tmebox run`: run IMAGE (or compile FILE.c first) with the terminal's stdio, the
     environment `env` (none of the host's unless it is in there) and the directories
     `dirs` (spawn()'s form)."""
-    target = Path(target)
+    target = source = Path(target)
     argv0 = target.stem if target.suffix == ".c" else target.name
     if target.suffix == ".c":
         target = compile_cached(target)
@@ -33,6 +33,8 @@ def run_command(target: Path, argv: Sequence[str], backend: str = "native",
         raise ImageError(f"{target}: no such image")
     with Runtime(backend=backend, max_sandboxes=1, min_isolation=min_isolation) as rt:
         img = rt.load(target)
+        if "main" not in img.plan.exports:
+            raise ImageError(f"{source}: no main() to run (a misspelt name?)")
         sb = rt.spawn(img, argv=[argv0, *argv], timeout=timeout, env=env or {}, dirs=dirs,
                       memory_limit=memory_limit)
         return sb.run()

@@ -595,6 +595,9 @@ class Sandbox:
                 assert self.exit_status is not None
                 return self.exit_status
             self._check_state("run")
+            if "main" not in self.image.plan.exports:
+                raise SandboxError(f"{self.image.name} has no main() to run (its exported "
+                                   "functions are for call())")
             if self._nested:
                 raise SandboxError(f"{self.image.name}: run() from inside a host function "
                                    "(call() is allowed there)")

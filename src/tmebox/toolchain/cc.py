@@ -71,6 +71,8 @@ def build(sources: list[Path], output: Path | None, isolation: str, opt: str = "
     if not sources:
         raise ToolchainError("no input files")
     for src in sources:
+        if src.is_dir():
+            raise ToolchainError(f"{src}: is a directory")
         if not src.is_file():
             raise ToolchainError(f"{src}: no such file")
         allowed = SOURCE_SUFFIXES if compile_only else SOURCE_SUFFIXES + (".o",)
