@@ -1,8 +1,8 @@
 """Runtime calls serviced in C (runtime/native/tmebox_calls.c) against their specification,
 tmebox.runtime.syscalls: random sequences of read/write/readv/writev/pread64/pwrite64/
-lseek/clock_gettime, with good and bad descriptors, sizes and pointers, run with the C
-service, without it (every call in Python) and on the tme backend; results, the file and
-what reached the host's fd 1 must be the same."""
+lseek/fstat/clock_gettime/getrandom, with good and bad descriptors, sizes and pointers,
+run with the C service, without it (every call in Python) and on the tme backend; results,
+the file and what reached the host's fd 1 must be the same."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ int64_t sc(int64_t nr, int64_t a, int64_t b, int64_t c, int64_t d) {
 int main(void) { return 0; }
 """
 READ, WRITE, LSEEK, PREAD, PWRITE, READV, WRITEV, CLOCK = 0, 1, 8, 17, 18, 19, 20, 228
+FSTAT, GETRANDOM = 5, 318
 OPENAT, DUP2 = 257, 33
 IO_CHUNK = 1 << 20
 
@@ -44,6 +45,8 @@ CALL = st.one_of(
     st.tuples(st.just(LSEEK), FDS, st.sampled_from([0, 5, -1, 1 << 62]),
               st.sampled_from([0, 1, 2, 7])),
     st.tuples(st.just(CLOCK), st.sampled_from([0, 1, 2, 4, 7, 8, 1 << 33]), WHERE),
+    st.tuples(st.just(FSTAT), FDS, WHERE),
+    st.tuples(st.just(GETRANDOM), WHERE, SIZES),
 )
 
 
@@ -109,6 +112,17 @@ def _drive(sb, calls) -> list[object]:
             r = _sc(sb, nr, fd, where[c[2]], c[3], c[4])
         elif nr == LSEEK:
             r = _sc(sb, nr, fd, c[2], c[3], 0)
+        elif nr == FSTAT:
+            r = _sc(sb, nr, fd, where[c[2]], 0, 0)
+            if r == 0:  # times and inode differ from run to run: compare mode and size
+                mode, size = (struct.unpack_from("<I", sb.memory.read(where[c[2]] + 24, 4))[0],
+                              struct.unpack_from("<q", sb.memory.read(where[c[2]] + 48, 8))[0])
+                r = ("stat", mode, size)
+                sb.memory.write(where[c[2]], bytes(144))
+        elif nr == GETRANDOM:
+            r = _sc(sb, nr, where[c[1]], c[2], 0, 0)
+            if r > 0:  # random bytes differ: only how many
+                sb.memory.write(where[c[1]], bytes(r))
         else:
             r = _sc(sb, nr, fd, where[c[2]], 0, 0)
             if r == 0:  # the time itself differs from run to run
@@ -128,6 +142,9 @@ def _drive(sb, calls) -> list[object]:
 @example(calls=[(WRITE, 1, "buf", 4096), (WRITEV, 2, "buf", [("buf", 7), ("code", 9)]),
                 (WRITE, 1, "top", 100), (WRITE, 1 << 32 | 1, "buf", 5)])
 @example(calls=[(CLOCK, 8, "buf"), (CLOCK, 2, "top"), (CLOCK, 0, "null"), (CLOCK, 7, "mid")])
+@example(calls=[(FSTAT, 3, "buf"), (FSTAT, 4, "top"), (FSTAT, 1, "buf"), (FSTAT, 63, "buf"),
+                (GETRANDOM, "mid", IO_CHUNK + 5), (GETRANDOM, "top", 100),
+                (GETRANDOM, "buf", 1 << 63)])
 @example(calls=[(LSEEK, 3, -1, 0), (LSEEK, 0, 0, 0), (WRITE, 4, "buf", 10), (LSEEK, 4, 5, 7)])
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -1,5 +1,6 @@
 /* Runtime calls serviced in C: the common I/O calls on descriptors that are plain host
- * descriptors, and clock_gettime, without going back to Python.
+ * descriptors, fstat on open files, clock_gettime and getrandom, without going back to
+ * Python.
  *
  * tmebox.runtime.syscalls is the specification: the same checks in the same order, the
  * same results (tests/runtime/test_direct_calls.py runs every case both ways). Whatever
@@ -10,6 +11,9 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdint.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -19,8 +23,10 @@
 #define IO_CHUNK (1ull << 20) /* syscalls.IO_CHUNK */
 #define IOV_MAX_ 1024         /* syscalls.IOV_MAX */
 
-enum { SYS_read_ = 0, SYS_write_ = 1, SYS_lseek_ = 8, SYS_pread64_ = 17,
-       SYS_pwrite64_ = 18, SYS_readv_ = 19, SYS_writev_ = 20, SYS_clock_gettime_ = 228 };
+enum { SYS_read_ = 0, SYS_write_ = 1, SYS_fstat_ = 5, SYS_lseek_ = 8, SYS_pread64_ = 17,
+       SYS_pwrite64_ = 18, SYS_readv_ = 19, SYS_writev_ = 20, SYS_clock_gettime_ = 228,
+       SYS_getrandom_ = 318 };
+_Static_assert(sizeof(struct stat) == 144, "x86-64 Linux struct stat (files._STAT)");
 
 /* SandboxMemory.ok: window offsets [read_lo, hi) readable, [write_lo, hi) writable */
 static int mem_ok(const struct tmebox_direct *d, uint64_t addr, uint64_t n, int write)
@@ -174,6 +180,38 @@ static int direct(const struct tmebox_ctx *c, const struct tmebox_direct *d, int
             return 0;
         off_t r = lseek(f->host, (off_t)a1, (int)(int32_t)a2);
         *res = r < 0 ? err() : r;
+        return 1;
+    }
+    case SYS_fstat_: { /* files._fstat, on an open file (a stream's is made up in Python) */
+        struct stat st;
+        if (!(f = fd_of(d, a0)) || !f->seekable)
+            return 0;
+        if (fstat(f->host, &st) != 0) {
+            *res = err();
+            return 1;
+        }
+        if (!mem_ok(d, a1, sizeof st, 1)) {
+            *res = -EFAULT;
+            return 1;
+        }
+        memcpy((void *)(c->base + (uint32_t)a1), &st, sizeof st);
+        *res = 0;
+        return 1;
+    }
+    case SYS_getrandom_: { /* _sys_getrandom: at most IO_CHUNK bytes, flags ignored */
+        uint64_t len = a1 < IO_CHUNK ? a1 : IO_CHUNK;
+        if (!mem_ok(d, a0, len, 1)) {
+            *res = -EFAULT;
+            return 1;
+        }
+        char *at = (char *)(c->base + (uint32_t)a0);
+        for (uint64_t got = 0; got < len;) {
+            ssize_t r = getrandom(at + got, len - got, 0);
+            if (r < 0 && errno != EINTR)
+                return 0; /* let Python say what happened */
+            got += r > 0 ? (uint64_t)r : 0;
+        }
+        *res = (int64_t)len;
         return 1;
     }
     case SYS_clock_gettime_: {
