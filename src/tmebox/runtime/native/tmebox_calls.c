@@ -72,17 +72,16 @@ static int64_t iovecs(const struct tmebox_ctx *c, const struct tmebox_direct *d,
 
 static int64_t err(void) { return errno == EXDEV ? -EACCES : -errno; }
 
-/* Sink.write to a host descriptor: everything, a short write continues */
+/* Sink.write to a host descriptor: everything, a short write continues. A signal (Ctrl-C)
+   that stops a write before its first byte gives the call back to Python (-EINTR: see
+   direct()), whose signal handlers run there; after some bytes, the count. */
 static int64_t write_all(int fd, struct iovec *v, int n)
 {
     int64_t total = 0;
     while (n) {
         ssize_t w = writev(fd, v, n);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
+        if (w < 0)
+            return errno == EINTR && total ? total : -errno;
         total += w;
         while (n && (size_t)w >= v->iov_len) {
             w -= (ssize_t)v->iov_len;
@@ -143,7 +142,7 @@ static int direct(const struct tmebox_ctx *c, const struct tmebox_direct *d, int
         v[0].iov_base = (void *)(c->base + (uint32_t)a1);
         v[0].iov_len = a2 < IO_CHUNK ? a2 : IO_CHUNK;
         *res = rw(c, d, f, write, v, a2 ? 1 : 0);
-        return 1;
+        return *res != -EINTR; /* interrupted before any byte: Python does it again */
     }
     case SYS_writev_:
     case SYS_readv_: {
@@ -153,7 +152,7 @@ static int direct(const struct tmebox_ctx *c, const struct tmebox_direct *d, int
             return 0;
         int64_t e = iovecs(c, d, a1, a2 >> 31 ? UINT64_MAX : a2, !write, v, &n);
         *res = e ? e : rw(c, d, f, write, v, n);
-        return 1;
+        return *res != -EINTR;
     }
     case SYS_pread64_:
     case SYS_pwrite64_: {
