@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from tmebox.errors import TmeboxError
+from tmebox.errors import CompileError, TmeboxError
 from tmebox.trusted import abi
 
 
@@ -247,6 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     args.program_args = program_args
     try:
         return args.func(args)
+    except CompileError as e:
+        if e.output:  # the compiler's own messages, once, then what failed
+            print(e.output, file=sys.stderr)
+            print(f"tmebox {args.command}: {e.what} failed", file=sys.stderr)
+        else:
+            print(f"tmebox {args.command}: {e}", file=sys.stderr)
+        return 1
     except TmeboxError as e:
         print(f"tmebox {args.command}: {e}", file=sys.stderr)
         return 1

@@ -9,14 +9,25 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from tmebox.runtime.backend import FaultKind
 
-__all__ = ["HostError", "ImageError", "IsolationError", "LibcError", "MissingImport",
-           "OutOfSandboxes", "RewriteError", "RuntimeClosed", "SandboxDestroyed", "SandboxError",
-           "SandboxExited", "SandboxFault", "SandboxInterrupted", "SandboxTimeout", "TmeboxError",
-           "ToolchainError", "VerificationError"]
+__all__ = ["CompileError", "HostError", "ImageError", "IsolationError", "LibcError",
+           "MissingImport", "OutOfSandboxes", "RewriteError", "RuntimeClosed",
+           "SandboxDestroyed", "SandboxError", "SandboxExited", "SandboxFault",
+           "SandboxInterrupted", "SandboxTimeout", "TmeboxError", "ToolchainError",
+           "VerificationError"]
 
 
 class ToolchainError(TmeboxError):
     """Compiling, rewriting, assembling or linking a sandbox image failed."""
+
+
+class CompileError(ToolchainError):
+    """A tool the toolchain ran (gcc, as, ld) failed: str() is its first error line and all
+    it printed, `output` the latter alone (which the CLI shows once, as the tool would)."""
+
+    def __init__(self, what: str, first: str, output: str) -> None:
+        super().__init__(f"{what}: {first}\n{output}" if output else f"{what}: {first}")
+        self.what = what
+        self.output = output
 
 
 class RewriteError(ToolchainError):

@@ -61,3 +61,11 @@ def test_libraries_with_c_are_a_warning(tmp_path, capsys, sandbox_libc):
                      str(tmp_path / "a.o")]) == 0
     assert "-lz: not used, -c does not link" in capsys.readouterr().err
     assert Path(tmp_path / "a.o").exists()
+
+
+def test_the_compilers_error_is_shown_once(tmp_path, capsys, sandbox_libc):
+    (tmp_path / "bad.c").write_text("int main(void) { return x; }\n")
+    assert cli.main(["cc", str(tmp_path / "bad.c"), "-o", str(tmp_path / "bad.box")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 1, err
+    assert err.rstrip().endswith("bad.c failed") and "tmebox cc: compiling " in err, err

@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tmebox.errors import RewriteError, ToolchainError
+from tmebox.errors import CompileError, RewriteError, ToolchainError
 from tmebox.toolchain import nopmerge
 from tmebox.toolchain.rewriter import rewrite_assembly
 from tmebox.trusted import abi
@@ -85,7 +85,7 @@ def run(cmd: list[str], what: str, *, stdin: str | None = None,
     if res.returncode != 0:
         detail = res.stderr.strip()
         first = _first_error_line(detail) or f"{cmd[0]} exited with status {res.returncode}"
-        raise ToolchainError(f"{what}: {first}\n{detail}" if detail else f"{what}: {first}")
+        raise CompileError(what, first, detail)
     if show_warnings and res.stderr:
         sys.stderr.write(res.stderr)  # the compiler's warnings, as it prints them
     return res.stdout
