@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -175,14 +176,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (--help lists the options)\n")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="tmebox", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    s = sub.add_parser("setup", help="fetch and build the sandbox libc (cached)")
+def _setup_parser(s: argparse.ArgumentParser) -> None:
     s.set_defaults(func=_cmd_setup)
 
-    s = sub.add_parser("cc", help="compile C or assembly into a verified sandbox image")
+
+def _cc_parser(s: argparse.ArgumentParser) -> None:
     s.add_argument("sources", nargs="+", metavar="FILE.c|FILE.s")
     s.add_argument("-o", dest="output", metavar="OUT")
     s.add_argument("-O", dest="opt", default="2", metavar="LEVEL", help="0, 1, 2, 3 or s")
@@ -197,19 +195,20 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--cc", default="gcc", help="system C compiler (gcc or clang)")
     s.set_defaults(func=_cmd_cc)
 
-    s = sub.add_parser("verify", help="check that an image obeys its isolation rules")
+
+def _verify_parser(s: argparse.ArgumentParser) -> None:
     s.add_argument("images", nargs="+", metavar="IMAGE")
     s.set_defaults(func=_cmd_verify)
 
-    s = sub.add_parser("run", help="run a sandbox image's main() (FILE.c is compiled first)",
-                       description="Options may come before or after the image; arguments "
-                                   "after `--` all go to the program.")
+
+def _run_parser(s: argparse.ArgumentParser) -> None:
     _run_options(s)
     s.add_argument("image", metavar="IMAGE|FILE.c")
     s.add_argument("args", nargs=argparse.REMAINDER, metavar="ARG")
     s.set_defaults(func=_cmd_run)
 
-    s = sub.add_parser("demo", help="many tenants, one Heartbleed-style bug, no leak")
+
+def _demo_parser(s: argparse.ArgumentParser) -> None:
     s.add_argument("--tenants", type=int, default=1000)
     s.add_argument("--requests", type=int, default=10000)
     s.add_argument("--backend", choices=["native", "tme"], default="native")
@@ -218,7 +217,8 @@ def _parser() -> argparse.ArgumentParser:
                         "machine checks)")
     s.set_defaults(func=_cmd_demo)
 
-    s = sub.add_parser("bench", help="evaluation: overhead, switch cost, density, tme, toolchain")
+
+def _bench_parser(s: argparse.ArgumentParser) -> None:
     s.add_argument("--quick", action="store_true", help="smoke run: kernels only, tiny sizes")
     s.add_argument("-o", "--out", metavar="DIR", help="results folder (default ./results/<time>)")
     s.add_argument("--rounds", type=int, metavar="N", help="interleaved rounds (default 11)")
@@ -228,6 +228,30 @@ def _parser() -> argparse.ArgumentParser:
                    help="only these sections")
     s.add_argument("--rebuild", action="store_true", help="ignore cached workload builds")
     s.set_defaults(func=_cmd_bench)
+
+
+# name: (help, what the subcommand's parser holds, its description)
+_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str | None]] = {
+    "setup": ("fetch and build the sandbox libc (cached)", _setup_parser, None),
+    "cc": ("compile C or assembly into a verified sandbox image", _cc_parser, None),
+    "verify": ("check that an image obeys its isolation rules", _verify_parser, None),
+    "run": ("run a sandbox image's main() (FILE.c is compiled first)", _run_parser,
+            "Options may come before or after the image; arguments after `--` all go to the "
+            "program."),
+    "demo": ("many tenants, one Heartbleed-style bug, no leak", _demo_parser, None),
+    "bench": ("evaluation: overhead, switch cost, density, tme, toolchain", _bench_parser,
+              None),
+}
+
+
+def _parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with `only`, just that subcommand's (building all of
+    them costs ~10 ms, a tenth of `tmebox run`'s start-up)."""
+    p = _Parser(prog="tmebox", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (text, build, description) in _COMMANDS.items():
+        if only in (None, name):
+            build(sub.add_parser(name, help=text, description=description))
     return p
 
 
@@ -239,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["run"] and "--" in argv:
         at = argv.index("--")
         argv, program_args = argv[:at], argv[at + 1:]
-    args, extra = _parser().parse_known_args(argv)
+    args, extra = _parser(argv[0] if argv and argv[0] in _COMMANDS else None
+                          ).parse_known_args(argv)
     if extra and args.command != "run":  # (run's go to the program)
         print(f"tmebox {args.command}: unrecognized option(s) {' '.join(extra)} (--help lists "
               "the options)", file=sys.stderr)

@@ -69,3 +69,14 @@ def test_the_compilers_error_is_shown_once(tmp_path, capsys, sandbox_libc):
     err = capsys.readouterr().err
     assert err.count("error: ") == 1, err
     assert err.rstrip().endswith("bad.c failed") and "tmebox cc: compiling " in err, err
+
+
+def test_help_lists_every_subcommand_and_each_parses_alone(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    listed = capsys.readouterr().out
+    for name in cli._COMMANDS:
+        assert name in listed
+        with pytest.raises(SystemExit) as e:
+            cli.main([name, "--help"])
+        assert e.value.code == 0 and f"usage: tmebox {name}" in capsys.readouterr().out
