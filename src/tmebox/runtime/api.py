@@ -68,7 +68,7 @@ from tmebox.runtime.host import (
 )
 from tmebox.runtime.loader import ImagePlan, initial_stack, plan_from_image
 from tmebox.runtime.memory import GuardedMemory, SandboxMemory, SandboxMemoryError
-from tmebox.runtime.snapshot import Snapshot, capture_runs, used_ranges
+from tmebox.runtime.snapshot import Snapshot, capture_runs
 from tmebox.runtime.streams import Sink, Source
 from tmebox.trusted import abi
 from tmebox.trusted.image import Isolation
@@ -548,7 +548,7 @@ class Sandbox:
                                    f"{', '.join(map(str, held))} are open; a snapshot holds no "
                                    "host file, close them first")
             L = self._layout
-            used = used_ranges(L, proc.brk, proc.maps)
+            used = proc.owned()
             origin = self.base + L.code_lo
             runs = capture_runs(self._mem, L, self.base, used)
             return Snapshot(

@@ -310,8 +310,8 @@ Args = tuple[int, int, int, int, int, int]
 Handler = Callable[[Args, SandboxMemory, FileTable], int]
 
 
-def _dirfd(value: int) -> int:
-    # The guest passes an int in a 64-bit register: AT_FDCWD is -100 as a C int.
+def _int(value: int) -> int:
+    # A C int argument in a 64-bit register (a dirfd: AT_FDCWD is -100): low 32 bits, signed.
     value &= 0xFFFF_FFFF
     return value - (1 << 32) if value >> 31 else value
 
@@ -319,7 +319,7 @@ def _dirfd(value: int) -> int:
 def _at(files: FileTable, mem: SandboxMemory, dirfd: int, addr: int,
         ) -> tuple[int, bytes, bool] | int:
     path = read_path(mem, addr)
-    return path if isinstance(path, int) else files.locate(_dirfd(dirfd), path)
+    return path if isinstance(path, int) else files.locate(_int(dirfd), path)
 
 
 def _parent(files: FileTable, mem: SandboxMemory, dirfd: int, addr: int,
@@ -457,7 +457,7 @@ def _fstatat(files: FileTable, mem: SandboxMemory, dirfd: int, addr: int, buf: i
     if flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH | 0x800):  # 0x800: AT_NO_AUTOMOUNT
         return -errno.EINVAL
     if flags & AT_EMPTY_PATH and read_path(mem, addr) == b"":
-        return _fstat(files, mem, _dirfd(dirfd), buf)
+        return _fstat(files, mem, _int(dirfd), buf)
     if flags & AT_SYMLINK_NOFOLLOW:
         def lstat(name: bytes, pfd: int) -> int:
             return _store(mem, buf, _pack_stat(os.stat(name, dir_fd=pfd, follow_symlinks=False)))
@@ -732,17 +732,13 @@ def _ioctl(files: FileTable, fd: int, request: int) -> int:
     return -errno.ENOTTY if request == TIOCGWINSZ else -errno.EINVAL
 
 
-def _s(v: int) -> int:
-    return _dirfd(v)  # an int argument: its low 32 bits, signed
-
-
 HANDLERS: dict[int, Handler] = {
     2: lambda a, m, f: _open(f, m, AT_FDCWD, a[0], a[1], a[2]),  # open
     257: lambda a, m, f: _open(f, m, a[0], a[1], a[2], a[3]),  # openat
     85: lambda a, m, f: _open(f, m, AT_FDCWD, a[0], O_CREAT | O_WRONLY | O_TRUNC, a[1]),  # creat
-    3: lambda a, m, f: f.close(_s(a[0])),  # close
+    3: lambda a, m, f: f.close(_int(a[0])),  # close
     4: lambda a, m, f: _fstatat(f, m, AT_FDCWD, a[0], a[1], 0),  # stat
-    5: lambda a, m, f: _fstat(f, m, _s(a[0]), a[1]),  # fstat
+    5: lambda a, m, f: _fstat(f, m, _int(a[0]), a[1]),  # fstat
     6: lambda a, m, f: _fstatat(f, m, AT_FDCWD, a[0], a[1], AT_SYMLINK_NOFOLLOW),  # lstat
     262: lambda a, m, f: _fstatat(f, m, a[0], a[1], a[2], a[3] & 0xFFFF_FFFF),  # newfstatat
     21: lambda a, m, f: _access(f, m, AT_FDCWD, a[0], a[1], 0),  # access
@@ -758,20 +754,20 @@ HANDLERS: dict[int, Handler] = {
     316: lambda a, m, f: _rename(f, m, a[0], a[1], a[2], a[3], a[4]),  # renameat2
     89: lambda a, m, f: _readlink(f, m, AT_FDCWD, a[0], a[1], a[2]),  # readlink
     267: lambda a, m, f: _readlink(f, m, a[0], a[1], a[2], a[3]),  # readlinkat
-    217: lambda a, m, f: _getdents64(f, m, _s(a[0]), a[1], a[2]),  # getdents64
+    217: lambda a, m, f: _getdents64(f, m, _int(a[0]), a[1], a[2]),  # getdents64
     79: lambda a, m, f: _getcwd(f, m, a[0], a[1]),  # getcwd
     80: lambda a, m, f: _chdir(f, m, a[0]),  # chdir
-    32: lambda a, m, f: _dup(f, _s(a[0]), None),  # dup
-    33: lambda a, m, f: _dup(f, _s(a[0]), _s(a[1])),  # dup2
-    292: lambda a, m, f: (-errno.EINVAL if _s(a[0]) == _s(a[1]) or a[2] & ~O_CLOEXEC
-                          else _dup(f, _s(a[0]), _s(a[1]), cloexec=bool(a[2]))),  # dup3
-    72: lambda a, m, f: _fcntl(f, m, _s(a[0]), _s(a[1]), a[2]),  # fcntl
-    8: lambda a, m, f: _lseek(f, _s(a[0]), a[1], _s(a[2])),  # lseek
-    17: lambda a, m, f: _pio(f, m, _s(a[0]), a[1], a[2], a[3], False),  # pread64
-    18: lambda a, m, f: _pio(f, m, _s(a[0]), a[1], a[2], a[3], True),  # pwrite64
+    32: lambda a, m, f: _dup(f, _int(a[0]), None),  # dup
+    33: lambda a, m, f: _dup(f, _int(a[0]), _int(a[1])),  # dup2
+    292: lambda a, m, f: (-errno.EINVAL if _int(a[0]) == _int(a[1]) or a[2] & ~O_CLOEXEC
+                          else _dup(f, _int(a[0]), _int(a[1]), cloexec=bool(a[2]))),  # dup3
+    72: lambda a, m, f: _fcntl(f, m, _int(a[0]), _int(a[1]), a[2]),  # fcntl
+    8: lambda a, m, f: _lseek(f, _int(a[0]), a[1], _int(a[2])),  # lseek
+    17: lambda a, m, f: _pio(f, m, _int(a[0]), a[1], a[2], a[3], False),  # pread64
+    18: lambda a, m, f: _pio(f, m, _int(a[0]), a[1], a[2], a[3], True),  # pwrite64
     77: lambda a, m, f: (-errno.EINVAL if a[1] >> 63
-                         else _on_file(f, _s(a[0]), lambda fd: os.ftruncate(fd, a[1]))),
-    74: lambda a, m, f: _on_file(f, _s(a[0]), os.fsync),  # fsync
-    75: lambda a, m, f: _on_file(f, _s(a[0]), os.fdatasync),  # fdatasync
-    16: lambda a, m, f: _ioctl(f, _s(a[0]), a[1] & 0xFFFF_FFFF),  # ioctl
+                         else _on_file(f, _int(a[0]), lambda fd: os.ftruncate(fd, a[1]))),
+    74: lambda a, m, f: _on_file(f, _int(a[0]), os.fsync),  # fsync
+    75: lambda a, m, f: _on_file(f, _int(a[0]), os.fdatasync),  # fdatasync
+    16: lambda a, m, f: _ioctl(f, _int(a[0]), a[1] & 0xFFFF_FFFF),  # ioctl
 }

@@ -21,13 +21,13 @@ from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tmebox.runtime.layout import PAGE, WindowLayout, page_up
+from tmebox.runtime.layout import PAGE, WindowLayout
 from tmebox.runtime.memory import SandboxMemory
 
 if TYPE_CHECKING:
     from tmebox.runtime.api import LoadedImage
 
-__all__ = ["Run", "Snapshot", "capture_runs", "find_pointers", "used_ranges"]
+__all__ = ["Run", "Snapshot", "capture_runs", "find_pointers"]
 
 _ZERO = bytes(PAGE)
 
@@ -79,12 +79,6 @@ def find_pointers(data: bytes, start: int, lo: int, hi: int) -> array:
         else:
             i = data.find(hi_word, i + 1)
     return out
-
-
-def used_ranges(layout: WindowLayout, brk: int,
-                maps: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Window offsets [start, end) of a sandbox's RW memory that may hold something."""
-    return [(layout.rw_lo, page_up(brk)), *maps]
 
 
 def capture_runs(mem: SandboxMemory, layout: WindowLayout, base: int,

@@ -111,13 +111,18 @@ class ProcessState:
         if self._mem is not None:
             self._mem.protect(lo, hi, accessible)
 
+    def owned(self) -> list[tuple[int, int]]:
+        """Window offsets [start, end) of the RW memory that is the sandbox's: the stack,
+        data and heap up to the break's page, and every mapping."""
+        return [(self.layout.rw_lo, page_up(self.brk)), *self.maps]
+
     def release(self, mem: SandboxMemory, lo: int, hi: int) -> None:
         """Give pages [lo, hi) back: they read as zeros. With a memory_limit only the parts
         that are the sandbox's are touched; the others are inaccessible and zero already."""
         if self._mem is None:
             mem.release(lo, hi - lo)
             return
-        for s, e in [(self.layout.rw_lo, page_up(self.brk)), *self.maps]:
+        for s, e in self.owned():
             if max(lo, s) < min(hi, e):
                 mem.release(max(lo, s), min(hi, e) - max(lo, s))
 

@@ -59,11 +59,13 @@ long odd_controls(long nr, long or_out) {
     return ((long)mx2 << 32) | ((long)cw2 << 16) | (sw & 0xff);
 }
 
-/* The stack moved into an mmap area, which a raw munmap then takes away under it. */
-long stack_in_unmapped(long size) {
+/* The stack moved into an mmap area, then a raw runtime call made on it: munmap(p, size)
+   (takes the stack away under itself) or, with unmap 0, clock_gettime(0, p) (serviced
+   in C, writing into the moved stack's area). */
+long syscall_on_mmap_stack(long size, long unmap) {
     char *p = mmap(0, (size_t)size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return -1;
-    long r;
+    long r, a0 = unmap ? (long)p : 0, a1 = unmap ? size : (long)p;
     __asm__ volatile(
         "movq %%rsp, %%r12\n\t"
         "movq %1, %%rsp\n\t"
@@ -71,22 +73,8 @@ long stack_in_unmapped(long size) {
         "movq %3, %%rsi\n\t"
         "syscall\n\t"
         "movq %%r12, %%rsp\n\t"
-        : "=a"(r) : "r"(p + size - 64), "r"(p), "r"(size), "a"(11L) : "rcx", "r11", "r12", "rdi", "rsi", "memory");
-    return r;
-}
-/* The same with clock_gettime (serviced in C) writing into the moved stack */
-long stack_in_mmap_clock(long size) {
-    char *p = mmap(0, (size_t)size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return -1;
-    long r;
-    __asm__ volatile(
-        "movq %%rsp, %%r12\n\t"
-        "movq %1, %%rsp\n\t"
-        "xorl %%edi, %%edi\n\t"
-        "movq %2, %%rsi\n\t"
-        "syscall\n\t"
-        "movq %%r12, %%rsp\n\t"
-        : "=a"(r) : "r"(p + size - 64), "r"(p), "r"(size), "a"(228L) : "rcx", "r11", "r12", "rdi", "rsi", "memory");
+        : "=a"(r) : "r"(p + size - 64), "r"(a0), "r"(a1), "a"(unmap ? 11L : 228L)
+        : "rcx", "r11", "r12", "rdi", "rsi", "memory");
     return r;
 }
 int main(void) { return 0; }

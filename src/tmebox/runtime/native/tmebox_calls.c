@@ -96,17 +96,26 @@ static int64_t write_all(int fd, struct iovec *v, int n)
     return total;
 }
 
-static int64_t rw(const struct tmebox_ctx *c, const struct tmebox_direct *d,
-                  const struct tmebox_fd *f, int write, struct iovec *v, int n)
+static int64_t rw(const struct tmebox_fd *f, int write, struct iovec *v, int n)
 {
     if (!n)
         return 0;
     if (write && f->whole)
         return write_all(f->host, v, n);
     ssize_t r = write ? writev(f->host, v, n) : readv(f->host, v, n);
-    (void)c;
-    (void)d;
     return r < 0 ? err() : r;
+}
+
+/* The descriptor a read or write goes to in C, or NULL (Python's call). A call that holds
+   the GIL (preemptible) must not wait in a write to a pipe or a terminal: those streams
+   go back to Python, which lets the GIL go while it waits. */
+static const struct tmebox_fd *io_fd(const struct tmebox_ctx *c,
+                                     const struct tmebox_direct *d, uint64_t fd, int write)
+{
+    const struct tmebox_fd *f = fd_of(d, fd);
+    if (!f || !(write ? f->writable : f->readable) || (f->whole && c->preemptible))
+        return NULL;
+    return f;
 }
 
 static const clockid_t clocks[8] = {CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_THREAD_CPUTIME_ID,
@@ -116,9 +125,6 @@ static const clockid_t clocks[8] = {CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_THREA
 /* The pending runtime call, if this file services it: 1 and its result, else 0. */
 static int direct(const struct tmebox_ctx *c, const struct tmebox_direct *d, int64_t *res)
 {
-    /* A call that holds the GIL (preemptible) must not wait in a write to a pipe or a
-       terminal: those streams go back to Python, which lets the GIL go while it waits. */
-    int may_block = !c->preemptible;
     uint64_t nr = c->gpr[TMEBOX_RAX], a0 = c->gpr[TMEBOX_RDI], a1 = c->gpr[TMEBOX_RSI];
     uint64_t a2 = c->gpr[TMEBOX_RDX], a3 = c->gpr[TMEBOX_R10];
     struct iovec v[IOV_MAX_];
@@ -128,8 +134,7 @@ static int direct(const struct tmebox_ctx *c, const struct tmebox_direct *d, int
     case SYS_write_:
     case SYS_read_: {
         int write = nr == SYS_write_;
-        if (!(f = fd_of(d, a0)) || !(write ? f->writable : f->readable)
-            || (f->whole && !may_block))
+        if (!(f = io_fd(c, d, a0, write)))
             return 0;
         if (a2 >> 63) {
             *res = -EINVAL;
@@ -141,17 +146,16 @@ static int direct(const struct tmebox_ctx *c, const struct tmebox_direct *d, int
         }
         v[0].iov_base = (void *)(c->base + (uint32_t)a1);
         v[0].iov_len = a2 < IO_CHUNK ? a2 : IO_CHUNK;
-        *res = rw(c, d, f, write, v, a2 ? 1 : 0);
+        *res = rw(f, write, v, a2 ? 1 : 0);
         return *res != -EINTR; /* interrupted before any byte: Python does it again */
     }
     case SYS_writev_:
     case SYS_readv_: {
         int write = nr == SYS_writev_;
-        if (!(f = fd_of(d, a0)) || !(write ? f->writable : f->readable)
-            || (f->whole && !may_block))
+        if (!(f = io_fd(c, d, a0, write)))
             return 0;
         int64_t e = iovecs(c, d, a1, a2 >> 31 ? UINT64_MAX : a2, !write, v, &n);
-        *res = e ? e : rw(c, d, f, write, v, n);
+        *res = e ? e : rw(f, write, v, n);
         return *res != -EINTR;
     }
     case SYS_pread64_:
