@@ -23,29 +23,18 @@ def _cmd_setup(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_cc(args: argparse.Namespace) -> int:
-    from tmebox.toolchain import cc
+def _cmd_cc(argv: list[str]) -> int:
+    from tmebox.toolchain import driver
 
-    if args.output and not Path(args.output).parent.is_dir():
-        raise TmeboxError(f"-o {args.output}: directory {Path(args.output).parent} does "
-                          "not exist")
-    if args.compile_only and args.libs:
-        print(f"tmebox cc: warning: {' '.join('-l' + lib for lib in args.libs)}: not used, "
-              "-c does not link", file=sys.stderr)
-    out = cc.build(
-        sources=[Path(s) for s in args.sources],
-        output=Path(args.output) if args.output else None,
-        isolation=args.isolation,
-        opt=args.opt,
-        include_dirs=[Path(d) for d in args.include],
-        defines=args.define,
-        compile_only=args.compile_only,
-        compiler=args.cc,
-        libs=args.libs,
-    )
-    for path in out:
-        print(path)
-    return 0
+    return driver.main(argv)
+
+
+def _cmd_exec(argv: list[str]) -> int:
+    from tmebox import programs
+
+    if not argv:
+        raise TmeboxError("give an image (and the program's arguments)")
+    return programs.exec_command(Path(argv[0]), argv)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -180,22 +169,6 @@ def _setup_parser(s: argparse.ArgumentParser) -> None:
     s.set_defaults(func=_cmd_setup)
 
 
-def _cc_parser(s: argparse.ArgumentParser) -> None:
-    s.add_argument("sources", nargs="+", metavar="FILE.c|FILE.s")
-    s.add_argument("-o", dest="output", metavar="OUT")
-    s.add_argument("-O", dest="opt", default="2", metavar="LEVEL", help="0, 1, 2, 3 or s")
-    s.add_argument("--isolation", choices=abi.ISOLATION_MODES, default=abi.DEFAULT_ISOLATION)
-    s.add_argument("-I", dest="include", action="append", default=[], metavar="DIR")
-    s.add_argument("-D", dest="define", action="append", default=[], metavar="NAME[=V]")
-    s.add_argument("-l", dest="libs", action="append", default=[], metavar="LIB",
-                   help="a library the sandbox libc holds (m, pthread, rt, dl, util, crypt, "
-                        "resolv, xnet, c); no others yet")
-    s.add_argument("-c", dest="compile_only", action="store_true",
-                   help="produce instrumented objects, do not link")
-    s.add_argument("--cc", default="gcc", help="system C compiler (gcc or clang)")
-    s.set_defaults(func=_cmd_cc)
-
-
 def _verify_parser(s: argparse.ArgumentParser) -> None:
     s.add_argument("images", nargs="+", metavar="IMAGE")
     s.set_defaults(func=_cmd_verify)
@@ -233,7 +206,6 @@ def _bench_parser(s: argparse.ArgumentParser) -> None:
 # name: (help, what the subcommand's parser holds, its description)
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str | None]] = {
     "setup": ("fetch and build the sandbox libc (cached)", _setup_parser, None),
-    "cc": ("compile C or assembly into a verified sandbox image", _cc_parser, None),
     "verify": ("check that an image obeys its isolation rules", _verify_parser, None),
     "run": ("run a sandbox image's main() (FILE.c is compiled first)", _run_parser,
             "Options may come before or after the image; arguments after `--` all go to the "
@@ -241,6 +213,15 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str |
     "demo": ("many tenants, one Heartbleed-style bug, no leak", _demo_parser, None),
     "bench": ("evaluation: overhead, switch cost, density, tme, toolchain", _bench_parser,
               None),
+}
+
+
+# Commands whose command line is not argparse's: gcc's, and a program's own.
+_RAW_COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
+    "cc": ("compile C or assembly into a verified sandbox image (gcc's options; "
+           "tmebox cc --help)", _cmd_cc),
+    "exec": ("run an image as a program, every argument after it its own (what the #! line "
+             "of a `tmebox cc` program calls)", _cmd_exec),
 }
 
 
@@ -252,11 +233,16 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, (text, build, description) in _COMMANDS.items():
         if only in (None, name):
             build(sub.add_parser(name, help=text, description=description))
+    if only is None:
+        for name, (text, _) in _RAW_COMMANDS.items():
+            sub.add_parser(name, help=text, add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] and argv[0] in _RAW_COMMANDS:
+        return _reporting(argv[0], lambda: _RAW_COMMANDS[argv[0]][1](argv[1:]))
     # `tmebox run ... -- ARGS`: ARGS are the program's, whatever they look like (split off
     # here: argparse would drop the `--` and then take them for tmebox's own options).
     program_args: list[str] = []
@@ -270,20 +256,25 @@ def main(argv: list[str] | None = None) -> int:
               "the options)", file=sys.stderr)
         return 2
     args.program_args = program_args
+    return _reporting(args.command, lambda: args.func(args))
+
+
+def _reporting(command: str, work: Callable[[], int]) -> int:
+    """work's exit status; a tmebox error is one line on stderr and status 1."""
     try:
-        return args.func(args)
+        return work()
     except CompileError as e:
         if e.output:  # the compiler's own messages, once, then what failed
             print(e.output, file=sys.stderr)
-            print(f"tmebox {args.command}: {e.what} failed", file=sys.stderr)
+            print(f"tmebox {command}: {e.what} failed", file=sys.stderr)
         else:
-            print(f"tmebox {args.command}: {e}", file=sys.stderr)
+            print(f"tmebox {command}: {e}", file=sys.stderr)
         return 1
     except TmeboxError as e:
-        print(f"tmebox {args.command}: {e}", file=sys.stderr)
+        print(f"tmebox {command}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"tmebox {args.command}: interrupted", file=sys.stderr)
+        print(f"tmebox {command}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -14,19 +14,21 @@ from tmebox.runtime.api import Runtime
 from tmebox.trusted import abi, cache
 from tmebox.trusted.image import Isolation
 
-__all__ = ["compile_cached", "run_command"]
+__all__ = ["compile_cached", "exec_command", "run_command"]
 
 
 def run_command(target: Path, argv: Sequence[str], backend: str = "native",
                 timeout: float | None = None,
                 min_isolation: Isolation | str = Isolation.CODE_DATA,
                 env: Mapping[str, str] | None = None, dirs: Mapping[str, Any] | None = None,
-                memory_limit: int | None = None) -> int:
+                memory_limit: int | None = None, argv0: str | None = None,
+                cwd: str = "/") -> int:
     """`tmebox run`: run IMAGE (or compile FILE.c first) with the terminal's stdio, the
     environment `env` (none of the host's unless it is in there) and the directories
     `dirs` (spawn()'s form)."""
     target = source = Path(target)
-    argv0 = target.stem if target.suffix == ".c" else target.name
+    if argv0 is None:
+        argv0 = target.stem if target.suffix == ".c" else target.name
     if target.suffix == ".c":
         target = compile_cached(target)
     elif not target.exists():
@@ -36,8 +38,24 @@ def run_command(target: Path, argv: Sequence[str], backend: str = "native",
         if "main" not in img.plan.exports:
             raise ImageError(f"{source}: no main() to run (a misspelt name?)")
         sb = rt.spawn(img, argv=[argv0, *argv], timeout=timeout, env=env or {}, dirs=dirs,
-                      memory_limit=memory_limit)
+                      memory_limit=memory_limit, cwd=cwd)
         return sb.run()
+
+
+def exec_command(target: Path, argv: Sequence[str]) -> int:
+    """`tmebox exec IMAGE ARGS`, what the `#!` line of a `tmebox cc` program runs: the image
+    as the program it replaces would run - argv exactly as given (argv[0] is the image's
+    path), the host's environment, the host's files read-only at their own paths and the
+    current directory and $TMPDIR (or /tmp) read-write, the current directory as the
+    working directory. Any isolation mode is taken: executing the file already trusts its
+    `#!` line, which could name any interpreter."""
+    here = os.getcwd()
+    dirs: dict[str, Any] = {"/": "/"}
+    for d in (os.environ.get("TMPDIR") or "/tmp", here):
+        if os.path.isabs(d) and os.path.isdir(d):
+            dirs[os.path.normpath(d)] = (d, "rw")
+    return run_command(target, list(argv[1:]), min_isolation=Isolation.DATA,
+                       env=os.environ, dirs=dirs, argv0=str(argv[0]), cwd=here)
 
 
 def compile_cached(source: Path, isolation: str = abi.DEFAULT_ISOLATION) -> Path:

@@ -10,7 +10,8 @@ import tmebox.toolchain
 
 TOOLCHAIN = Path(tmebox.toolchain.__file__).parent
 # The pipeline, bottom up; modules not named here are leaves (0) that import no toolchain module.
-LAYERS = {"asm_syntax": 0, "nopmerge": 0, "rewriter": 1, "unit": 2, "libc": 3, "link": 4, "cc": 5}
+LAYERS = {"asm_syntax": 0, "nopmerge": 0, "rewriter": 1, "unit": 2, "libc": 3, "link": 4, "cc": 5,
+          "driver": 6}
 
 
 def _tmebox_imports(path: Path) -> tuple[set[str], list[int]]:

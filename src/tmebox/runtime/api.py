@@ -307,7 +307,8 @@ class Runtime:
               envp: Sequence[str | bytes] = (), stdin: Any = None, stdout: Any = None,
               stderr: Any = None, timeout: float | None = None,
               env: Mapping[str, str] | None = None, dirs: Mapping[str, Any] | None = None,
-              memory_limit: int | None = None, fd_limit: int = DEFAULT_FD_LIMIT) -> Sandbox:
+              memory_limit: int | None = None, fd_limit: int = DEFAULT_FD_LIMIT,
+              cwd: str = "/") -> Sandbox:
         """A new sandbox of image with libc initialised (`_start` ran up to the park), or
         one in the state of a snapshot (Sandbox.snapshot(); no argv or environment then).
 
@@ -315,7 +316,8 @@ class Runtime:
         the host's unless given (`env=os.environ` passes it all). It reaches no file but
         beneath `dirs` ({"/guest": "/host"} read-only, {"/guest": ("/host", "rw")}), holds
         at most fd_limit descriptors and maps at most memory_limit bytes of heap and mmap
-        (None: as much as its window holds) - docs/runtime.md "Files" and "Limits".
+        (None: as much as its window holds) - docs/runtime.md "Files" and "Limits". Its
+        working directory is cwd, a guest path beneath one of dirs (or "/").
         """
         snap = image if isinstance(image, Snapshot) else None
         loaded = image.image if isinstance(image, Snapshot) else image
@@ -350,7 +352,7 @@ class Runtime:
             self._sandboxes.add(sb)
         try:
             sb._begin(FileTable.open(Source(stdin), Sink(stdout, 1), Sink(stderr, 2), specs,
-                                     fd_limit))
+                                     fd_limit, cwd))
         except BaseException:
             sb.destroy()
             raise

@@ -110,7 +110,7 @@ class FileTable:
     preopens: list[_Preopen] = field(default_factory=list)
     limit: int = DEFAULT_FD_LIMIT
     cwd: tuple[bytes, ...] = ()
-    opened_from: tuple[tuple[Source, Sink, Sink], list[DirSpec]] | None = None
+    opened_from: tuple[tuple[Source, Sink, Sink], list[DirSpec], str] | None = None
     # Told of every change of an fd (its new entry, None once closed): the native backend
     # services some calls on plain host descriptors itself (tmebox_calls.c).
     watch: Callable[[int, Entry | None], None] | None = None
@@ -127,13 +127,20 @@ class FileTable:
 
     @classmethod
     def open(cls, stdin: Source, stdout: Sink, stderr: Sink, dirs: list[DirSpec] = [],  # noqa: B006
-             limit: int = DEFAULT_FD_LIMIT) -> FileTable:
+             limit: int = DEFAULT_FD_LIMIT, cwd: str = "/") -> FileTable:
         """The table a sandbox starts with; a host directory that cannot be opened raises
-        TmeboxError naming it (and nothing stays open)."""
+        TmeboxError naming it (and nothing stays open). cwd, the guest's working directory,
+        must be "/" or lie beneath one of dirs' guest paths."""
         if not 3 <= limit <= 1 << 16:
             raise TmeboxError(f"fd_limit must be between 3 and 65536, not {limit}")
-        table = cls({0: stdin, 1: stdout, 2: stderr}, limit=limit,
-                    opened_from=((stdin, stdout, stderr), dirs))
+        absolute = isinstance(cwd, str) and cwd.startswith("/")
+        parts = _components(cwd.encode()) if absolute else (b"..",)
+        beneath = any(parts[:len(g)] == g for g in (_components(d.guest.encode()) for d in dirs))
+        if b".." in parts or parts and not beneath:
+            raise TmeboxError(f"cwd {cwd!r}: must be an absolute guest path beneath one of "
+                              "dirs, without '..'")
+        table = cls({0: stdin, 1: stdout, 2: stderr}, limit=limit, cwd=parts,
+                    opened_from=((stdin, stdout, stderr), dirs, cwd))
         try:
             for d in dirs:
                 try:
@@ -150,8 +157,8 @@ class FileTable:
     def reopen(self) -> FileTable:
         """The table this one started as: the same streams, the preopens opened anew."""
         assert self.opened_from is not None
-        (stdin, stdout, stderr), dirs = self.opened_from
-        return FileTable.open(stdin, stdout, stderr, dirs, self.limit)
+        (stdin, stdout, stderr), dirs, cwd = self.opened_from
+        return FileTable.open(stdin, stdout, stderr, dirs, self.limit, cwd)
 
     def close_all(self) -> None:
         for fd, entry in self.entries.items():
@@ -217,9 +224,14 @@ class FileTable:
         """The preopen a guest path (relative: to the working directory) is beneath, by
         its longest guest path, and the rest of the path ("." for itself)."""
         parts = (() if path.startswith(b"/") else self.cwd) + _components(path)
-        best = max((p for p in self.preopens if parts[:len(p.parts)] == p.parts),
-                   key=lambda p: len(p.parts), default=None)
-        return None if best is None else (best, b"/".join(parts[len(best.parts):]) or b".")
+        # Of the preopens the path is beneath, the deepest whose directory its ".."s do not
+        # climb out of ("/" and "/a/b" preopened: "/a/b/../c" is "/"'s). Whichever is
+        # picked, the kernel keeps the path beneath it.
+        for pre in sorted(self.preopens, key=lambda p: -len(p.parts)):
+            rest = parts[len(pre.parts):]
+            if parts[:len(pre.parts)] == pre.parts and _stays_beneath(rest):
+                return pre, b"/".join(rest) or b"."
+        return None
 
 
 def _host_path(fd: int) -> bytes:
@@ -235,6 +247,15 @@ def direct_marks(entry: Entry | None) -> tuple[int, bool, bool, bool, bool]:
     if isinstance(entry, Sink) and entry.target is None:
         return entry.host_fd, False, True, False, True
     return -1, False, False, False, False
+
+
+def _stays_beneath(parts: tuple[bytes, ...]) -> bool:
+    depth = 0
+    for p in parts:
+        depth += -1 if p == b".." else 1
+        if depth < 0:
+            return False
+    return True
 
 
 def _components(path: bytes) -> tuple[bytes, ...]:

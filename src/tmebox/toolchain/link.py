@@ -239,6 +239,15 @@ def check_image(path: Path, *, isolation: str, export_names: list[str],
     }
 
 
+def launcher_line(command: str) -> bytes:
+    """`#!COMMAND` and a newline; the kernel reads at most abi.LAUNCHER_MAX bytes of it."""
+    line = f"#!{command}\n".encode()
+    if len(line) > abi.LAUNCHER_MAX or "\n" in command:
+        raise ToolchainError(f"launcher {command!r}: a #! line is one line of at most "
+                             f"{abi.LAUNCHER_MAX} bytes")
+    return line
+
+
 def verify(path: Path, shown_as: Path) -> None:
     """Run the verifier on a finished image; a rejected image is never renamed into place."""
     try:
@@ -250,8 +259,16 @@ def verify(path: Path, shown_as: Path) -> None:
 
 
 def link_image(objects: list[Path], output: Path, *, isolation: str, libs: list[str] | None = None,
-               stack_size: int = abi.DEFAULT_STACK_SIZE, run_verifier: bool = True) -> dict:
-    """Link instrumented objects into the sandbox image output; returns its .tmebox_info."""
+               archives: list[Path] | None = None, ld_flags: list[str] | None = None,
+               stack_size: int = abi.DEFAULT_STACK_SIZE, run_verifier: bool = True,
+               launcher: str | None = None) -> dict:
+    """Link instrumented objects (and archives of them) into the sandbox image output;
+    returns its .tmebox_info.
+
+    The exports are the global functions of objects (not of archive members). ld_flags
+    come before tmebox's own, which win where they disagree. launcher: a `#!` line
+    written before the image, so that the file runs as a program (trusted.image skips it).
+    """
     if isolation not in abi.ISOLATION_MODES:
         raise ToolchainError(f"unsupported isolation {isolation!r}")
     for lib in libs or []:
@@ -274,14 +291,16 @@ def link_image(objects: list[Path], output: Path, *, isolation: str, libs: list[
         assemble(glue_asm(scan.import_table()), glue_obj, isolation=isolation,
                  source="<tmebox glue>")
         linked = tmpdir / "image.elf"
+        keep = [f"--undefined={name}" for name in scan.exports]  # even with --gc-sections
         run([
-            "ld", "-static", "-pie", "--no-dynamic-linker", "-z", "text", "-z", "noexecstack",
+            "ld", *(ld_flags or []), *keep, "-static", "-pie", "--no-dynamic-linker", "-z", "text", "-z", "noexecstack",
             "-z", "norelro", "-z", "max-page-size=4096", "-z", "common-page-size=4096",
             "--hash-style=gnu", "--no-undefined", "--strip-debug", "-nostdlib",
             "-T", str(script),
             "-o", str(linked), str(rt_obj), str(prefix / "lib" / libc.CRT_OBJECT),
             str(glue_obj), *[str(o) for o in objects],
-            "--start-group", str(prefix / "lib" / "libc.a"), "--end-group",
+            "--start-group", *[str(a) for a in archives or []], str(prefix / "lib" / "libc.a"),
+            "--end-group",
         ], f"linking {output}")
         info = check_image(linked, isolation=isolation,
                            export_names=[*scan.exports, abi.CALL_THUNK_SYMBOL],
@@ -294,6 +313,8 @@ def link_image(objects: list[Path], output: Path, *, isolation: str, libs: list[
               str(linked), str(final)], f"adding {abi.INFO_SECTION} to {output}")
         if run_verifier:
             verify(final, output)
+        if launcher is not None:
+            final.write_bytes(launcher_line(launcher) + final.read_bytes())
         final.chmod(0o755)
         os.replace(final, output)
     return info

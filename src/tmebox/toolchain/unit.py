@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
+from enum import StrEnum
 import re
 import shutil
 import subprocess
@@ -24,13 +26,27 @@ from tmebox.toolchain.rewriter import rewrite_assembly
 from tmebox.trusted import abi
 from tmebox.trusted.image import Isolation
 
-__all__ = ["NATIVE", "Compiler", "assemble", "calls_end_bundles", "compile_unit",
-           "find_compiler", "run", "sandbox_cflags"]
+__all__ = ["NATIVE", "Compiler", "Lang", "assemble", "calls_end_bundles", "compile_unit",
+           "find_compiler", "language_of", "run", "sandbox_cflags"]
+
+
+class Lang(StrEnum):
+    """What a source is, by gcc's `-x` names."""
+
+    C = "c"
+    ASM = "assembler"
+    ASM_CPP = "assembler-with-cpp"
+
 
 C_SUFFIXES = (".c",)
-ASM_SUFFIXES = (".s",)
-CPP_ASM_SUFFIXES = (".S",)
-SOURCE_SUFFIXES = C_SUFFIXES + ASM_SUFFIXES + CPP_ASM_SUFFIXES
+_SUFFIX_LANG = {".c": Lang.C, ".s": Lang.ASM, ".S": Lang.ASM_CPP, ".sx": Lang.ASM_CPP}
+SOURCE_SUFFIXES = tuple(_SUFFIX_LANG)
+
+
+def language_of(path: Path) -> Lang | None:
+    """A source's language by its suffix, as gcc decides it; None: not a source."""
+    return _SUFFIX_LANG.get(path.suffix)
+
 # Native mode: plain musl, no rewriter; used for baselines only.
 NATIVE = "native"
 
@@ -135,54 +151,60 @@ def rewrite(text: str, *, isolation: str, source: str, align_calls: bool = False
         raise
 
 
-def compile_unit(src: Path, obj: Path, *, isolation: str, flags: list[str],
-                 compiler: str = "gcc") -> None:
-    """Compile one .c/.s/.S file into an instrumented object (native mode: not instrumented).
+def compile_unit(src: Path, obj: Path, *, isolation: str, flags: Sequence[str],
+                 compiler: str = "gcc", lang: Lang | None = None,
+                 as_flags: Sequence[str] = ()) -> None:
+    """Compile one source (C, or assembly with or without cpp) into an instrumented object
+    (native mode: not instrumented); lang defaults to what src's suffix says.
 
-    flags are passed to the compiler as they are (-O, -I, -D, -isystem, ...);
-    the isolation mode's own flags are added here.
+    flags are passed to the compiler as they are (-O, -I, -D, -W, -f, -isystem, ...); the
+    isolation mode's own flags come after them, so that none of flags undoes one of those.
     """
     cc = find_compiler(compiler)
-    suffix = src.suffix
-    mode_flags = sandbox_cflags(isolation)
-    if suffix in C_SUFFIXES:
-        asm = run([cc.path, *mode_flags, *flags, "-S", "-o", "-", str(src)], f"compiling {src}",
-                   show_warnings=True)
-    elif suffix in CPP_ASM_SUFFIXES:
-        asm = run([cc.path, *mode_flags, *flags, "-E", "-P", "-o", "-", str(src)],
-                   f"preprocessing {src}", show_warnings=True)
-    elif suffix in ASM_SUFFIXES:
+    lang = lang or language_of(src)
+    if lang is None:
+        raise ToolchainError(f"{src}: unsupported source type (expected .c, .s or .S)")
+    gcc = [cc.path, *flags, *sandbox_cflags(isolation), "-x", lang.value]
+    if lang is Lang.C:
+        asm = run([*gcc, "-S", "-o", "-", str(src)], f"compiling {src}", show_warnings=True)
+    elif lang is Lang.ASM_CPP:
+        asm = run([*gcc, "-E", "-P", "-o", "-", str(src)], f"preprocessing {src}",
+                  show_warnings=True)
+    else:
         try:
             asm = src.read_text()
         except OSError as e:
             raise ToolchainError(f"cannot read {src}: {e.strerror}") from None
-    else:
-        raise ToolchainError(f"{src}: unsupported source type (expected .c, .s or .S)")
-    assemble(asm, obj, isolation=isolation, source=str(src))
+    assemble(asm, obj, isolation=isolation, source=str(src), as_flags=as_flags)
 
 
-def assemble(asm: str, obj: Path, *, isolation: str, source: str) -> None:
+def assemble(asm: str, obj: Path, *, isolation: str, source: str,
+             as_flags: Sequence[str] = ()) -> None:
     """Rewrite assembly text for isolation (native: as it is) and assemble it into obj.
 
     code+data: the assembler pads each call group only as far as its call needs to
     end a bundle (_assemble_aligned_calls); if that does not work out, every call
     group is a whole bundle, which is always correct but costs up to 58 nop bytes a call.
     """
-    if isolation == Isolation.CODE_DATA and _assemble_aligned_calls(asm, obj, source):
+    if isolation == Isolation.CODE_DATA and _assemble_aligned_calls(asm, obj, source,
+                                                                     as_flags):
         pass
     else:
         if isolation != NATIVE:
             asm = rewrite(asm, isolation=isolation, source=source)
-        assemble_text(asm, obj, source)
+        assemble_text(asm, obj, source, as_flags)
     if isolation != NATIVE:
         nopmerge.merge_object(obj)  # bundle padding: one-byte nops -> multi-byte nops
 
 
-def assemble_text(asm: str, obj: Path, source: str) -> None:
+def _as(obj: Path, as_flags: Sequence[str]) -> list[str]:
+    return ["as", *as_flags, "--64", "--noexecstack", "-o", str(obj), "-"]
+
+
+def assemble_text(asm: str, obj: Path, source: str, as_flags: Sequence[str] = ()) -> None:
     """`as` on already rewritten text; on failure the text is kept for the user to read."""
     try:
-        run(["as", "--64", "--noexecstack", "-o", str(obj), "-"], f"assembling {source}",
-             stdin=asm)
+        run(_as(obj, as_flags), f"assembling {source}", stdin=asm)
     except ToolchainError as e:
         # Keep the rewritten text (`as` only names "{standard input}:LINE") where
         # neither a cleaned-up build directory nor the user's output directory is.
@@ -196,7 +218,8 @@ def assemble_text(asm: str, obj: Path, source: str) -> None:
         raise ToolchainError(f"{e}\n(rewritten assembly kept in {keep})") from None
 
 
-def _assemble_aligned_calls(asm: str, obj: Path, source: str) -> bool:
+def _assemble_aligned_calls(asm: str, obj: Path, source: str,
+                            as_flags: Sequence[str] = ()) -> bool:
     """Assemble code+data asm into obj with call groups padded by the assembler;
     False: not done, obj is to be rebuilt with whole-bundle call groups.
 
@@ -207,8 +230,7 @@ def _assemble_aligned_calls(asm: str, obj: Path, source: str) -> bool:
     """
     text = rewrite(asm, isolation="code+data", source=source, align_calls=True)
     try:
-        run(["as", "--64", "--noexecstack", "-o", str(obj), "-"], f"assembling {source}",
-             stdin=text)
+        run(_as(obj, as_flags), f"assembling {source}", stdin=text)
     except ToolchainError:
         return False
     return calls_end_bundles(obj) >= 0

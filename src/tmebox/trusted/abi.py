@@ -17,6 +17,9 @@ TP_SYMBOL = "__tmebox_tp"  # the thread-pointer word that replaces %fs
 
 INFO_SECTION = ".tmebox_info"
 IMAGE_FORMAT = 1
+# An image file may start with one `#!` line of at most this many bytes (the kernel's limit)
+# so that it runs as a program; readers skip it, it is no part of the image.
+LAUNCHER_MAX = 256
 ISOLATION_MODES = ("data", "code+data")
 DEFAULT_ISOLATION = "code+data"
 DEFAULT_STACK_SIZE = 1 << 20

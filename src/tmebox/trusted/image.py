@@ -9,6 +9,10 @@ The image is the attacker's, so the reader parses the few ELF structures it need
 small fixed bound before anything is read, and nothing is ever decompressed or zero-filled
 (the metadata sections may be neither SHT_NOBITS nor SHF_COMPRESSED). Memory and time are then
 linear in the file, which is itself bounded (MAX_FILE_SIZE).
+
+A file may start with a `#!` launcher line (`tmebox cc` writes one so that `./a.out` runs
+through `tmebox exec`); the image is what follows that line, and only that is hashed, checked
+and mapped. The line is for the host's kernel, which the sandbox never sees.
 """
 
 from __future__ import annotations
@@ -164,7 +168,17 @@ class Image:
 
     @classmethod
     def from_bytes(cls, data: bytes, name: str = "<image>") -> Image:
-        return _Reader(bytes(data), name).read()
+        return _Reader(_without_launcher(bytes(data), name), name).read()
+
+
+def _without_launcher(data: bytes, name: str) -> bytes:
+    if not data.startswith(b"#!"):
+        return data
+    end = data.find(b"\n", 0, abi.LAUNCHER_MAX)
+    if end < 0:
+        raise ImageError(f"{name}: a #! line longer than {abi.LAUNCHER_MAX} bytes, or no "
+                         "image after it")
+    return data[end + 1:]
 
 
 @dataclass(frozen=True)
