@@ -242,7 +242,8 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] and argv[0] in _RAW_COMMANDS:
-        return _reporting(argv[0], lambda: _RAW_COMMANDS[argv[0]][1](argv[1:]))
+        command, rest = argv[0], argv[1:]
+        return _reporting(command, lambda: _RAW_COMMANDS[command][1](rest))
     # `tmebox run ... -- ARGS`: ARGS are the program's, whatever they look like (split off
     # here: argparse would drop the `--` and then take them for tmebox's own options).
     program_args: list[str] = []

@@ -142,12 +142,31 @@ def test_working_directory_and_relative_paths(rt, image, tree):
     dirs = {"/data": str(tree / "data")}
     assert steps(rt, image, dirs, "cd:/data/sub", "cat:b.txt", "cat:../a.txt",
                  "cat:../../secret/key", "cd:/nowhere", "cd:..", "cat:a.txt") == [
-        "/data/sub", "beta", "alpha", E["EACCES"], E["ENOENT"], "/data", "alpha"]
+        "/data/sub", "beta", "alpha", E["ENOENT"], E["ENOENT"], "/data", "alpha"]
 
 
 def test_a_preopen_at_the_root_makes_relative_paths_work(rt, image, tree):
     assert steps(rt, image, {"/": str(tree / "data")}, "cat:a.txt", "cat:/sub/b.txt",
-                 "cat:/../secret/key") == ["alpha", "beta", E["EACCES"]]
+                 "cat:/../secret/key") == ["alpha", "beta", E["ENOENT"]]
+
+
+def test_spawn_cwd_starts_beneath_a_preopen(rt, image, tree):
+    dirs = {"/data": str(tree / "data")}
+    assert steps(rt, image, dirs, "cat:b.txt", "cat:../a.txt", cwd="/data/sub") == [
+        "beta", "alpha"]
+    for bad in ("/elsewhere", "data", "/data/../secret", 7):
+        with pytest.raises(TmeboxError, match="cwd"):
+            rt.spawn(rt.load(image), dirs=dirs, cwd=bad)
+
+
+def test_nested_preopens_dotdot_takes_the_outer_and_its_rights(rt, image, tree):
+    # "/" read-only holding "/sub" read-write (what `tmebox exec` gives): a path that climbs
+    # out of /sub is the outer preopen's, so it reads, but writes stay refused; nothing
+    # climbs out of "/" itself.
+    dirs = {"/": str(tree / "data"), "/sub": (str(tree / "data" / "sub"), "rw")}
+    assert steps(rt, image, dirs, "write:/sub/f:1", "cat:/sub/../a.txt",
+                 "write:/sub/../x:2", "cat:/sub/../../secret/key", "cat:f",
+                 cwd="/sub") == ["ok", "alpha", E["EROFS"], E["ENOENT"], "1"]
 
 
 def test_descriptors_are_bounded_and_the_streams_are_descriptors(rt, image, tree):

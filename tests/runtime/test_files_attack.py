@@ -437,7 +437,7 @@ def test_rename_games_stay_inside(rt, image, tree):
         c(RENAME, "'~out~abs", "'~out~moved"), c(OPEN, "'~out~moved~key", 0),
         c(RENAME, "'~out~e", "'~data~e"),
     ], dirs_of(tree))
-    assert set(got[:7]) <= neg("EBUSY", "EINVAL"), got
+    assert set(got[:7]) <= neg("EBUSY", "EINVAL", "ENOENT"), got
     assert int(got[7]) >= 3 and got[8] == "0"
     assert got[9] == str(-errno.EACCES) and int(got[10]) >= 3
     assert got[11] == "0" and got[12] == str(-errno.EACCES) and got[13] == str(-errno.EROFS)
@@ -454,7 +454,7 @@ def test_chdir_cannot_leave(rt, image, tree):
     ], dirs_of(tree))
     assert got[0] == "0"
     assert set(got[1:7]) <= neg("EACCES", "ENOENT", "ENOTDIR"), got
-    assert got[7] == "0" and got[8] == str(-errno.EACCES) and got[10] == "/out/d."
+    assert got[7] == "0" and got[8] in neg("EACCES", "ENOENT") and got[10] == "/out/d."
 
 
 def test_getdents_and_reads_on_the_wrong_kind(rt, image, tree):

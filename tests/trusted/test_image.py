@@ -77,6 +77,16 @@ def test_from_bytes_equals_load(image_path: Path, image_bytes: bytes) -> None:
     assert Image.from_bytes(image_bytes, str(image_path)) == Image.load(image_path)
 
 
+def test_a_launcher_line_is_skipped_and_no_part_of_the_image(image_bytes: bytes) -> None:
+    bare = Image.from_bytes(image_bytes, "x")
+    line = b"#!/usr/bin/tmebox exec\n"
+    with_line = Image.from_bytes(line + image_bytes, "x")
+    assert with_line == bare and with_line.sha256 == bare.sha256
+    _expect(b"#!" + b"x" * abi.LAUNCHER_MAX + b"\n" + image_bytes, "#! line longer")
+    _expect(b"#!/bin/sh", "#! line longer")
+    _expect(line + line + image_bytes, "")  # only one line is skipped: ELF must follow
+
+
 def _expect(data: bytes, fragment: str) -> None:
     with pytest.raises(ImageError) as err:
         Image.from_bytes(data, "bad.box")

@@ -293,7 +293,8 @@ def link_image(objects: list[Path], output: Path, *, isolation: str, libs: list[
         linked = tmpdir / "image.elf"
         keep = [f"--undefined={name}" for name in scan.exports]  # even with --gc-sections
         run([
-            "ld", *(ld_flags or []), *keep, "-static", "-pie", "--no-dynamic-linker", "-z", "text", "-z", "noexecstack",
+            "ld", *(ld_flags or []), *keep, "-static", "-pie", "--no-dynamic-linker",
+            "-z", "text", "-z", "noexecstack",
             "-z", "norelro", "-z", "max-page-size=4096", "-z", "common-page-size=4096",
             "--hash-style=gnu", "--no-undefined", "--strip-debug", "-nostdlib",
             "-T", str(script),

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
-from enum import StrEnum
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from tmebox.errors import CompileError, RewriteError, ToolchainError
