@@ -60,7 +60,7 @@ def test_members_that_leave_the_tree_are_refused(python, tmp_path: Path, bad) ->
     dest = tmp_path / "out"
     dest.mkdir()
     with tarfile.open(path) as tf:
-        if python == "filter" and bad.name.startswith("/"):
+        if hasattr(tarfile, "data_filter") and bad.name.startswith("/"):
             safe_extract(tf, dest)  # tarfile's filter strips the leading "/": it stays inside
             assert (dest / "abs" / "evil").is_file()
         else:

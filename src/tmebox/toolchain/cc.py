@@ -243,8 +243,6 @@ def _to_assembly(b: Build, src: Source, flags: list[str]) -> Path:
 
 def _link(b: Build, flags: list[str]) -> Path:
     output = b.output or Path("a.out")
-    if not output.parent.is_dir():
-        raise ToolchainError(f"-o {output}: directory {output.parent} does not exist")
     archives, libs = _libraries(b)
     with tempfile.TemporaryDirectory(prefix="tmebox-cc-") as build_dir:
         objects: list[Path] = []

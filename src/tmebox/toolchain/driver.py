@@ -280,6 +280,10 @@ def main(argv: list[str]) -> int:
     if isinstance(parsed, str):
         sys.stdout.write(parsed)
         return 0
+    if parsed.output is not None and not parsed.output.parent.is_dir():
+        # (gcc does not make directories; the Python API's build() does)
+        raise UsageError(f"-o {parsed.output}: directory {parsed.output.parent} does not "
+                         "exist")
     wanted = parsed.output is None or parsed.output.suffix != ".box"
     if parsed.stage is Stage.IMAGE and wanted and parsed.launcher is None:
         print("tmebox cc: warning: no tmebox command found to name in the image's #! line: "
