@@ -239,6 +239,9 @@ def test_a_rename_race_never_leads_out(image, tree):
                 (tree / "data" / link).rename(d)
                 d.rename(tree / "data" / link)
                 keep.rename(d)
+                # a breath with the inside in place (and the GIL free), so that some reads
+                # find it even when the swaps would otherwise win every time
+                stop.wait(0.0002)
 
     t = threading.Thread(target=swap)
     t.start()
