@@ -164,8 +164,12 @@ def test_preemption_keeps_every_register(image) -> None:
         sb = rt.spawn(rt.load(image))
         sb._lookup("work")
         for n in (5_000_000, 8_000_000, 12_000_000):
-            for _ in range(150):
-                sb.call("work", 5)  # short again (the average forgets): the next is held
+            # short calls again until the average forgets the long one, so that the next
+            # is held (bounded: on this VM a hiccup can keep the first 150 above 2 µs)
+            for _ in range(5000):
+                sb.call("work", 5)
+                if sb._fast_exports["work"].mean_ns < 2000:
+                    break
             assert sb._fast_exports["work"].mean_ns < 2000
             preempted = sb.call.preemptions
             assert sb.call("work", n) == _python_call(sb, "work", n)
