@@ -133,10 +133,11 @@ class FileTable:
         must be "/" or lie beneath one of dirs' guest paths."""
         if not 3 <= limit <= 1 << 16:
             raise TmeboxError(f"fd_limit must be between 3 and 65536, not {limit}")
-        absolute = isinstance(cwd, str) and cwd.startswith("/")
-        parts = _components(cwd.encode()) if absolute else (b"..",)
-        beneath = any(parts[:len(g)] == g for g in (_components(d.guest.encode()) for d in dirs))
-        if b".." in parts or parts and not beneath:
+        parts = _components(cwd.encode()) if isinstance(cwd, str) else ()
+        guests = [_components(d.guest.encode()) for d in dirs]
+        beneath = not parts or any(parts[:len(g)] == g for g in guests)
+        if not isinstance(cwd, str) or not cwd.startswith("/") or b".." in parts \
+                or not beneath:
             raise TmeboxError(f"cwd {cwd!r}: must be an absolute guest path beneath one of "
                               "dirs, without '..'")
         table = cls({0: stdin, 1: stdout, 2: stderr}, limit=limit, cwd=parts,

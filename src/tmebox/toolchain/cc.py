@@ -28,6 +28,7 @@ from tmebox.toolchain.unit import (
     SOURCE_SUFFIXES,
     Lang,
     compile_unit,
+    compiler_command,
     find_compiler,
     language_of,
     run,
@@ -191,12 +192,11 @@ def _unit_flags(b: Build) -> list[str]:
 def _dep_flags(b: Build, out: Path) -> list[str]:
     """-MD/-MMD name their file and target after the object, as gcc does (the compiler
     itself only sees `-S -o -`)."""
-    given = set(b.cflags)
-    if not given & {"-MD", "-MMD"}:
+    if not {"-MD", "-MMD"} & set(b.cflags):
         return []
-    flags = [] if "-MF" in given or any(f.startswith("-MF") for f in given) else [
+    flags = [] if any(f.startswith("-MF") for f in b.cflags) else [
         "-MF", str(out.with_suffix(".d"))]
-    if not any(f.startswith(("-MT", "-MQ")) for f in given):
+    if not any(f.startswith(("-MT", "-MQ")) for f in b.cflags):
         flags += ["-MT", str(out)]
     return flags
 
@@ -216,8 +216,8 @@ def _write(out: Path, make: Callable[[Path], object]) -> None:
 def _preprocess(b: Build, sources: list[Source]) -> list[Path]:
     """-E (and -M, -MM): the compiler's preprocessor with the sandbox's headers and flags;
     its output goes where gcc's would (stdout, or -o)."""
-    gcc = [find_compiler(b.compiler).path, *_unit_flags(b), *sandbox_cflags(b.isolation),
-           "-E"]
+    gcc = [*compiler_command(_unit_flags(b), isolation=b.isolation, compiler=b.compiler,
+                             lang=sources[0].lang), "-E"]
     for src in sources:
         gcc += ["-x", src.lang.value, str(src.path)]
     if b.output is not None:
@@ -234,8 +234,8 @@ def _to_assembly(b: Build, src: Source, flags: list[str]) -> Path:
     out = b.output or Path(src.path.with_suffix(".s").name)
     if src.lang is not Lang.C:
         raise ToolchainError(f"{src.path}: -S takes C sources")
-    gcc = [find_compiler(b.compiler).path, *flags, *_dep_flags(b, out),
-           *sandbox_cflags(b.isolation), "-x", "c", "-S", "-o", "-", str(src.path)]
+    gcc = [*compiler_command([*flags, *_dep_flags(b, out)], isolation=b.isolation,
+                             compiler=b.compiler, lang=Lang.C), "-S", "-o", "-", str(src.path)]
     text = run(gcc, f"compiling {src.path}", show_warnings=True)
     _write(out, lambda tmp: tmp.write_text(text))
     return out

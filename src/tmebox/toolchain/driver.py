@@ -44,13 +44,10 @@ class UsageError(ToolchainError):
     """A command line tmebox cc cannot do; the message names the option."""
 
 
-# Options whose value may be the next argument ("-o x") as well as joined ("-ox").
-_JOINABLE = ("-o", "-x", "-I", "-D", "-U", "-L", "-l", "-MF", "-MT", "-MQ")
-# Options whose value is always the next argument.
-_SEPARATE_CPP = ("-include", "-imacros", "-isystem", "-iquote", "-idirafter", "-iprefix",
-                 "-iwithprefix", "-iwithprefixbefore", "-isysroot", "-imultilib",
-                 "-Xpreprocessor")
-_SEPARATE_OTHER = ("--param", "-aux-info")
+# Compiler options whose value is always the next argument (so it is not an input).
+_SEPARATE = ("-include", "-imacros", "-isystem", "-iquote", "-idirafter", "-iprefix",
+             "-iwithprefix", "-iwithprefixbefore", "-isysroot", "-imultilib",
+             "-Xpreprocessor", "--param", "-aux-info")
 
 # Refused, with why: the sandbox cannot have what the option asks for.
 _REFUSED = {
@@ -126,14 +123,14 @@ def parse(argv: list[str]) -> Build | str:
         elif arg in ("--help", "-h", "-help"):
             return HELP
         elif arg == "--version":
-            return _version()
+            return _version(b.compiler)
         elif arg in ("-dumpmachine",):
             return TARGET_TRIPLE + "\n"
         elif arg in ("-dumpversion", "-dumpfullversion") or arg.startswith("-print-"):
             info.append(arg)
         elif arg == "-v":
             verbose = True
-            sys.stderr.write(_version())
+            sys.stderr.write(_version(b.compiler))
         elif arg.startswith("--isolation"):
             b.isolation = value("--isolation")
             if b.isolation not in abi.ISOLATION_MODES:
@@ -183,7 +180,7 @@ def parse(argv: list[str]) -> Build | str:
         elif arg.startswith(("-I", "-D", "-U", "-MF", "-MT", "-MQ")):
             opt = next(o for o in ("-MF", "-MT", "-MQ", "-I", "-D", "-U") if arg.startswith(o))
             b.cflags += [opt, value(opt)]
-        elif arg in (*_SEPARATE_CPP, *_SEPARATE_OTHER):
+        elif arg in _SEPARATE:
             b.cflags += [arg, _next(args, i, arg)]
             pending += b.cflags[-2:]
             i += 1
@@ -233,10 +230,10 @@ def _expand_response_files(argv: list[str]) -> list[str]:
     return out
 
 
-def _version() -> str:
-    compiler = find_compiler("gcc")
+def _version(compiler_name: str) -> str:
+    compiler = find_compiler(compiler_name)
     res = subprocess.run([compiler.path, "--version"], capture_output=True, text=True)
-    first = res.stdout.splitlines()[0] if res.stdout else "gcc"
+    first = res.stdout.splitlines()[0] if res.stdout else compiler_name
     return (f"tmebox cc (sandbox images for {TARGET_TRIPLE}; isolation "
             f"{' or '.join(abi.ISOLATION_MODES)})\ninstrumenting {first}\n")
 
@@ -263,13 +260,12 @@ def _check_flags(compiler: str, flags: list[str]) -> None:
 def launcher() -> str | None:
     """`tmebox exec` by the absolute path of the tmebox that is running (or the one on
     PATH); None if there is none to name (the image is then not a program)."""
-    candidates = [Path(sys.argv[0]) if Path(sys.argv[0]).name == "tmebox" else None,
-                  Path(sys.executable).with_name("tmebox"),
-                  Path(shutil.which("tmebox") or "/nonexistent")]
-    for c in candidates:
-        if c is not None and c.is_file() and os.access(c, os.X_OK):
-            line = f"{c.resolve()} exec"
-            if len(line) + 3 <= abi.LAUNCHER_MAX and " " not in str(c.resolve()):
+    running = [sys.argv[0]] if Path(sys.argv[0]).name == "tmebox" else []
+    for c in [*running, str(Path(sys.executable).with_name("tmebox")), shutil.which("tmebox")]:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            line = f"{Path(c).resolve()} exec"
+            # (a #! line splits at the first blank, and the kernel reads LAUNCHER_MAX bytes)
+            if len(line) + 3 <= abi.LAUNCHER_MAX and " " not in line[:-5]:
                 return line
     return None
 

@@ -27,7 +27,7 @@ from tmebox.trusted import abi
 from tmebox.trusted.image import Isolation
 
 __all__ = ["NATIVE", "Compiler", "Lang", "assemble", "calls_end_bundles", "compile_unit",
-           "find_compiler", "language_of", "run", "sandbox_cflags"]
+           "compiler_command", "find_compiler", "language_of", "run", "sandbox_cflags"]
 
 
 class Lang(StrEnum):
@@ -151,20 +151,26 @@ def rewrite(text: str, *, isolation: str, source: str, align_calls: bool = False
         raise
 
 
+def compiler_command(flags: Sequence[str], *, isolation: str, compiler: str,
+                     lang: Lang) -> list[str]:
+    """The compiler with flags, then the isolation mode's own flags (so that none of flags
+    undoes one of those), then `-x lang`: only the step (-S, -E) and the files follow."""
+    return [find_compiler(compiler).path, *flags, *sandbox_cflags(isolation), "-x", lang.value]
+
+
 def compile_unit(src: Path, obj: Path, *, isolation: str, flags: Sequence[str],
                  compiler: str = "gcc", lang: Lang | None = None,
                  as_flags: Sequence[str] = ()) -> None:
     """Compile one source (C, or assembly with or without cpp) into an instrumented object
     (native mode: not instrumented); lang defaults to what src's suffix says.
 
-    flags are passed to the compiler as they are (-O, -I, -D, -W, -f, -isystem, ...); the
-    isolation mode's own flags come after them, so that none of flags undoes one of those.
+    flags are passed to the compiler as they are (-O, -I, -D, -W, -f, -isystem, ...),
+    before the isolation mode's own (compiler_command).
     """
-    cc = find_compiler(compiler)
     lang = lang or language_of(src)
     if lang is None:
         raise ToolchainError(f"{src}: unsupported source type (expected .c, .s or .S)")
-    gcc = [cc.path, *flags, *sandbox_cflags(isolation), "-x", lang.value]
+    gcc = compiler_command(flags, isolation=isolation, compiler=compiler, lang=lang)
     if lang is Lang.C:
         asm = run([*gcc, "-S", "-o", "-", str(src)], f"compiling {src}", show_warnings=True)
     elif lang is Lang.ASM_CPP:
