@@ -167,6 +167,12 @@ def test_nested_preopens_dotdot_takes_the_outer_and_its_rights(rt, image, tree):
     assert steps(rt, image, dirs, "write:/sub/f:1", "cat:/sub/../a.txt",
                  "write:/sub/../x:2", "cat:/sub/../../secret/key", "cat:f",
                  cwd="/sub") == ["ok", "alpha", E["EROFS"], E["ENOENT"], "1"]
+    # a symlink inside the writable one that points up: lexically beneath it, so it is the
+    # inner preopen's, and the kernel refuses to follow it out (no write into the outer)
+    os.symlink("..", tree / "data" / "sub" / "up")
+    assert steps(rt, image, dirs, "write:/sub/up/x:3", "write:up/a.txt:4", "cat:/a.txt",
+                 cwd="/sub") == [E["EACCES"], E["EACCES"], "alpha"]
+    assert not (tree / "data" / "x").exists()
 
 
 def test_descriptors_are_bounded_and_the_streams_are_descriptors(rt, image, tree):

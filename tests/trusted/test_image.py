@@ -85,6 +85,10 @@ def test_a_launcher_line_is_skipped_and_no_part_of_the_image(image_bytes: bytes)
     _expect(b"#!" + b"x" * abi.LAUNCHER_MAX + b"\n" + image_bytes, "#! line longer")
     _expect(b"#!/bin/sh", "#! line longer")
     _expect(line + line + image_bytes, "")  # only one line is skipped: ELF must follow
+    # what follows the line is what is hashed (and so what a stored verdict is for)
+    flipped = bytearray(image_bytes)
+    flipped[-1] ^= 1
+    assert Image.from_bytes(line + bytes(flipped), "x").sha256 != bare.sha256
 
 
 def _expect(data: bytes, fragment: str) -> None:
