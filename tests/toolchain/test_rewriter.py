@@ -365,7 +365,7 @@ ERROR_CASES = [
     ("vmovdqu (%rdi), %ymm0", "VEX"),
     ("vzeroupper", "VEX"),
     ("vaddsd %xmm0, %xmm1, %xmm2", "VEX"),
-    ("kmovw %k1, %eax", "VEX"),
+    ("kmovw %k1, %eax", "opmask"),
     ("shlx %rax, %rbx, %rcx", "VEX"),
     ("movdqa %xmm16, %xmm0", "register outside"),
     ("movl %es:(%rdi), %eax", "segment override %es"),
@@ -383,6 +383,7 @@ ERROR_CASES = [
     ("lock movsb", "prefix `lock` on a string instruction"),
     ("movq %fs:8(%rip), %rax", "%fs: with a %rip base"),
     ("vaddps %zmm1, %zmm2, %zmm3{%k1}", "VEX"),
+    ("lock cpuid", "unexpected cpuid form"),
     ("addps %xmm1, {sae}", "AVX-512 operand decorations"),
     ("movq *%rax, %rbx", "`*` operand on a non-branch"),
     ("movl x@tpoff, %eax", "absolute TLS offset without %fs"),
@@ -427,6 +428,85 @@ def test_rewrite_errors(line: str, why: str, mode: str) -> None:
     assert why in msg, msg
     instr = line.split(";")[-1].strip()
     assert f"`{instr}`" in msg, msg
+
+
+# What x86-64-v3 admits (VEX, %ymm, BMI) and what it still refuses.
+V3_ERROR_CASES = [
+    ("vpgatherdd %ymm2, (%rax,%ymm1,4), %ymm0", "VSIB"),
+    ("vgatherqpd %ymm2, 8(%rdi,%ymm1,8), %ymm0", "VSIB"),
+    ("vaddps %zmm1, %zmm2, %zmm3", "register outside"),
+    ("vmovdqu %ymm16, %ymm0", "register outside"),
+    ("kmovw %k1, %eax", "opmask"),
+    ("vaddps %ymm1, %ymm2, %ymm3{%k1}", "mask"),
+    ("vmaskmovdqu %xmm1, %xmm0", "implicit unconfined"),
+    ("shlx %rax, %rbx, %r14", "window base"),
+    ("mulx %rax, %r14, %rcx", "`mulx` writes %r14"),
+    ("mulx %rax, %rsp, %rcx", "`mulx` writes %rsp"),
+    ("rorx $3, %rax, %rsp", "unsupported write to the stack pointer"),
+    ("vmovd %xmm0, %esp", "unsupported write to the stack pointer"),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("line", "why"), V3_ERROR_CASES)
+def test_rewrite_errors_at_v3(line: str, why: str, mode: str) -> None:
+    text = f"\t.text\nf:\n\tnop\n\t{line}\n\tnop\n"
+    with pytest.raises(RewriteError) as e:
+        rewrite_assembly(text, isolation=mode, source="bad.s", level="x86-64-v3")
+    assert str(e.value).startswith("bad.s:4: ") and why in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("level", ["x86-64", "x86-64-v2"])
+@pytest.mark.parametrize("line", ["vmovdqu (%rdi), %ymm0", "vaddsd %xmm0, %xmm1, %xmm2",
+                                  "shlx %rax, %rbx, %rcx", "andn %eax, %ebx, %ecx"])
+def test_vex_needs_v3(line: str, level: str) -> None:
+    with pytest.raises(RewriteError, match=f"needs x86-64-v3, and this unit's target is {level}"):
+        rewrite_assembly(f"f:\n\t{line}\n", isolation="data", source="v.s", level=level)
+
+
+V3_CODE = """\
+\t.text
+\t.globl f
+\t.type f, @function
+f:
+\tvmovdqu (%rdi), %ymm0
+\tvpaddd 64(%rsi,%rcx,4), %ymm0, %ymm1
+\tvmovdqu %ymm1, (%rdx)
+\tvfmadd231pd .LC0(%rip), %ymm1, %ymm2
+\tvbroadcastss (%rax), %ymm3
+\tvmaskmovps %ymm3, %ymm1, 32(%rdi)
+\tshlx %rax, %rbx, %rcx
+\tmulx (%rsi), %rax, %rbx
+\tandn 8(%rsp), %eax, %ecx
+\tmovbe 4(%rdi), %eax
+\tlzcnt %rax, %rcx
+\tvpextrd $3, %xmm0, %eax
+\tvzeroupper
+\tret
+\t.size f, .-f
+\t.section .rodata
+.LC0:
+\t.quad 0, 0, 0, 0
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_v3_memory_operands_are_confined(mode: str, tmp_path: Path) -> None:
+    lines = [" ".join(x.split()) for x in rewrite_assembly(
+        V3_CODE, isolation=mode, source="v3.s", level="x86-64-v3").splitlines()]
+    for want in ("vmovdqu %gs:(%edi), %ymm0", "vpaddd %gs:64(%esi,%ecx,4), %ymm0, %ymm1",
+                 "vmovdqu %ymm1, %gs:(%edx)", "vfmadd231pd .LC0(%rip), %ymm1, %ymm2",
+                 "vmaskmovps %ymm3, %ymm1, %gs:32(%edi)", "mulx %gs:(%esi), %rax, %rbx",
+                 "andn %gs:8(%esp), %eax, %ecx", "shlx %rax, %rbx, %rcx"):
+        assert want in lines, (want, lines)
+    out = rewrite_assembly(V3_CODE, isolation=mode, source="v3.s", level="x86-64-v3")
+    insns = check_object(assemble(out, tmp_path), mode)
+    assert any(i.mnemonic == "vpaddd" for i in insns[".text"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cpuid_goes_through_the_glue(mode: str) -> None:
+    assert "call __tmebox_cpuid" in body("f:\n\tcpuid\n\tret\n", mode)
 
 
 def test_r11_live_across_scratch_use_is_detected() -> None:

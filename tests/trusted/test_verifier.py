@@ -15,7 +15,7 @@ import asmkit  # noqa: E402
 from tmebox import cli  # noqa: E402
 from tmebox.trusted import abi, decode, verifier  # noqa: E402
 from tmebox.trusted import verdict as verdicts  # noqa: E402
-from tmebox.trusted.image import Image  # noqa: E402
+from tmebox.trusted.image import CpuLevel, Image  # noqa: E402
 from tmebox.trusted.verdict import Store  # noqa: E402
 
 CORPUS = Path(__file__).parent / "verifier_corpus"
@@ -29,6 +29,7 @@ class Case:
     modes: tuple[str, ...]
     rule: str  # "" for pass cases
     asm: str
+    level: str = "x86-64"
 
 
 def load_cases(kind: str) -> list[Case]:
@@ -37,22 +38,25 @@ def load_cases(kind: str) -> list[Case]:
         header: list[str] = []
         file_mode = "both"
         file_rule = path.stem if kind == "reject" else ""
+        file_level = "x86-64"
         found: list[dict] = []
         for line in path.read_text().splitlines():
             key, _, value = line.partition(":")
             if key == "# case":
                 found.append({"title": value.strip(), "mode": file_mode, "rule": file_rule,
-                              "lines": []})
+                              "level": file_level, "lines": []})
             elif key == "# mode" and not found:
                 file_mode = value.strip()
             elif key == "# rule" and not found:
                 file_rule = value.strip()
-            elif key in ("# mode", "# rule"):
+            elif key == "# level" and not found:
+                file_level = value.strip()
+            elif key in ("# mode", "# rule", "# level"):
                 found[-1][key[2:]] = value.strip()
             else:
                 (found[-1]["lines"] if found else header).append(line)
         cases += [Case(path.name, c["title"], MODES[c["mode"]], c["rule"],
-                       "\n".join(header + c["lines"])) for c in found]
+                       "\n".join(header + c["lines"]), c["level"]) for c in found]
     return cases
 
 
@@ -69,7 +73,7 @@ def verify_snippet(asm: str, mode: str, workdir: Path, **kwargs) -> verifier.Ver
 @pytest.mark.parametrize(("case", "mode"), [(c, m) for c in PASS for m in c.modes],
                          ids=lambda x: x.title if isinstance(x, Case) else x)
 def test_pass_corpus(case: Case, mode: str, tmp_path: Path) -> None:
-    verdict = verify_snippet(case.asm, mode, tmp_path)
+    verdict = verify_snippet(case.asm, mode, tmp_path, level=CpuLevel(case.level))
     assert verdict.ok, f"{case.file}: {case.title}: {verdict.summary()}"
     assert verdict.instructions > 0
 
@@ -77,7 +81,7 @@ def test_pass_corpus(case: Case, mode: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("case", "mode"), [(c, m) for c in REJECT for m in c.modes],
                          ids=lambda x: x.title if isinstance(x, Case) else x)
 def test_reject_corpus(case: Case, mode: str, tmp_path: Path) -> None:
-    verdict = verify_snippet(case.asm, mode, tmp_path)
+    verdict = verify_snippet(case.asm, mode, tmp_path, level=CpuLevel(case.level))
     assert not verdict.ok, f"{case.file}: {case.title}: accepted"
     assert verdict.rule == case.rule, f"{case.file}: {case.title}: {verdict.summary()}"
     assert verdict.reason and verdict.address is not None

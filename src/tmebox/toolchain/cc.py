@@ -35,6 +35,7 @@ from tmebox.toolchain.unit import (
     sandbox_cflags,
 )
 from tmebox.trusted import abi
+from tmebox.trusted.image import CpuLevel
 
 __all__ = ["OPT_LEVELS", "Build", "Library", "Linked", "Source", "Stage", "build",
            "build_native", "run_build"]
@@ -91,6 +92,7 @@ class Build:
     compiler: str = "gcc"
     stack_size: int = abi.DEFAULT_STACK_SIZE
     launcher: str | None = None  # the `#!` line that makes an image run as a program
+    level: CpuLevel = CpuLevel.X86_64  # -march= / --target: the instructions code may use
 
     def sources(self) -> list[Source]:
         return [i for i in self.inputs if isinstance(i, Source)]
@@ -99,7 +101,8 @@ class Build:
 def build(sources: list[Path], output: Path | None, isolation: str, opt: str = "2",
           include_dirs: list[Path] | None = None, defines: list[str] | None = None,
           compile_only: bool = False, compiler: str = "gcc", libs: list[str] | None = None,
-          *, stack_size: int = abi.DEFAULT_STACK_SIZE) -> list[Path]:
+          *, stack_size: int = abi.DEFAULT_STACK_SIZE,
+          level: CpuLevel | str = CpuLevel.X86_64) -> list[Path]:
     """Compile sources (.c, .s, .S; .o and .a too when linking) into one verified image, or
     objects: the Python API's shortcut for a Build.
 
@@ -127,6 +130,7 @@ def build(sources: list[Path], output: Path | None, isolation: str, opt: str = "
     return run_build(Build(
         inputs=inputs, isolation=isolation, output=output, compiler=compiler,
         stage=Stage.OBJECT if compile_only else Stage.IMAGE, stack_size=stack_size,
+        level=CpuLevel.parse(level),
         cflags=[f"-O{opt}", *[f"-I{d}" for d in include_dirs or []],
                 *[f"-D{d}" for d in defines or []]],
     ))
@@ -169,7 +173,7 @@ def run_build(b: Build) -> list[Path]:
             def compile_to(tmp: Path, src: Source = src, out: Path = out) -> None:
                 compile_unit(src.path, tmp, isolation=b.isolation,
                              flags=[*flags, *_dep_flags(b, out)], compiler=b.compiler,
-                             lang=src.lang, as_flags=b.as_flags)
+                             lang=src.lang, as_flags=b.as_flags, level=b.level)
             _write(out, compile_to)
         return outs
     return [_link(b, flags)]
@@ -217,7 +221,7 @@ def _preprocess(b: Build, sources: list[Source]) -> list[Path]:
     """-E (and -M, -MM): the compiler's preprocessor with the sandbox's headers and flags;
     its output goes where gcc's would (stdout, or -o)."""
     gcc = [*compiler_command(_unit_flags(b), isolation=b.isolation, compiler=b.compiler,
-                             lang=sources[0].lang), "-E"]
+                             lang=sources[0].lang, level=b.level), "-E"]
     for src in sources:
         gcc += ["-x", src.lang.value, str(src.path)]
     if b.output is not None:
@@ -235,7 +239,8 @@ def _to_assembly(b: Build, src: Source, flags: list[str]) -> Path:
     if src.lang is not Lang.C:
         raise ToolchainError(f"{src.path}: -S takes C sources")
     gcc = [*compiler_command([*flags, *_dep_flags(b, out)], isolation=b.isolation,
-                             compiler=b.compiler, lang=Lang.C), "-S", "-o", "-", str(src.path)]
+                             compiler=b.compiler, lang=Lang.C, level=b.level),
+           "-S", "-o", "-", str(src.path)]
     text = run(gcc, f"compiling {src.path}", show_warnings=True)
     _write(out, lambda tmp: tmp.write_text(text))
     return out
@@ -259,11 +264,12 @@ def _link(b: Build, flags: list[str]) -> Path:
         with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1) or 1) as pool:
             list(pool.map(lambda job: compile_unit(
                 job[0].path, job[1], isolation=b.isolation, flags=flags,
-                compiler=b.compiler, lang=job[0].lang, as_flags=b.as_flags), todo))
+                compiler=b.compiler, lang=job[0].lang, as_flags=b.as_flags, level=b.level),
+                todo))
         try:
             link.link_image(objects, output, isolation=b.isolation, libs=libs,
                             archives=archives, ld_flags=b.ld_flags, stack_size=b.stack_size,
-                            launcher=b.launcher)
+                            launcher=b.launcher, level=b.level)
         except OSError as e:
             raise ToolchainError(f"cannot write {output}: {e.strerror or e}") from None
     return output

@@ -20,6 +20,8 @@ from tmebox.toolchain import cc
 from tmebox.toolchain.cc import Build, Library, Linked, Source, Stage
 from tmebox.toolchain.unit import Lang, find_compiler, language_of
 from tmebox.trusted import abi
+from tmebox.trusted.cpu import host_level
+from tmebox.trusted.image import CpuLevel
 
 __all__ = ["TARGET_TRIPLE", "UsageError", "launcher", "main", "parse"]
 
@@ -36,6 +38,8 @@ An image not named *.box starts with a #! line, so it runs as a program (`./a.ou
 
 tmebox's own options:
   --isolation MODE   {' or '.join(abi.ISOLATION_MODES)} (default {abi.DEFAULT_ISOLATION})
+  --target LEVEL     the CPU level: {', '.join(abi.CPU_LEVELS)} (default x86-64);
+                     -march=LEVEL says the same, -march=native picks this machine's
   --cc NAME          the system compiler: gcc (default) or clang
 """
 
@@ -80,6 +84,16 @@ _IGNORED_PREFIXES = ("-flto", "-save-temps", "-fuse-ld=", "--sysroot", "-B")
 
 _LANGS = {"c": Lang.C, "assembler": Lang.ASM, "assembler-with-cpp": Lang.ASM_CPP}
 _STAGE_ORDER = (Stage.PREPROCESS, Stage.ASSEMBLY, Stage.OBJECT)
+
+
+def _level(opt: str, name: str) -> CpuLevel:
+    """A CPU level by its psABI name, or `native`: the highest this machine runs."""
+    if name == "native":
+        return host_level()
+    if name not in abi.CPU_LEVELS:
+        raise UsageError(f"{opt}={name}: a sandbox image targets a CPU level, one of "
+                         f"{', '.join(abi.CPU_LEVELS)} (or native)")
+    return CpuLevel(name)
 
 
 def parse(argv: list[str]) -> Build | str:
@@ -138,6 +152,10 @@ def parse(argv: list[str]) -> Build | str:
                                  f"{', '.join(abi.ISOLATION_MODES)}")
         elif arg.startswith("--cc"):
             b.compiler = value("--cc")
+        elif arg.startswith("--target"):
+            b.level = _level("--target", value("--target"))
+        elif arg.startswith("-march="):
+            b.level = _level("-march", arg[len("-march="):])
         elif arg in ("-c", "-S", "-E"):
             stages.add(Stage(arg))
         elif arg in ("-M", "-MM"):

@@ -11,11 +11,17 @@ verifier checks them in the finished image, so nothing here is trusted.
 - The call thunk (CALL_THUNK_SYMBOL) does the opposite for host -> guest calls that need
   %xmm registers: it loads the argument registers from a frame, calls the target, and
   stores %rax and %xmm0 back into the frame.
+- cpuid as the image's CPU level shows it (CPUID_SYMBOL; the rewriter turns every `cpuid`
+  into a call to it): the real cpuid with the feature bits cleared that the level lacks
+  or that the verifier refuses at every level (AVX-512, AES, SHA, TSX, FSGSBASE...), so
+  that code dispatching on cpuid picks what the verifier let in. A whitelist: bits not
+  named here read as 0. It changes the flags, which gcc assumes of every asm statement.
 """
 
 from __future__ import annotations
 
 from tmebox.trusted import abi
+from tmebox.trusted.image import CpuLevel
 from tmebox.trusted.signature import FRAME_SIZE, FRAME_SSE, Signature, ValType
 
 __all__ = ["glue_asm"]
@@ -56,11 +62,70 @@ def _thunk() -> list[str]:
     return body
 
 
-def glue_asm(imports: list[tuple[str, Signature]]) -> str:
-    """The glue of an image whose host functions are `imports` (index = runtime call)."""
+def _bits(*bits: int) -> int:
+    return sum(1 << b for b in bits)
+
+
+_ALL = 0xFFFFFFFF
+# (leaf, subleaf or None for any) -> the bits kept in eax, ebx, ecx, edx, from each level up.
+_CPUID_KEEP: dict[tuple[int, int | None], dict[CpuLevel, tuple[int, int, int, int]]] = {
+    (1, None): {
+        # ecx: rdrand 30, hypervisor 31 | v2: sse3 0, ssse3 9, cx16 13, sse4.1 19, sse4.2 20,
+        # popcnt 23 | v3: fma 12, movbe 22, xsave 26, osxsave 27, avx 28, f16c 29.
+        CpuLevel.X86_64: (_ALL, _ALL, _bits(30, 31), _ALL),
+        CpuLevel.V2: (_ALL, _ALL, _bits(0, 9, 13, 19, 20, 23), 0),
+        CpuLevel.V3: (0, 0, _bits(12, 22, 26, 27, 28, 29), 0),
+    },
+    (7, 0): {
+        # ebx: erms 9, rdseed 18, clflushopt 23 | v3: bmi1 3, avx2 5, bmi2 8; edx: fsrm 4.
+        CpuLevel.X86_64: (_ALL, _bits(9, 18, 23), 0, _bits(4)),
+        CpuLevel.V3: (0, _bits(3, 5, 8), 0, 0),
+    },
+    (7, None): {CpuLevel.X86_64: (0, 0, 0, 0)},  # subleaf 1 and up: AVX-VNNI, AMX...
+    # XCR0's supported state components: x87 and SSE | v3: AVX.
+    (0xD, 0): {CpuLevel.X86_64: (_bits(0, 1), _ALL, _ALL, 0), CpuLevel.V3: (_bits(2), 0, 0, 0)},
+    (0xD, 2): {CpuLevel.V3: (_ALL, _ALL, _ALL, _ALL)},  # the AVX state's size and place
+    (0xD, None): {CpuLevel.X86_64: (0, 0, 0, 0)},
+    # ecx: lahf_lm 0, prefetchw 8 | v3: lzcnt 5; edx without 3DNow!.
+    (0x80000001, None): {CpuLevel.X86_64: (_ALL, _ALL, _bits(0, 8), 0x3FFFFFFF),
+                         CpuLevel.V3: (0, 0, _bits(5), 0)},
+}
+
+
+def cpuid_masks(level: CpuLevel) -> dict[tuple[int, int | None], tuple[int, int, int, int]]:
+    """What __tmebox_cpuid keeps of each masked leaf at `level` (other leaves: all)."""
+    out = {}
+    for leaf, by_level in _CPUID_KEEP.items():
+        keep = [0, 0, 0, 0]
+        for lv, bits in by_level.items():
+            if lv.rank <= level.rank:
+                keep = [k | b for k, b in zip(keep, bits, strict=True)]
+        out[leaf] = (keep[0], keep[1], keep[2], keep[3])
+    return out
+
+
+def _cpuid(level: CpuLevel) -> list[str]:
+    # %esi = leaf, %edi = subleaf, both saved; the leaf tests run most specific first.
+    body = ["\tpushq %rsi", "\tpushq %rdi", "\tmovl %eax, %esi", "\tmovl %ecx, %edi",
+            "\t.byte 0x0f, 0xa2  # cpuid itself: written as `cpuid`, it would call this"]
+    for n, ((leaf, sub), keep) in enumerate(cpuid_masks(level).items()):
+        body += [f"\tcmpl ${leaf:#x}, %esi", f"\tjne .Ltmebox_cpuid_{n}"]
+        if sub is not None:
+            body += [f"\tcmpl ${sub}, %edi", f"\tjne .Ltmebox_cpuid_{n}"]
+        body += [f"\tandl ${mask:#x}, %{reg}" for mask, reg in
+                 zip(keep, ("eax", "ebx", "ecx", "edx"), strict=True) if mask != _ALL]
+        body += ["\tjmp .Ltmebox_cpuid_done", f".Ltmebox_cpuid_{n}:"]
+    body += [".Ltmebox_cpuid_done:", "\tpopq %rdi", "\tpopq %rsi", "\tret"]
+    return body
+
+
+def glue_asm(imports: list[tuple[str, Signature]], level: CpuLevel = CpuLevel.X86_64) -> str:
+    """The glue of an image whose host functions are `imports` (index = runtime call) and
+    whose CPU level is `level`."""
     lines: list[str] = []
     for index, (name, sig) in enumerate(imports):
         lines += _function(name, _stub(index, sig))
     lines += _function(abi.CALL_THUNK_SYMBOL, _thunk())
+    lines += _function(abi.CPUID_SYMBOL, _cpuid(level))
     lines.append('\t.section .note.GNU-stack,"",@progbits')
     return "\n".join(lines) + "\n"

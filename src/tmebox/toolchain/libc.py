@@ -42,7 +42,7 @@ MUSL_SHA256 = "7d5b0b6062521e4627e099e4c9dc8248d32a30285e959b7eecaa780cf8cfd4a4"
 
 CRT_OBJECT = "tmebox_crt1.o"
 # Files of data/ that go into the libc prefix (the linker script does not).
-LIBC_DATA_FILES = ("crt.c", "setjmp.s", "syscall_cp.s", "builtins.c")
+LIBC_DATA_FILES = ("crt.c", "setjmp.s", "syscall_cp.s", "builtins.c", "cpu_model.c")
 
 APT_SOURCES_DIR = Path("/etc/apt/sources.list.d")
 OUR_APT_SOURCE = APT_SOURCES_DIR / "tmebox-src.sources"
@@ -239,9 +239,10 @@ def _patch_tree(tree: Path) -> None:
     if '"hlt"' not in text:
         raise LibcError(f"unexpected musl source: no hlt in {atomic}")
     atomic.write_text(text.replace('"hlt"', '"ud2"'))
-    # Compiler support routines that libgcc would provide.
+    # Compiler support routines and the cpu model that libgcc would provide.
     (tree / "src" / "tmebox").mkdir()
-    shutil.copy(data / "builtins.c", tree / "src" / "tmebox" / "builtins.c")
+    for name in ("builtins.c", "cpu_model.c"):
+        shutil.copy(data / name, tree / "src" / "tmebox" / name)
 
 
 def _count_sources(tree: Path) -> int:

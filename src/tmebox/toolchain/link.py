@@ -25,9 +25,9 @@ from tmebox.errors import ImageError, ToolchainError, VerificationError
 from tmebox.toolchain import libc
 from tmebox.toolchain.glue import glue_asm
 from tmebox.toolchain.signatures import read_signatures
-from tmebox.toolchain.unit import assemble, run
+from tmebox.toolchain.unit import LEVEL_SYMBOL, assemble, run
 from tmebox.trusted import abi, verifier
-from tmebox.trusted.image import Isolation
+from tmebox.trusted.image import CpuLevel, Isolation
 from tmebox.trusted.signature import Signature
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -85,6 +85,7 @@ class ObjectScan:
 
     exports: list[str]
     has_tls: bool
+    level: CpuLevel = CpuLevel.X86_64  # the highest any object was compiled for
     data_exports: list[str] = field(default_factory=list)  # visible global OBJECT symbols
     imports: list[str] = field(default_factory=list)  # undefined, protected: TMEBOX_IMPORT
     # From the debug information: exports' and imports' signatures, or why there is none.
@@ -126,6 +127,9 @@ def scan_objects(objects: list[Path]) -> ObjectScan:
                     continue
                 for sym in symtab.iter_symbols():
                     kind, bind = sym["st_info"]["type"], sym["st_info"]["bind"]
+                    if sym.name == LEVEL_SYMBOL and sym["st_shndx"] == "SHN_ABS":
+                        rank = min(sym["st_value"], len(CpuLevel) - 1)
+                        scan.level = max(scan.level, list(CpuLevel)[rank], key=_rank)
                     visibility = sym["st_other"]["visibility"]
                     if sym["st_shndx"] == "SHN_UNDEF":
                         if visibility == "STV_PROTECTED" and sym.name:
@@ -149,8 +153,13 @@ def scan_objects(objects: list[Path]) -> ObjectScan:
     return scan
 
 
+def _rank(level: CpuLevel) -> int:
+    return level.rank
+
+
 def check_image(path: Path, *, isolation: str, export_names: list[str],
-                stack_size: int, scan: ObjectScan | None = None) -> dict:
+                stack_size: int, scan: ObjectScan | None = None,
+                level: CpuLevel = CpuLevel.X86_64) -> dict:
     """Check a linked image against docs/design.md; returns its .tmebox_info object."""
 
     syms: dict[str, int] = {}
@@ -230,6 +239,7 @@ def check_image(path: Path, *, isolation: str, export_names: list[str],
         **interface,
         "format": abi.IMAGE_FORMAT,
         "isolation": isolation,
+        "cpu_level": level.value,
         "exports": exports,
         "stack_size": stack_size,
         "entry": need("_start"),
@@ -261,13 +271,15 @@ def verify(path: Path, shown_as: Path) -> None:
 def link_image(objects: list[Path], output: Path, *, isolation: str, libs: list[str] | None = None,
                archives: list[Path] | None = None, ld_flags: list[str] | None = None,
                stack_size: int = abi.DEFAULT_STACK_SIZE, run_verifier: bool = True,
-               launcher: str | None = None) -> dict:
+               launcher: str | None = None, level: CpuLevel = CpuLevel.X86_64) -> dict:
     """Link instrumented objects (and archives of them) into the sandbox image output;
     returns its .tmebox_info.
 
     The exports are the global functions of objects (not of archive members). ld_flags
     come before tmebox's own, which win where they disagree. launcher: a `#!` line
     written before the image, so that the file runs as a program (trusted.image skips it).
+    The image's CPU level is the highest of `level` and the objects' (archive members are
+    not looked into: the verifier names an instruction beyond the level).
     """
     if isolation not in abi.ISOLATION_MODES:
         raise ToolchainError(f"unsupported isolation {isolation!r}")
@@ -277,6 +289,7 @@ def link_image(objects: list[Path], output: Path, *, isolation: str, libs: list[
                                  f"{', '.join('-l' + x for x in SUPPORTED_LIBS)})")
     prefix = libc.ensure_libc(isolation)
     scan = scan_objects(objects)
+    level = max(level, scan.level, key=_rank)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".tmebox-ld-", dir=output.parent) as tmp:
         tmpdir = Path(tmp)
@@ -288,7 +301,7 @@ def link_image(objects: list[Path], output: Path, *, isolation: str, libs: list[
         if res.returncode != 0:
             raise ToolchainError(f"assembling the runtime page failed: {res.stderr.strip()}")
         glue_obj = tmpdir / "glue.o"
-        assemble(glue_asm(scan.import_table()), glue_obj, isolation=isolation,
+        assemble(glue_asm(scan.import_table(), level), glue_obj, isolation=isolation,
                  source="<tmebox glue>")
         linked = tmpdir / "image.elf"
         keep = [f"--undefined={name}" for name in scan.exports]  # even with --gc-sections
@@ -305,7 +318,7 @@ def link_image(objects: list[Path], output: Path, *, isolation: str, libs: list[
         ], f"linking {output}")
         info = check_image(linked, isolation=isolation,
                            export_names=[*scan.exports, abi.CALL_THUNK_SYMBOL],
-                           stack_size=stack_size, scan=scan)
+                           stack_size=stack_size, scan=scan, level=level)
         info_file = tmpdir / "info.json"
         info_file.write_text(json.dumps(info, sort_keys=True))
         final = tmpdir / "image.box"

@@ -34,6 +34,8 @@ from tmebox.trusted.abi import (
     BASE_REG,
     BUNDLE_MASK,
     BUNDLE_SIZE,
+    CPU_LEVELS,
+    CPUID_SYMBOL,
     ISOLATION_MODES,
     RT_SYSCALL_SYMBOL,
     SCRATCH_REG,
@@ -120,7 +122,7 @@ _FORBIDDEN = {
     ),
     "writes %rsp in a way the sandbox cannot confine": ("enter", "enterq", "enterw", "enterl"),
     "accesses memory through an implicit unconfined address": (
-        "xlat", "xlatb", "maskmovdqu", "maskmovq", "clzero", "movdir64b", "enqcmd", "enqcmds",
+        "xlat", "xlatb", "maskmovdqu", "maskmovq", "vmaskmovdqu", "clzero", "movdir64b", "enqcmd", "enqcmds",
     ),
     "is transactional memory (its abort path is an unchecked branch)": (
         "xbegin", "xend", "xabort",
@@ -128,17 +130,18 @@ _FORBIDDEN = {
     "is an MPX instruction": (
         "bndmk", "bndcl", "bndcu", "bndcn", "bndmov", "bndldx", "bndstx",
     ),
-    "is VEX-encoded (the sandbox target is baseline x86-64 with SSE2)": (
-        "andn", "bextr", "blsi", "blsmsk", "blsr", "bzhi", "mulx", "pdep", "pext",
-        "rorx", "sarx", "shlx", "shrx",
-    ),
 }  # fmt: skip
 _FORBIDDEN_MNEMONICS = {m: why for why, ms in _FORBIDDEN.items() for m in ms}
+# VEX-encoded general-purpose instructions (BMI1, BMI2): x86-64-v3, like every v* mnemonic.
+_BMI = frozenset(("andn", "bextr", "blsi", "blsmsk", "blsr", "bzhi", "mulx", "pdep", "pext",
+                  "rorx", "sarx", "shlx", "shrx"))
+_V3 = CPU_LEVELS.index("x86-64-v3")
+_OPMASK = ("kmov", "kand", "kor", "kxor", "knot", "kshift", "kadd", "kunpck", "ktest", "kxnor")
 
 # No regular expressions in this module: importing `re` and compiling the patterns would
 # cost more than rewriting a typical file, and the libc build starts one process per file.
-_BAD_REGISTER_WHY = "uses a register outside baseline x86-64 user state (AVX, mask, segment, " \
-    "control or debug register)"
+_BAD_REGISTER_WHY = "uses a register outside the x86-64 user state the sandbox allows " \
+    "(AVX-512, mask, segment, control or debug register; %ymm needs x86-64-v3)"
 
 # String instructions: which of %rdi/%rsi they use.
 _STRING_USES = {"movs": ("rdi", "rsi"), "cmps": ("rdi", "rsi"), "stos": ("rdi",),
@@ -188,10 +191,12 @@ def _has_signed_reloc(disp: str) -> bool:
 
 
 
-def _bad_register(name: str) -> bool:
+def _bad_register(name: str, level: int) -> bool:
     if name in SEGMENT_REGS:
         return True
-    if name.startswith(("ymm", "zmm", "cr", "dr", "tr", "bnd", "tmm")):
+    if name.startswith("ymm"):
+        return level < _V3 or not name[3:].isdigit() or int(name[3:]) >= 16
+    if name.startswith(("zmm", "cr", "dr", "tr", "bnd", "tmm")):
         return True
     if len(name) == 2 and name[0] == "k" and name[1] in "01234567":
         return True
@@ -214,12 +219,17 @@ def _nop_fill(n: int) -> list[str]:
 
 class _Rewriter:
     def __init__(self, text: str, isolation: str, source: str,
-                 align_calls: bool = False) -> None:
+                 align_calls: bool = False, level: str = CPU_LEVELS[0]) -> None:
         if isolation not in ISOLATION_MODES:
             raise RewriteError(
                 f"{source}: unknown isolation mode {isolation!r} "
                 f"(expected one of {', '.join(ISOLATION_MODES)})"
             )
+        if level not in CPU_LEVELS:
+            raise RewriteError(f"{source}: unknown CPU level {level!r} "
+                               f"(expected one of {', '.join(CPU_LEVELS)})")
+        self.level_name = level
+        self.level = CPU_LEVELS.index(level)
         self.text = text
         self.cfi = isolation == "code+data"  # control-flow integrity on
         self.source = source
@@ -465,12 +475,7 @@ class _Rewriter:
         why = _FORBIDDEN_MNEMONICS.get(mn)
         if why:
             raise self.error(insn.lineno, insn.text, f"`{mn}` {why}")
-        if mn[0] == "v" or mn[0] == "k" and mn.startswith(("kmov", "kand", "kor", "kxor",
-                                                              "knot", "kshift", "kadd",
-                                                              "kunpck", "ktest", "kxnor")):
-            raise self.error(insn.lineno, insn.text,
-                             "VEX/EVEX instructions are not supported (the sandbox target is "
-                             "baseline x86-64 with SSE2)")
+        self.check_level(insn)
         for p in insn.prefixes:
             if p.startswith("rex") or p in ("data32", "addr16"):
                 raise self.error(insn.lineno, insn.text,
@@ -483,7 +488,7 @@ class _Rewriter:
             if op.startswith("{"):
                 raise self.error(insn.lineno, insn.text, "AVX-512 operand decorations")
             r = op[1:] if op.startswith("*") else op
-            if is_register(r) and _bad_register(reg_name(r)):
+            if is_register(r) and _bad_register(reg_name(r), self.level):
                 raise self.error(insn.lineno, insn.text, _BAD_REGISTER_WHY)
         if mn == "hlt":
             # musl's a_crash(); hlt faults in user mode anyway, ud2 is the canonical trap.
@@ -498,6 +503,12 @@ class _Rewriter:
             if ops or insn.prefixes:
                 raise self.error(insn.lineno, insn.text, "unexpected syscall form")
             return self.call_direct(RT_SYSCALL_SYMBOL)
+        if mn == "cpuid":
+            if ops or insn.prefixes:
+                raise self.error(insn.lineno, insn.text, "unexpected cpuid form")
+            # The glue's cpuid clears what the image's level lacks, so that code which
+            # dispatches on cpuid (or __builtin_cpu_supports) picks what the verifier let in.
+            return self.call_direct(CPUID_SYMBOL)
 
         self.check_protected_writes(insn)
 
@@ -524,6 +535,19 @@ class _Rewriter:
         if pre or new_ops != ops:
             return pre + [self.format(insn.prefixes, mn, new_ops, addr32)]
         return ["\t" + insn.text]
+
+    # -- verifier rules cpu-level, allowed-instruction ------------------------------
+
+    def check_level(self, insn: Insn) -> None:
+        """VEX (v*, BMI) needs x86-64-v3; EVEX and the opmask instructions are refused."""
+        mn = insn.mnemonic
+        if mn.startswith(_OPMASK):
+            raise self.error(insn.lineno, insn.text, "AVX-512 opmask instructions are not "
+                             "supported")
+        if (mn[0] == "v" or mn in _BMI) and self.level < _V3:
+            raise self.error(insn.lineno, insn.text,
+                             f"`{mn}` is VEX-encoded: it needs x86-64-v3, and this unit's "
+                             f"target is {self.level_name} (build with -march=x86-64-v3)")
 
     @staticmethod
     def format(prefixes: list[str], mn: str, ops: list[str], addr32: bool) -> str:
@@ -596,6 +620,10 @@ class _Rewriter:
                 raise self.error(insn.lineno, insn.text,
                                  "absolute TLS offset without %fs cannot be confined")
             return [], f"%gs:{m.disp}", True
+        if m.index is not None and m.index.startswith(("xmm", "ymm", "zmm")):
+            raise self.error(insn.lineno, insn.text,
+                             "VSIB (gather/scatter) addressing is not supported: one address "
+                             "per vector lane cannot be confined")
         base = self.reg32(insn, m.base)
         index = self.reg32(insn, m.index)
         if _has_signed_reloc(m.disp):
@@ -682,6 +710,11 @@ class _Rewriter:
                              "reserved (compile with -ffixed-r14)")
         if dest in _RSP_FAMILY and mn in ("pop", "popq", "popw"):
             raise self.error(insn.lineno, insn.text, "pop into %rsp cannot be confined")
+        if mn.startswith("mulx") and len(ops) == 3 and is_register(ops[1]):
+            low = reg_name(ops[1])  # mulx writes its middle operand too
+            if low in _R14_FAMILY or low in _RSP_FAMILY:
+                raise self.error(insn.lineno, insn.text, f"`mulx` writes %{low}, which sandbox "
+                                 "code must not change this way")
 
     def rsp_write(self, insn: Insn, ops: list[str], addr32: bool) -> list[str]:
         mn = insn.mnemonic
@@ -829,15 +862,16 @@ def _mentions(op: str, family: frozenset[str]) -> bool:
 
 
 def rewrite_assembly(text: str, *, isolation: str, source: str = "<asm>",
-                     align_calls: bool = False) -> str:
+                     align_calls: bool = False, level: str = CPU_LEVELS[0]) -> str:
     """Instrument AT&T x86-64 assembly `text` for the sandbox `isolation` mode.
 
     code+data: by default each call group is one whole bundle; align_calls pads it
     only as far as needed for its call to end a bundle, which is right only if the
     assembler places every code section on a bundle boundary (the caller must check).
+    level: the CPU level (abi.CPU_LEVELS) whose instructions the unit may use.
     Raises RewriteError (naming `source`:line) for input it cannot make safe.
     """
-    return _Rewriter(text, isolation, source, align_calls).run()
+    return _Rewriter(text, isolation, source, align_calls, level).run()
 
 
 _USAGE = "usage: python -m tmebox.toolchain.rewriter --isolation {data,code+data} IN.s -o OUT.s"

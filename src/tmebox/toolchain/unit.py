@@ -24,10 +24,11 @@ from tmebox.errors import CompileError, RewriteError, ToolchainError
 from tmebox.toolchain import nopmerge
 from tmebox.toolchain.rewriter import rewrite_assembly
 from tmebox.trusted import abi
-from tmebox.trusted.image import Isolation
+from tmebox.trusted.image import CpuLevel, Isolation
 
-__all__ = ["NATIVE", "Compiler", "Lang", "assemble", "calls_end_bundles", "compile_unit",
-           "compiler_command", "find_compiler", "language_of", "run", "sandbox_cflags"]
+__all__ = ["LEVEL_SYMBOL", "NATIVE", "Compiler", "Lang", "assemble", "calls_end_bundles",
+           "compile_unit", "compiler_command", "find_compiler", "language_of", "run",
+           "sandbox_cflags"]
 
 
 class Lang(StrEnum):
@@ -49,6 +50,9 @@ def language_of(path: Path) -> Lang | None:
 
 # Native mode: plain musl, no rewriter; used for baselines only.
 NATIVE = "native"
+# A local absolute symbol in every object: the rank of the CPU level it was compiled for,
+# so that the link takes the highest (link.scan_objects).
+LEVEL_SYMBOL = "__tmebox_cpu_level"
 
 
 @dataclass(frozen=True)
@@ -74,15 +78,16 @@ def find_compiler(name: str = "gcc") -> Compiler:
     return Compiler(path=path, include_dir=include_dir)
 
 
-def sandbox_cflags(isolation: str) -> list[str]:
-    """The code-generation flags docs/design.md requires of every sandboxed unit."""
+def sandbox_cflags(isolation: str, level: CpuLevel = CpuLevel.X86_64) -> list[str]:
+    """The code-generation flags docs/design.md requires of every sandboxed unit, for the
+    CPU level's instructions."""
     if isolation == NATIVE:
         return []
     if isolation not in abi.ISOLATION_MODES:
         raise ToolchainError(
             f"unsupported isolation {isolation!r}: choose one of {', '.join(abi.ISOLATION_MODES)}"
         )
-    flags = list(abi.COMMON_CFLAGS)
+    flags = [*abi.COMMON_CFLAGS, f"-march={level.value}"]
     if isolation == Isolation.CODE_DATA:
         flags += abi.CODE_DATA_CFLAGS
     return flags
@@ -135,11 +140,12 @@ def _asm_statement_location(asm: str, asm_line: int) -> str | None:
     return None
 
 
-def rewrite(text: str, *, isolation: str, source: str, align_calls: bool = False) -> str:
+def rewrite(text: str, *, isolation: str, source: str, align_calls: bool = False,
+            level: CpuLevel = CpuLevel.X86_64) -> str:
     """rewrite_assembly, with errors in inline asm named by their C line."""
     try:
         return rewrite_assembly(text, isolation=isolation, source=source,
-                                align_calls=align_calls)
+                                align_calls=align_calls, level=level.value)
     except RewriteError as e:
         # The rewriter names a line of gcc's assembly; for inline asm in a C file
         # the C line is what the user can act on.
@@ -152,17 +158,19 @@ def rewrite(text: str, *, isolation: str, source: str, align_calls: bool = False
 
 
 def compiler_command(flags: Sequence[str], *, isolation: str, compiler: str,
-                     lang: Lang) -> list[str]:
+                     lang: Lang, level: CpuLevel = CpuLevel.X86_64) -> list[str]:
     """The compiler with flags, then the isolation mode's own flags (so that none of flags
     undoes one of those), then `-x lang`: only the step (-S, -E) and the files follow."""
-    return [find_compiler(compiler).path, *flags, *sandbox_cflags(isolation), "-x", lang.value]
+    return [find_compiler(compiler).path, *flags, *sandbox_cflags(isolation, level),
+            "-x", lang.value]
 
 
 def compile_unit(src: Path, obj: Path, *, isolation: str, flags: Sequence[str],
                  compiler: str = "gcc", lang: Lang | None = None,
-                 as_flags: Sequence[str] = ()) -> None:
+                 as_flags: Sequence[str] = (), level: CpuLevel = CpuLevel.X86_64) -> None:
     """Compile one source (C, or assembly with or without cpp) into an instrumented object
-    (native mode: not instrumented); lang defaults to what src's suffix says.
+    (native mode: not instrumented) for the CPU level; lang defaults to what src's suffix
+    says. Functions beyond the level (target attributes) become traps (toolchain.levels).
 
     flags are passed to the compiler as they are (-O, -I, -D, -W, -f, -isystem, ...),
     before the isolation mode's own (compiler_command).
@@ -170,7 +178,8 @@ def compile_unit(src: Path, obj: Path, *, isolation: str, flags: Sequence[str],
     lang = lang or language_of(src)
     if lang is None:
         raise ToolchainError(f"{src}: unsupported source type (expected .c, .s or .S)")
-    gcc = compiler_command(flags, isolation=isolation, compiler=compiler, lang=lang)
+    gcc = compiler_command(flags, isolation=isolation, compiler=compiler, lang=lang,
+                           level=level)
     if lang is Lang.C:
         asm = run([*gcc, "-S", "-o", "-", str(src)], f"compiling {src}", show_warnings=True)
     elif lang is Lang.ASM_CPP:
@@ -181,23 +190,44 @@ def compile_unit(src: Path, obj: Path, *, isolation: str, flags: Sequence[str],
             asm = src.read_text()
         except OSError as e:
             raise ToolchainError(f"cannot read {src}: {e.strerror}") from None
-    assemble(asm, obj, isolation=isolation, source=str(src), as_flags=as_flags)
+    if isolation == NATIVE:
+        assemble(asm, obj, isolation=isolation, source=str(src), as_flags=as_flags)
+        return
+    from tmebox.toolchain import levels  # (iced-x86: not for the rewriter-only paths)
+
+    try:
+        assemble(asm, obj, isolation=isolation, source=str(src), as_flags=as_flags,
+                 level=level)
+        beyond = levels.beyond_level(obj, isolation, level)
+    except RewriteError as refused:
+        # Perhaps only because a function is beyond the level: judge gcc's own code.
+        assemble_text(asm, obj, str(src), as_flags)
+        beyond = levels.beyond_level(obj, isolation, level)
+        if not beyond:
+            raise refused from None
+    if beyond:
+        asm = levels.stub_functions(asm, set(beyond), str(src), level)
+        assemble(asm, obj, isolation=isolation, source=str(src), as_flags=as_flags,
+                 level=level)
 
 
 def assemble(asm: str, obj: Path, *, isolation: str, source: str,
-             as_flags: Sequence[str] = ()) -> None:
-    """Rewrite assembly text for isolation (native: as it is) and assemble it into obj.
+             as_flags: Sequence[str] = (), level: CpuLevel = CpuLevel.X86_64) -> None:
+    """Rewrite assembly text for isolation (native: as it is) and the CPU level, and
+    assemble it into obj.
 
     code+data: the assembler pads each call group only as far as its call needs to
     end a bundle (_assemble_aligned_calls); if that does not work out, every call
     group is a whole bundle, which is always correct but costs up to 58 nop bytes a call.
     """
+    if isolation != NATIVE:
+        asm += f"\n\t.set {LEVEL_SYMBOL}, {level.rank}\n"
     if isolation == Isolation.CODE_DATA and _assemble_aligned_calls(asm, obj, source,
-                                                                     as_flags):
+                                                                     as_flags, level):
         pass
     else:
         if isolation != NATIVE:
-            asm = rewrite(asm, isolation=isolation, source=source)
+            asm = rewrite(asm, isolation=isolation, source=source, level=level)
         assemble_text(asm, obj, source, as_flags)
     if isolation != NATIVE:
         nopmerge.merge_object(obj)  # bundle padding: one-byte nops -> multi-byte nops
@@ -224,8 +254,8 @@ def assemble_text(asm: str, obj: Path, source: str, as_flags: Sequence[str] = ()
         raise ToolchainError(f"{e}\n(rewritten assembly kept in {keep})") from None
 
 
-def _assemble_aligned_calls(asm: str, obj: Path, source: str,
-                            as_flags: Sequence[str] = ()) -> bool:
+def _assemble_aligned_calls(asm: str, obj: Path, source: str, as_flags: Sequence[str],
+                            level: CpuLevel) -> bool:
     """Assemble code+data asm into obj with call groups padded by the assembler;
     False: not done, obj is to be rebuilt with whole-bundle call groups.
 
@@ -234,7 +264,7 @@ def _assemble_aligned_calls(asm: str, obj: Path, source: str,
     re-entered under another group, so that the padding counted from the wrong
     label), returns False: the object is never trusted without the decoding check.
     """
-    text = rewrite(asm, isolation="code+data", source=source, align_calls=True)
+    text = rewrite(asm, isolation="code+data", source=source, align_calls=True, level=level)
     try:
         run(_as(obj, as_flags), f"assembling {source}", stdin=text)
     except ToolchainError:

@@ -21,6 +21,8 @@ IMAGE_FORMAT = 1
 # so that it runs as a program; readers skip it, it is no part of the image.
 LAUNCHER_MAX = 256
 ISOLATION_MODES = ("data", "code+data")
+CPU_LEVELS = ("x86-64", "x86-64-v2", "x86-64-v3")  # lowest first (trusted.image.CpuLevel)
+CPUID_SYMBOL = "__tmebox_cpuid"  # cpuid as the image's level shows it (toolchain glue)
 DEFAULT_ISOLATION = "code+data"
 DEFAULT_STACK_SIZE = 1 << 20
 
@@ -41,7 +43,6 @@ COMMON_CFLAGS = (
     "-fno-stack-protector",
     "-mno-tls-direct-seg-refs",
     "-fPIE",
-    "-march=x86-64",
     "-mtune=generic",
     "-fno-asynchronous-unwind-tables",
     "-fno-exceptions",

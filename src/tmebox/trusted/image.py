@@ -31,9 +31,10 @@ from tmebox.trusted import abi
 from tmebox.trusted.errors import ImageError, TmeboxError
 from tmebox.trusted.signature import MAX_IMPORTS, Signature
 
-__all__ = ["Image", "ImageInfo", "Isolation", "Segment", "Tls"]
+__all__ = ["CpuLevel", "Image", "ImageInfo", "Isolation", "Segment", "Tls"]
 
 assert abi.ISOLATION_MODES == ("data", "code+data")
+assert abi.CPU_LEVELS == ("x86-64", "x86-64-v2", "x86-64-v3")
 
 
 class Isolation(StrEnum):
@@ -53,6 +54,27 @@ class Isolation(StrEnum):
     @property
     def strength(self) -> int:
         return list(Isolation).index(self)
+
+
+class CpuLevel(StrEnum):
+    """The x86-64 micro-architecture level an image's code needs, lowest first (the psABI's
+    names; which instructions each admits: rules.py, docs/verifier.md "CPU levels")."""
+
+    X86_64 = "x86-64"  # SSE2: what every x86-64 CPU runs, and the tme backend
+    V2 = "x86-64-v2"  # + SSE3, SSSE3, SSE4.1, SSE4.2, POPCNT, CMPXCHG16B
+    V3 = "x86-64-v3"  # + AVX, AVX2, BMI1, BMI2, F16C, FMA, LZCNT, MOVBE, XGETBV
+
+    @classmethod
+    def parse(cls, value: str) -> CpuLevel:
+        try:
+            return cls(value)
+        except ValueError:
+            raise TmeboxError(f"unknown CPU level {value!r}; choose one of "
+                              f"{', '.join(m.value for m in cls)}") from None
+
+    @property
+    def rank(self) -> int:
+        return list(CpuLevel).index(self)
 
 R_X86_64_RELATIVE = 8
 EHDR_SIZE, PHDR_SIZE, SHDR_SIZE, SYM_SIZE, RELA_SIZE = 64, 56, 64, 24, 24
@@ -121,6 +143,7 @@ class ImageInfo:
     imports: tuple[tuple[str, Signature], ...] = ()  # host functions, by runtime-call index
     data_symbols: dict[str, int] = field(default_factory=dict)  # exported globals
     unsupported: dict[str, str] = field(default_factory=dict)  # export -> why it is untyped
+    level: CpuLevel = CpuLevel.X86_64  # "cpu_level"; absent in images of before levels
 
 
 @dataclass(frozen=True)
@@ -145,6 +168,10 @@ class Image:
     @property
     def entry(self) -> int:
         return self.info.entry
+
+    @property
+    def level(self) -> CpuLevel:
+        return self.info.level
 
     @property
     def exports(self) -> dict[str, int]:
@@ -429,6 +456,9 @@ class _Reader:
                             f"{abi.IMAGE_FORMAT}")
         if obj["isolation"] not in abi.ISOLATION_MODES:
             raise self.fail(f"{abi.INFO_SECTION}: unknown isolation mode {obj['isolation']!r}")
+        level = obj.get("cpu_level", CpuLevel.X86_64.value)
+        if not isinstance(level, str) or level not in {m.value for m in CpuLevel}:
+            raise self.fail(f"{abi.INFO_SECTION}: unknown cpu_level {level!r}")
         in_code = range(abi.RT_PAGE_SIZE, code.end)
         entries = {"entry": obj["entry"]}
         for name, offset in obj["exports"].items():
@@ -446,7 +476,7 @@ class _Reader:
             raise self.fail(f"{abi.INFO_SECTION}: stack_size {obj['stack_size']} out of range")
         return ImageInfo(isolation=Isolation(obj["isolation"]), exports=dict(obj["exports"]),
                          stack_size=obj["stack_size"], entry=obj["entry"], tp_slot=tp,
-                         **self.read_interface(obj, data))
+                         level=CpuLevel(level), **self.read_interface(obj, data))
 
     def read_interface(self, obj: dict, data: Segment) -> dict:
         """The optional signatures, imports and exported data of `.tmebox_info`."""

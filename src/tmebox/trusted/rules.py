@@ -23,7 +23,7 @@ from tmebox.trusted.groups import (
     member_role,
     writes_all_of_esp,
 )
-from tmebox.trusted.image import Isolation
+from tmebox.trusted.image import CpuLevel, Isolation
 
 __all__ = ["RULES", "Kind", "Reject", "classify"]
 
@@ -32,7 +32,9 @@ __all__ = ["RULES", "Kind", "Reject", "classify"]
 RULES = {
     "decodes": "every byte decodes, the same for capstone, iced-x86 and AMD's decoding rules",
     "prefixes": "legacy prefixes only in GNU as's canonical order, each once, none after REX",
-    "allowed-instruction": "only unprivileged computation: integer, x87, MMX, SSE-SSE4.2",
+    "allowed-instruction": "only unprivileged computation: integer, x87, MMX, SSE-SSE4.2, "
+                           "AVX2, FMA, F16C, BMI1/2; no VSIB, no EVEX",
+    "cpu-level": "extensions only up to the image's CPU level (x86-64, -v2, -v3)",
     "runtime-call": "no syscall/int; direct branches into the runtime page only at its entries",
     "segment-register": "segment registers are never written (a selector load resets gs)",
     "fs-segment": "%fs is the host's thread pointer: no %fs access",
@@ -94,7 +96,7 @@ ALLOWED_MNEMONICS = _mnemonics(
     "CMPXCHG8B CMPXCHG16B CPUID CQO CWD CWDE DEC DIV IDIV IMUL INC JMP JRCXZ LAHF LEA "
     "LOOP LOOPE LOOPNE MOV MOVBE MOVNTI MOVSX MOVSXD MOVZX MUL NEG NOP NOT OR PAUSE POP PUSH "
     "PUSHFQ RCL RCR RET ROL ROR SAHF SAL SAR SBB SHL SHLD SHR SHRD STC STD SUB TEST "
-    "XADD XCHG XOR POPCNT LZCNT TZCNT CRC32 ENDBR64 INT3 UD2 LFENCE MFENCE SFENCE RDTSC RDTSCP "
+    "XADD XCHG XOR POPCNT LZCNT TZCNT CRC32 XGETBV ENDBR64 INT3 UD2 LFENCE MFENCE SFENCE RDTSC RDTSCP "
     "RDRAND RDSEED PREFETCHNTA PREFETCHT0 PREFETCHT1 PREFETCHT2 PREFETCHW CLFLUSH CLFLUSHOPT "
     "MOVSB MOVSW MOVSD MOVSQ STOSB STOSW STOSD STOSQ LODSB LODSW LODSD LODSQ CMPSB CMPSW "
     "CMPSD CMPSQ SCASB SCASW SCASD SCASQ "
@@ -105,7 +107,21 @@ ALLOWED_MNEMONICS = _mnemonics(
 # %ds:%rdi destination. (CMOV: fcmov/fcomi list it next to FPU.)
 SIMD_FEATURES = frozenset(getattr(ix.CpuidFeature, n) for n in (
     "FPU", "FPU287", "FPU387", "MMX", "SSE", "SSE2", "SSE3", "SSSE3", "SSE4_1", "SSE4_2", "CMOV"))
-SIMD_DENIED = _mnemonics("MASKMOVQ MASKMOVDQU")
+SIMD_DENIED = _mnemonics("MASKMOVQ MASKMOVDQU VMASKMOVDQU")
+# VEX encodings: AVX/AVX2 and the x86-64-v3 integer extensions compute on registers and
+# explicit memory operands as their legacy counterparts do. Not here: AVX-512 (EVEX; also the
+# VEX-encoded opmask instructions, which cpuid lists as AVX512F), AVX-VNNI, VAES, VPCLMULQDQ.
+VEX_FEATURES = frozenset(getattr(ix.CpuidFeature, n) for n in (
+    "AVX", "AVX2", "FMA", "F16C", "BMI1", "BMI2"))
+# The lowest level whose CPUs have each feature that not every x86-64 CPU has; anything else
+# allowed (rdrand, rdtscp, clflushopt...) is allowed at every level, as before levels.
+# XSAVE stands for xgetbv alone: no other instruction of that feature is allowed.
+LEVEL_OF_FEATURE = {
+    **{getattr(ix.CpuidFeature, n): CpuLevel.V2 for n in (
+        "SSE3", "SSSE3", "SSE4_1", "SSE4_2", "POPCNT", "CMPXCHG16B")},
+    **{getattr(ix.CpuidFeature, n): CpuLevel.V3 for n in (
+        "AVX", "AVX2", "BMI1", "BMI2", "F16C", "FMA", "LZCNT", "MOVBE", "XSAVE")},
+}
 # Every control transfer, by exact form: 64-bit operand size only (AMD honours 0x66 on near
 # branches: a 16-bit jmp lands at ip & 0xffff), no far, no 32-bit-address loop/jecxz.
 BRANCH_FORMS = _codes(
@@ -146,13 +162,15 @@ class Insn:
     ins: ix.Instruction
     raw: bytes
     mode: str
+    level: CpuLevel
     prefixes: bytes  # the legacy prefix bytes before the REX/opcode
     rex_then_prefix: bool  # a legacy prefix or second REX after a REX byte
     written: frozenset[int]  # registers (any width) written, implicitly or explicitly
     memory: tuple[ix.UsedMemory, ...]  # accesses (lea and nop have none)
 
     @classmethod
-    def of(cls, ins: ix.Instruction, raw: bytes, mode: str) -> Insn:
+    def of(cls, ins: ix.Instruction, raw: bytes, mode: str,
+           level: CpuLevel = CpuLevel.X86_64) -> Insn:
         info = _INFO.info(ins)
         i = 0
         while i < len(raw) and raw[i] in _LEGACY_PREFIXES:
@@ -162,7 +180,7 @@ class Insn:
                            and (after in _LEGACY_PREFIXES or 0x40 <= after <= 0x4F))
         written = frozenset(u.register for u in info.used_registers() if u.access in _WRITES)
         memory = tuple(m for m in info.used_memory() if m.access != ix.OpAccess.NO_MEM_ACCESS)
-        return cls(ins, raw, mode, raw[:i], rex_then_prefix, written, memory)
+        return cls(ins, raw, mode, level, raw[:i], rex_then_prefix, written, memory)
 
 
 # --- the rules, in the order their rejections are reported -----------------------------------
@@ -199,20 +217,39 @@ def rule_prefixes(x: Insn) -> None:
 def rule_allowed_instruction(x: Insn) -> None:
     """Only instructions whose whole effect is on registers and checked memory operands."""
     ins = x.ins
-    if ins.encoding != ix.EncodingKind.LEGACY:
-        raise Reject("allowed-instruction", "VEX/EVEX/XOP/3DNow! encodings are not allowed")
+    vex = ins.encoding == ix.EncodingKind.VEX
+    if not vex and ins.encoding != ix.EncodingKind.LEGACY:
+        raise Reject("allowed-instruction", "EVEX/XOP/3DNow! encodings are not allowed")
+    if R.XMM0 <= ins.memory_index <= R.ZMM31:
+        # Each element's address is base + a vector lane: no single operand to confine.
+        raise Reject("allowed-instruction", "VSIB addressing (gather/scatter) is not allowed")
     if ins.is_privileged:
         raise Reject("allowed-instruction", "privileged instruction")
     if ins.flow_control not in (ix.FlowControl.NEXT, ix.FlowControl.INTERRUPT,
                                 ix.FlowControl.EXCEPTION) and ins.code not in BRANCH_FORMS:
         raise Reject("allowed-instruction", "control transfer not of a 64-bit near form "
                      "(far, 16-bit, ret imm16 or 32-bit-address loop)")
+    features = set(ins.cpuid_features())
+    if vex:
+        if features and features <= VEX_FEATURES and ins.mnemonic not in SIMD_DENIED:
+            return
+        raise Reject("allowed-instruction", "VEX instruction outside AVX2, FMA, F16C, BMI1/2")
     if ins.mnemonic in ALLOWED_MNEMONICS:
         return
-    features = ins.cpuid_features()
-    if features and set(features) <= SIMD_FEATURES and ins.mnemonic not in SIMD_DENIED:
+    if features and features <= SIMD_FEATURES and ins.mnemonic not in SIMD_DENIED:
         return
     raise Reject("allowed-instruction", "instruction is not in the allowlist")
+
+
+def rule_cpu_level(x: Insn) -> None:
+    """An image runs only where the CPU has its level (the runtime checks); code beyond the
+    level would fault there, and cpuid as the sandbox sees it reports no more than the level."""
+    if x.ins.mnemonic == M.TZCNT:
+        return  # `rep bsf`, as gcc emits it at every level: a CPU without BMI1 runs bsf
+    need = max((LEVEL_OF_FEATURE.get(f, CpuLevel.X86_64) for f in x.ins.cpuid_features()),
+               key=lambda lv: lv.rank, default=CpuLevel.X86_64)
+    if need.rank > x.level.rank:
+        raise Reject("cpu-level", f"needs {need.value}; the image's level is {x.level.value}")
 
 
 def rule_runtime_call(x: Insn) -> None:
@@ -339,17 +376,17 @@ def rule_return(x: Insn) -> Role:
 
 
 CHECKS = (rule_decodes, rule_runtime_call, rule_segment_register, rule_allowed_instruction,
-          rule_fs_segment, rule_base_register, rule_prefixes)
+          rule_cpu_level, rule_fs_segment, rule_base_register, rule_prefixes)
 ROLE_RULES = (rule_string_instruction, rule_stack_pointer, rule_indirect_branch, rule_return)
 
 
-def classify(raw: bytes, mode: str) -> Kind:
+def classify(raw: bytes, mode: str, level: CpuLevel = CpuLevel.X86_64) -> Kind:
     """Run every per-instruction rule on the instruction capstone found in `raw`.
 
-    The result depends only on `raw` and `mode`: targets are kept relative (`disp`).
+    The result depends only on `raw`, `mode` and `level`: targets are kept relative (`disp`).
     """
     ins = next(iter(ix.Decoder(64, raw, ip=0)))
-    x = Insn.of(ins, raw, mode)
+    x = Insn.of(ins, raw, mode, level)
     try:
         for check in CHECKS:
             check(x)

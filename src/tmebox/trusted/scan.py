@@ -17,14 +17,15 @@ import numpy as np
 from tmebox.trusted import abi, decode
 from tmebox.trusted.errors import VerificationError
 from tmebox.trusted.groups import GROUPS, Role, group_rule
-from tmebox.trusted.image import Image, Isolation
+from tmebox.trusted.image import CpuLevel, Image, Isolation
 from tmebox.trusted.rules import PLAIN, Kind, Reject, classify
 from tmebox.trusted.verdict import Verdict
 
 __all__ = ["verify_code", "verify_image"]
 
-_KINDS: dict[str, dict[bytes, Kind]] = {mode: {} for mode in abi.ISOLATION_MODES}
-_KINDS_LIMIT = 1 << 20  # distinct instructions remembered per mode
+_KINDS: dict[tuple[str, CpuLevel], dict[bytes, Kind]] = {
+    (mode, level): {} for mode in abi.ISOLATION_MODES for level in CpuLevel}
+_KINDS_LIMIT = 1 << 20  # distinct instructions remembered per mode and level
 
 
 # --- whole-code checks ----------------------------------------------------------------------
@@ -39,10 +40,11 @@ class _Scan:
     branches: list[tuple[int, int, int]]  # (address, length, target)
 
 
-def _scan(code: bytes, code_offset: int, image_size: int, mode: str) -> _Scan:
+def _scan(code: bytes, code_offset: int, image_size: int, mode: str,
+          level: CpuLevel) -> _Scan:
     """Walk capstone's instructions, apply the cached per-instruction rules, then the
     positional ones. The fast path (a plain instruction seen before) is one dict lookup."""
-    kinds = _KINDS[mode]
+    kinds = _KINDS[mode, level]
     if len(kinds) > _KINDS_LIMIT:
         kinds.clear()
     get = kinds.get
@@ -59,7 +61,7 @@ def _scan(code: bytes, code_offset: int, image_size: int, mode: str) -> _Scan:
         raw = code[rel:rel + n]
         kind = get(raw)
         if kind is None:
-            kind = kinds[raw] = classify(raw, mode)
+            kind = kinds[raw] = classify(raw, mode, level)
         if kind is PLAIN and not run:
             continue
         if kind.rule:
@@ -138,7 +140,7 @@ def _check_targets(scan: _Scan, code_offset: int, code_end: int, rt_range: tuple
 def verify_code(code: bytes, *, code_offset: int, image_size: int,
                 rt_range: tuple[int, int] = (0, abi.RT_PAGE_SIZE),
                 isolation: str = abi.DEFAULT_ISOLATION, entries: dict[str, int] | None = None,
-                name: str = "<code>") -> Verdict:
+                name: str = "<code>", level: CpuLevel = CpuLevel.X86_64) -> Verdict:
     """Verify raw machine code that sits at image offset `code_offset` of an image."""
     if isolation not in abi.ISOLATION_MODES:
         raise VerificationError(f"{name}: unknown isolation mode {isolation!r}")
@@ -147,15 +149,16 @@ def verify_code(code: bytes, *, code_offset: int, image_size: int,
     try:
         if isolation == Isolation.CODE_DATA and code_offset % abi.BUNDLE_SIZE:
             raise Reject("bundle", f"code starts at {code_offset:#x}, not on a bundle boundary")
-        scan = _scan(code, code_offset, image_size, isolation)
+        scan = _scan(code, code_offset, image_size, isolation, CpuLevel(level))
         _check_targets(scan, code_offset, code_end, rt_range, rt_entries, entries or {})
     except Reject as e:
-        return _rejected(name, isolation, code, code_offset, e)
+        return _rejected(name, isolation, code, code_offset, e, CpuLevel(level))
     return Verdict(name=name, ok=True, isolation=isolation, instructions=scan.count,
-                   code_bytes=len(code))
+                   code_bytes=len(code), level=CpuLevel(level).value)
 
 
-def _rejected(name: str, isolation: str, code: bytes, code_offset: int, e: Reject) -> Verdict:
+def _rejected(name: str, isolation: str, code: bytes, code_offset: int, e: Reject,
+              level: CpuLevel) -> Verdict:
     raw, text = b"", ""
     if e.address is not None and code_offset <= e.address < code_offset + len(code):
         rel = e.address - code_offset
@@ -164,7 +167,7 @@ def _rejected(name: str, isolation: str, code: bytes, code_offset: int, e: Rejec
         text = decode.capstone_text(raw, e.address) or _iced_text(raw, e.address)
     return Verdict(name=name, ok=False, isolation=isolation, instructions=0,
                    code_bytes=len(code), address=e.address, bytes=raw, disassembly=text,
-                   rule=e.rule, reason=e.reason)
+                   rule=e.rule, reason=e.reason, level=level.value)
 
 
 def _iced_text(raw: bytes, address: int) -> str:
@@ -180,6 +183,7 @@ def verify_image(image: Image) -> Verdict:
     entries = {"entry": image.entry}
     entries.update({f"export {n!r}": off for n, off in image.exports.items()})
     return verify_code(code, code_offset=rt_end, image_size=image.size, rt_range=image.rt_range,
-                       isolation=image.isolation, entries=entries, name=image.name)
+                       isolation=image.isolation, entries=entries, name=image.name,
+                       level=image.level)
 
 

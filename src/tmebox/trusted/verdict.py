@@ -38,11 +38,13 @@ class Verdict:
     disassembly: str = ""
     rule: str = ""
     reason: str = ""
+    level: str = "x86-64"  # the CPU level verified against (trusted.image.CpuLevel)
 
     def summary(self) -> str:
         if self.ok:
-            return (f"{self.name}: ok ({self.isolation}, {self.instructions:,} instructions, "
-                    f"{self.code_bytes:,} bytes)")
+            level = "" if self.level == "x86-64" else f"{self.level}, "
+            return (f"{self.name}: ok ({self.isolation}, {level}{self.instructions:,} "
+                    f"instructions, {self.code_bytes:,} bytes)")
         where = f" at {self.address:#x}" if self.address is not None else ""
         text = f": {self.bytes.hex(' ')}  {self.disassembly}" if self.bytes else ""
         return f"{self.name}: REJECTED{where}{text} — rule {self.rule}: {self.reason}"

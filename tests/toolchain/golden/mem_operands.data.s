@@ -36,7 +36,6 @@ mem:
 	lock xaddl	%eax, %gs:(%edx)
 	lock cmpxchgq	%rcx, %gs:8(%edi)
 	lock orl	$0, %gs:(%esp)
-	cmpxchg16b	%gs:(%edi)
 	setne	%gs:(%edi)
 	cmovne	%gs:(%esi), %rax
 	pushq	%gs:8(%eax)
@@ -68,7 +67,7 @@ mem:
 	nop
 	bsfq	%gs:(%edi), %rax
 	rdtsc
-	cpuid
+	call	__tmebox_cpuid
 	pause
 	mfence
 	ud2

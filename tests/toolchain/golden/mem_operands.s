@@ -36,7 +36,6 @@ mem:
 	lock xaddl	%eax, (%rdx)
 	lock cmpxchgq	%rcx, 8(%rdi)
 	lock orl	$0, (%rsp)
-	cmpxchg16b	(%rdi)
 	setne	(%rdi)
 	cmovne	(%rsi), %rax
 	pushq	8(%rax)

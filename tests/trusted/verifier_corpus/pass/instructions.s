@@ -19,8 +19,6 @@
     std
     bsf rax, rcx
     tzcnt eax, ecx
-    popcnt rax, rcx
-    crc32 eax, cl
     cmova rax, rcx
     sete al
     imul rax, rcx, 12
@@ -28,14 +26,10 @@
     cqo
     bswap rax
     xchg rax, rcx
-    movbe eax, dword ptr gs:[edi]
-# case: SSE..SSE4.2, MMX, x87
+# case: SSE, SSE2, MMX, x87
     addps xmm0, xmm1
     mulsd xmm2, qword ptr gs:[eax + 8]
     cvtsi2sd xmm0, rax
-    pshufb xmm0, xmm1
-    pminud xmm0, xmm1
-    pcmpistri xmm0, xmm1, 12
     paddb mm0, mm1
     emms
     ldmxcsr dword ptr gs:[esp]

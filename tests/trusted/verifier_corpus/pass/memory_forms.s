@@ -8,7 +8,6 @@
     add dword ptr gs:[eax*8], 1
     addr32 mov rax, qword ptr gs:[0x10]
     movdqu xmm0, xmmword ptr gs:[eax]
-    lock cmpxchg16b xmmword ptr gs:[eax]
     lock xadd qword ptr gs:[ecx], rdx
     cmp qword ptr gs:[esp], 0
     push qword ptr gs:[eax]

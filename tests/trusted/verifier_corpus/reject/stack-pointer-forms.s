@@ -60,11 +60,13 @@
     lea rsp, [rsp + r14]
     .bundle_unlock
 # case: popcnt into esp, then lea rsp, [rsp + r14]
+# level: x86-64-v3
     .bundle_lock
     popcnt esp, eax
     lea rsp, [rsp + r14]
     .bundle_unlock
 # case: lzcnt into esp, then lea rsp, [rsp + r14]
+# level: x86-64-v3
     .bundle_lock
     lzcnt esp, eax
     lea rsp, [rsp + r14]
@@ -110,6 +112,7 @@
     lea rsp, [rsp + r14]
     .bundle_unlock
 # case: crc32 into esp, then lea rsp, [rsp + r14]
+# level: x86-64-v3
     .bundle_lock
     crc32 esp, eax
     lea rsp, [rsp + r14]
