@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from tmebox.errors import (
+    CpuLevelError,
     HostError,
     ImageError,
     IsolationError,
@@ -37,6 +38,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CHostFunction",
+    "CpuLevel",
+    "CpuLevelError",
     "HostError",
     "FaultKind",
     "ImageError",
@@ -62,7 +65,8 @@ __all__ = [
 # (which imports tmebox.errors, so this package) must start without enum, re or dataclasses.
 _LAZY = {"CHostFunction": "tmebox.runtime.host", "LoadedImage": "tmebox.runtime.api",
          "Runtime": "tmebox.runtime.api", "Sandbox": "tmebox.runtime.api",
-         "FaultKind": "tmebox.runtime.backend", "Isolation": "tmebox.trusted.image"}
+         "FaultKind": "tmebox.runtime.backend", "Isolation": "tmebox.trusted.image",
+         "CpuLevel": "tmebox.trusted.image"}
 
 
 def __getattr__(name: str) -> object:

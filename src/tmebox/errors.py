@@ -84,6 +84,10 @@ class IsolationError(VerificationError):
     """An image's isolation mode is weaker than the Runtime's min_isolation allows."""
 
 
+class CpuLevelError(TmeboxError):
+    """An image needs a CPU level (x86-64-v2, -v3) that the backend's CPU does not have."""
+
+
 class HostError(SandboxError):
     """A host function the sandbox called raised; __cause__ is that exception. The call
     into the sandbox that led there is over; the host and other sandboxes are unaffected."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tmebox.errors import (
+    CpuLevelError,
     HostError,
     IsolationError,
     MissingImport,
@@ -266,6 +267,11 @@ class Runtime:
                 f"min_isolation {self.min_isolation.value!r}; {mode.value!r} does not confine "
                 "control flow, so it suits only trusted code. To accept it, create the Runtime "
                 f"with min_isolation={mode.value!r} (tmebox run --min-isolation {mode.value})")
+        if parsed.level.rank and parsed.level.rank > self._backend.cpu_level().rank:
+            raise CpuLevelError(
+                f"{image}: built for {parsed.level.value}, which the {self.backend_name} "
+                f"backend's CPU cannot run (it runs {self._backend.cpu_level().value}); "
+                "rebuild it with a lower -march (tmebox cc -march=x86-64)")
         # A verdict kept for this content (authenticated, trusted/verdict.py) spares loading
         # the decoders: `tmebox run` of a known image starts in tens of milliseconds.
         verdict = stored(parsed.sha256)

@@ -20,6 +20,7 @@ from tmebox.runtime.layout import WindowLayout
 from tmebox.runtime.loader import ImagePlan
 from tmebox.runtime.memory import SandboxMemory
 from tmebox.runtime.snapshot import Run
+from tmebox.trusted.image import CpuLevel
 from tmebox.trusted.signature import Signature
 
 __all__ = ["MACHINE_CHECK", "STOPPED", "STOP_BADSTACK", "STOP_FAULT", "STOP_INTERRUPTED",
@@ -265,6 +266,9 @@ class Backend(Protocol[ImageT]):
     """Prepares images and runs sandboxes of them; ImageT is its prepared-image type."""
 
     name: str
+
+    def cpu_level(self) -> CpuLevel:
+        """The highest CPU level whose instructions this backend's CPU runs."""
 
     def prepare(self, plan: ImagePlan) -> ImageT:
         """The backend's copy of a verified image (native: a sealed code memfd)."""

@@ -21,7 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from tmebox.errors import CompileError, RewriteError, ToolchainError
-from tmebox.toolchain import nopmerge
+from tmebox.toolchain import levels, nopmerge
 from tmebox.toolchain.rewriter import rewrite_assembly
 from tmebox.trusted import abi
 from tmebox.trusted.image import CpuLevel, Isolation
@@ -193,8 +193,6 @@ def compile_unit(src: Path, obj: Path, *, isolation: str, flags: Sequence[str],
     if isolation == NATIVE:
         assemble(asm, obj, isolation=isolation, source=str(src), as_flags=as_flags)
         return
-    from tmebox.toolchain import levels  # (iced-x86: not for the rewriter-only paths)
-
     try:
         assemble(asm, obj, isolation=isolation, source=str(src), as_flags=as_flags,
                  level=level)

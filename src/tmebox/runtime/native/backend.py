@@ -15,12 +15,18 @@ from tmebox.runtime.native.engine import NativeEngine
 from tmebox.runtime.native.helper import lib
 from tmebox.runtime.native.image import NativeImage
 from tmebox.runtime.native.windows import POOL, RESERVE_CHUNK, check_map_count
+from tmebox.trusted.cpu import host_level
+from tmebox.trusted.image import CpuLevel
 
 __all__ = ["NativeBackend"]
 
 
 class NativeBackend:
     name = "native"
+
+    @staticmethod
+    def cpu_level() -> CpuLevel:
+        return host_level()
 
     def __init__(self, max_sandboxes: int) -> None:
         # Handlers installed since the module was imported (faulthandler.enable(), ...)

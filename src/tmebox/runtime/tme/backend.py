@@ -106,12 +106,18 @@ from tmebox.runtime.tme.mmu import Mmu
 from tmebox.runtime.tme.pool import ExtentPool
 from tmebox.tme import LINE_SIZE, PconfigStatus, Platform
 from tmebox.trusted import abi
+from tmebox.trusted.image import CpuLevel
 
 
 class TmeBackend:
     """Sandboxes on one emulated TME-MK platform and one emulated CPU."""
 
     name = "tme"
+
+    @staticmethod
+    def cpu_level() -> CpuLevel:
+        # unicorn's CPU runs SSE3..SSE4.2, POPCNT, CMPXCHG16B, and no VEX instruction.
+        return CpuLevel.V2
 
     def __init__(self, max_sandboxes: int, keyid_bits: int = 15,
                  pool_size: int = DEFAULT_POOL_SIZE, algorithm: str = "aes-xts-128",
