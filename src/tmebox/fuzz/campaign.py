@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import iced_x86 as ix
 
 from tmebox.fuzz import oracle
-from tmebox.fuzz.generate import CODE_OFFSET, Candidate, Generator
+from tmebox.fuzz.generate import CODE_OFFSET, LEVEL, Candidate, Generator
 from tmebox.fuzz.oracle import Oracle, Outcome, Result, Sample
 from tmebox.trusted import abi, verifier
 
@@ -108,7 +108,8 @@ def run(sequences: int, seed: int, modes: Iterable[str] = abi.ISOLATION_MODES,
 def _verify(candidate: Candidate) -> verifier.Verdict:
     return verifier.verify_code(candidate.code, code_offset=CODE_OFFSET,
                                 image_size=oracle.IMAGE_SIZE, isolation=candidate.mode,
-                                entries={"start": CODE_OFFSET + candidate.start})
+                                entries={"start": CODE_OFFSET + candidate.start},
+                                level=LEVEL)
 
 
 def _execute(cpu: Oracle, pending: list[tuple[Candidate, Sample]], stats: Stats) -> None:

@@ -22,6 +22,7 @@ import iced_x86 as ix
 
 from tmebox.fuzz import oracle
 from tmebox.trusted import abi, rules, verifier
+from tmebox.trusted.cpu import host_level
 from tmebox.trusted.verifier import Verdict
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ _GPR = {
 }
 _CLASSES = {
     "XMM": [getattr(R, f"XMM{i}") for i in range(16)],
+    "YMM": [getattr(R, f"YMM{i}") for i in range(16)],
     "MM": [getattr(R, f"MM{i}") for i in range(8)],
     "ST": [getattr(R, f"ST{i}") for i in range(8)],
     "SEG": [R.ES, R.CS, R.SS, R.DS, R.FS, R.GS],
@@ -66,16 +68,22 @@ for _bits in (8, 16, 32, 64):
     for _suffix in ("REG", "OR_MEM", "OPCODE", "RM"):
         if hasattr(K, f"R{_bits}_{_suffix}"):  # there is no R8_RM
             _REG_KINDS[getattr(K, f"R{_bits}_{_suffix}")] = _GPR[_bits]
-for _name, _regs in (("XMM", "XMM"), ("MM", "MM")):
+for _name, _regs in (("XMM", "XMM"), ("MM", "MM"), ("YMM", "YMM")):
     for _suffix in ("REG", "OR_MEM", "RM"):
         _REG_KINDS[getattr(K, f"{_name}_{_suffix}")] = _CLASSES[_regs]
+# VEX's second source (vvvv) and the BMI forms' register operands.
+_REG_KINDS.update({K.XMM_VVVV: _CLASSES["XMM"], K.YMM_VVVV: _CLASSES["YMM"],
+                   K.R32_VVVV: _GPR[32], K.R64_VVVV: _GPR[64]})
 _REG_KINDS.update({K.STI_OPCODE: _CLASSES["ST"], K.SEG_REG: _CLASSES["SEG"],
                    K.CR_REG: _CLASSES["CR"], K.DR_REG: _CLASSES["DR"]})
 _FIXED_REG = {K.AL: R.AL, K.AX: R.AX, K.EAX: R.EAX, K.RAX: R.RAX, K.CL: R.CL, K.DX: R.DX,
               K.ST0: R.ST0, K.ES: R.ES, K.CS: R.CS, K.SS: R.SS, K.DS: R.DS, K.FS: R.FS,
               K.GS: R.GS}
 _MAY_BE_MEMORY = {K.R8_OR_MEM, K.R16_OR_MEM, K.R32_OR_MEM, K.R64_OR_MEM, K.XMM_OR_MEM,
-                  K.MM_OR_MEM}
+                  K.MM_OR_MEM, K.YMM_OR_MEM}
+# The CPU level candidates are verified for: this machine's, so that what the verifier
+# accepts (VEX forms included, on an x86-64-v3 CPU) is what the oracle can run.
+LEVEL = host_level()
 _IMM = {K.IMM8: (OK.IMMEDIATE8, 8), K.IMM16: (OK.IMMEDIATE16, 16), K.IMM32: (OK.IMMEDIATE32, 32),
         K.IMM64: (OK.IMMEDIATE64, 64), K.IMM8SEX16: (OK.IMMEDIATE8TO16, 8),
         K.IMM8SEX32: (OK.IMMEDIATE8TO32, 8), K.IMM8SEX64: (OK.IMMEDIATE8TO64, 8),
@@ -126,7 +134,8 @@ class _Item:
 
 @functools.cache
 def _table() -> tuple[list[CodeT], list[CodeT]]:
-    """Legacy 64-bit encoding forms, split into those the allowlist names and the rest."""
+    """Legacy and VEX 64-bit encoding forms, split into those the allowlist names and the
+    rest."""
     allowed_mnemonics, simd_features, simd_denied = _allowlist()
     preferred: list[CodeT] = []
     other: list[CodeT] = []
@@ -139,12 +148,16 @@ def _table() -> tuple[list[CodeT], list[CodeT]]:
             info = ix.OpCodeInfo(code)
         except ValueError:
             continue
-        if not (info.is_instruction and info.mode64 and info.encoding == ix.EncodingKind.LEGACY) \
+        vex = info.encoding == ix.EncodingKind.VEX
+        if not (info.is_instruction and info.mode64
+                and (info.encoding == ix.EncodingKind.LEGACY or vex)) \
                 or not set(info.op_kinds()) <= _SUPPORTED:
             continue
         features = set(ix.Instruction.create(code).cpuid_features())
-        if info.mnemonic in allowed_mnemonics or (features and features <= simd_features
-                                                  and info.mnemonic not in simd_denied):
+        if vex and not features <= rules.VEX_FEATURES:
+            other.append(code)
+        elif info.mnemonic in allowed_mnemonics or (features and features <= simd_features | (
+                rules.VEX_FEATURES if vex else set()) and info.mnemonic not in simd_denied):
             preferred.append(code)
         else:
             other.append(code)
@@ -163,7 +176,8 @@ def _forms(mode: str) -> tuple[list[CodeT], list[CodeT]]:
         for _ in range(8):
             raw = probe._encode(code)
             if raw and verifier.verify_code(raw, code_offset=CODE_OFFSET,
-                                            image_size=oracle.IMAGE_SIZE, isolation=mode).ok:
+                                            image_size=oracle.IMAGE_SIZE, isolation=mode,
+                                            level=LEVEL).ok:
                 passing.append(code)
                 break
         else:

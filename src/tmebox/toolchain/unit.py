@@ -87,7 +87,9 @@ def sandbox_cflags(isolation: str, level: CpuLevel = CpuLevel.X86_64) -> list[st
         raise ToolchainError(
             f"unsupported isolation {isolation!r}: choose one of {', '.join(abi.ISOLATION_MODES)}"
         )
-    flags = [*abi.COMMON_CFLAGS, f"-march={level.value}"]
+    flags = list(abi.COMMON_CFLAGS)
+    if level is not CpuLevel.X86_64:
+        flags.append(f"-march={level.value}")
     if isolation == Isolation.CODE_DATA:
         flags += abi.CODE_DATA_CFLAGS
     return flags

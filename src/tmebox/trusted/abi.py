@@ -43,6 +43,7 @@ COMMON_CFLAGS = (
     "-fno-stack-protector",
     "-mno-tls-direct-seg-refs",
     "-fPIE",
+    "-march=x86-64",  # (a unit for a higher CPU level adds its -march after these)
     "-mtune=generic",
     "-fno-asynchronous-unwind-tables",
     "-fno-exceptions",
