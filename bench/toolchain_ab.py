@@ -28,14 +28,14 @@ from elftools.elf.elffile import ELFFile
 
 from tmebox.bench import build, workloads
 from tmebox.bench.overhead import interleaved_cpu, ratio_quartiles
-from tmebox.toolchain import cc, nopmerge
+from tmebox.toolchain import nopmerge, unit
 
 # feature -> how to switch it off for one build
 FEATURES: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "nopmerge": lambda: mock.patch.object(nopmerge, "merge_object",
                                           lambda path: nopmerge.MergeStats()),
-    "callpad": lambda: mock.patch.object(cc, "_assemble_aligned_calls",
-                                         lambda asm, obj, source: False),
+    "callpad": lambda: mock.patch.object(unit, "_assemble_aligned_calls",
+                                         lambda *args: False),
 }
 
 

@@ -201,3 +201,21 @@ def test_constructors_and_destructors_run(tmp_path: Path) -> None:
     with tmebox.Runtime() as rt:
         assert rt.spawn(rt.load(image), stdout=out).run() == 0
     assert out.decode() == "x=12\nbye 12\n"
+
+
+def test_inline_asm_beyond_the_level_stays_an_error(tmp_path: Path) -> None:
+    """Only what gcc generated for a target() function becomes a trap; an instruction the
+    programmer wrote (inline asm, an assembly source) is refused, naming its line."""
+    src = tmp_path / "ia.c"
+    src.write_text("int f(int x)\n{\n  __asm__(\"popcnt %1, %0\" : \"=r\"(x) : \"r\"(x));\n"
+                   "  return x;\n}\nint main(void) { return f(3) == 2 ? 0 : 1; }\n")
+    with pytest.raises(tmebox.VerificationError, match="rule cpu-level: needs x86-64-v2"):
+        cc.build([src], tmp_path / "ia.box", "data")
+    image = cc.build([src], tmp_path / "ia2.box", "data", level="x86-64-v2")[0]
+    with tmebox.Runtime(min_isolation="data") as rt:
+        assert rt.spawn(rt.load(image)).run() == 0
+    asm = tmp_path / "v.s"
+    asm.write_text("\t.text\n\t.globl f\n\t.type f, @function\nf:\n\tvzeroupper\n\tret\n"
+                   "\t.size f, .-f\n")
+    with pytest.raises(tmebox.TmeboxError, match="v.s:5: `vzeroupper`: .*needs x86-64-v3"):
+        cc.build([asm], tmp_path / "v.o", "data", compile_only=True)

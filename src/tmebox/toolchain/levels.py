@@ -7,7 +7,8 @@ answers from the image's level (glue.py, data/cpu_model.c). So such a function i
 the verifier accepts it at the unit's level, and otherwise its body is replaced by `ud2`: the
 program builds at every level, and dispatch never calls what was removed. The verifier's own
 rules decide (trusted.rules.classify), so nothing is removed that the verifier would take, and
-nothing else is ever removed: an instruction refused for another reason stays an error.
+nothing else is ever removed: an instruction refused for another reason stays an error, and
+so does one in inline asm or an assembly source (what the programmer wrote by hand).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from elftools.elf.sections import SymbolTableSection
 from tmebox.trusted.image import CpuLevel
 from tmebox.trusted.rules import LEVEL_OF_FEATURE, VEX_FEATURES, classify
 
-__all__ = ["beyond_level", "stub_functions"]
+__all__ = ["beyond_level", "stub_functions", "without_inline_asm"]
 
 # Extensions no level has, which target attributes ask for (legacy encodings; every VEX and
 # EVEX instruction counts as an extension too).
@@ -69,6 +70,25 @@ def beyond_level(obj: Path, isolation: str, level: CpuLevel) -> dict[str, str]:
     return found
 
 
+def _is_instruction(s: str) -> bool:
+    """A stripped line of gcc's assembly that is an instruction (not a label, a directive,
+    a comment or empty: those stay, for the labels debug information refers to)."""
+    return bool(s) and not s.startswith((".", "#")) and not s.endswith(":")
+
+
+def without_inline_asm(asm: str) -> str:
+    """gcc's assembly without the instructions of its inline asm (between #APP and
+    #NO_APP)."""
+    out: list[str] = []
+    inside = False
+    for line in asm.split("\n"):
+        s = line.strip()
+        inside = (inside or s == "#APP") and s != "#NO_APP"
+        if not (inside and _is_instruction(s)):
+            out.append(line)
+    return "\n".join(out)
+
+
 def stub_functions(asm: str, names: set[str], source: str, level: CpuLevel) -> str:
     """gcc's assembly with the instructions of each function in names replaced by one ud2
     (labels and directives stay, so debug information and jump tables still assemble)."""
@@ -85,8 +105,8 @@ def stub_functions(asm: str, names: set[str], source: str, level: CpuLevel) -> s
         if s.startswith(".size") and s[5:].split(",")[0].strip().strip('"') == inside:
             inside = None
             out.append(line)
-        elif not s or s.startswith((".", "#")) or s.endswith(":"):
-            out.append(line)  # labels, directives, comments
+        elif not _is_instruction(s):
+            out.append(line)
     for name in sorted(names):
         print(f"tmebox cc: note: {source}: {name}() needs more than {level.value}: it traps "
               "if called (cpuid and __builtin_cpu_supports in the sandbox never report it)",

@@ -50,8 +50,8 @@ def language_of(path: Path) -> Lang | None:
 
 # Native mode: plain musl, no rewriter; used for baselines only.
 NATIVE = "native"
-# A local absolute symbol in every object: the rank of the CPU level it was compiled for,
-# so that the link takes the highest (link.scan_objects).
+# A local absolute symbol in every object compiled for a level above x86-64: the level's
+# rank, so that the link takes the highest (link.scan_objects).
 LEVEL_SYMBOL = "__tmebox_cpu_level"
 
 
@@ -192,23 +192,27 @@ def compile_unit(src: Path, obj: Path, *, isolation: str, flags: Sequence[str],
             asm = src.read_text()
         except OSError as e:
             raise ToolchainError(f"cannot read {src}: {e.strerror}") from None
-    if isolation == NATIVE:
-        assemble(asm, obj, isolation=isolation, source=str(src), as_flags=as_flags)
+    if isolation == NATIVE or lang is not Lang.C:
+        # (hand-written assembly says what it means: nothing in it becomes a trap)
+        assemble(asm, obj, isolation=isolation, source=str(src), as_flags=as_flags,
+                 level=level)
         return
+    error: RewriteError | None = None
     try:
         assemble(asm, obj, isolation=isolation, source=str(src), as_flags=as_flags,
                  level=level)
-        beyond = levels.beyond_level(obj, isolation, level)
+        if not levels.beyond_level(obj, isolation, level):
+            return
     except RewriteError as refused:
-        # Perhaps only because a function is beyond the level: judge gcc's own code.
-        assemble_text(asm, obj, str(src), as_flags)
-        beyond = levels.beyond_level(obj, isolation, level)
-        if not beyond:
-            raise refused from None
+        error = refused  # perhaps only because a function is beyond the level
+    # Judge gcc's own code, without inline asm: what the programmer wrote stays an error.
+    assemble_text(levels.without_inline_asm(asm), obj, str(src), as_flags)
+    beyond = levels.beyond_level(obj, isolation, level)
+    if not beyond and error is not None:
+        raise error
     if beyond:
         asm = levels.stub_functions(asm, set(beyond), str(src), level)
-        assemble(asm, obj, isolation=isolation, source=str(src), as_flags=as_flags,
-                 level=level)
+    assemble(asm, obj, isolation=isolation, source=str(src), as_flags=as_flags, level=level)
 
 
 def assemble(asm: str, obj: Path, *, isolation: str, source: str,
@@ -220,7 +224,7 @@ def assemble(asm: str, obj: Path, *, isolation: str, source: str,
     end a bundle (_assemble_aligned_calls); if that does not work out, every call
     group is a whole bundle, which is always correct but costs up to 58 nop bytes a call.
     """
-    if isolation != NATIVE:
+    if isolation != NATIVE and level is not CpuLevel.X86_64:
         asm += f"\n\t.set {LEVEL_SYMBOL}, {level.rank}\n"
     if isolation == Isolation.CODE_DATA and _assemble_aligned_calls(asm, obj, source,
                                                                      as_flags, level):
@@ -254,8 +258,8 @@ def assemble_text(asm: str, obj: Path, source: str, as_flags: Sequence[str] = ()
         raise ToolchainError(f"{e}\n(rewritten assembly kept in {keep})") from None
 
 
-def _assemble_aligned_calls(asm: str, obj: Path, source: str, as_flags: Sequence[str],
-                            level: CpuLevel) -> bool:
+def _assemble_aligned_calls(asm: str, obj: Path, source: str, as_flags: Sequence[str] = (),
+                            level: CpuLevel = CpuLevel.X86_64) -> bool:
     """Assemble code+data asm into obj with call groups padded by the assembler;
     False: not done, obj is to be rebuilt with whole-bundle call groups.
 
