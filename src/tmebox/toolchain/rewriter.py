@@ -122,7 +122,8 @@ _FORBIDDEN = {
     ),
     "writes %rsp in a way the sandbox cannot confine": ("enter", "enterq", "enterw", "enterl"),
     "accesses memory through an implicit unconfined address": (
-        "xlat", "xlatb", "maskmovdqu", "maskmovq", "vmaskmovdqu", "clzero", "movdir64b", "enqcmd", "enqcmds",
+        "xlat", "xlatb", "maskmovdqu", "maskmovq", "vmaskmovdqu", "clzero", "movdir64b",
+        "enqcmd", "enqcmds",
     ),
     "is transactional memory (its abort path is an unchecked branch)": (
         "xbegin", "xend", "xabort",
