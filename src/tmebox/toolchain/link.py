@@ -316,9 +316,12 @@ def link_image(objects: list[Path], output: Path, *, isolation: str, libs: list[
             "--start-group", *[str(a) for a in archives or []], str(prefix / "lib" / "libc.a"),
             "--end-group",
         ], f"linking {output}")
-        info = check_image(linked, isolation=isolation,
-                           export_names=[*scan.exports, abi.CALL_THUNK_SYMBOL],
-                           stack_size=stack_size, scan=scan, level=level)
+        try:
+            info = check_image(linked, isolation=isolation,
+                               export_names=[*scan.exports, abi.CALL_THUNK_SYMBOL],
+                               stack_size=stack_size, scan=scan, level=level)
+        except ToolchainError as e:
+            raise ToolchainError(f"{output}: {e}") from None
         info_file = tmpdir / "info.json"
         info_file.write_text(json.dumps(info, sort_keys=True))
         final = tmpdir / "image.box"
