@@ -40,9 +40,10 @@ def _archive_symbols(archive: Path) -> tuple[set[str], set[str]]:
 @pytest.mark.parametrize("mode", libc.MODES)
 def test_libc_needs_no_libgcc(sandbox_libc: dict[str, Path], mode: str) -> None:
     defined, undefined = _archive_symbols(sandbox_libc[mode] / "lib" / "libc.a")
-    # what the linker, the linker script and the tmebox crt and runtime page define
+    # what the linker, the linker script, the tmebox crt, the image glue and the runtime page define
     provided = {"_GLOBAL_OFFSET_TABLE_", "_DYNAMIC", "__init_array_start", "__init_array_end",
-                "__fini_array_start", "__fini_array_end", abi.TP_SYMBOL, abi.RT_SYSCALL_SYMBOL}
+                "__fini_array_start", "__fini_array_end", abi.TP_SYMBOL, abi.RT_SYSCALL_SYMBOL,
+                abi.CPUID_SYMBOL}
     assert undefined - defined - provided == set()
     assert {"__udivti3", "__umodti3", "__muldc3", "__mulsc3", "__mulxc3",
             "__popcountdi2"} <= defined

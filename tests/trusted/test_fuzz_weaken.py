@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tmebox.fuzz import Oracle, Outcome, Sample, campaign
-from tmebox.fuzz.generate import CODE_OFFSET
+from tmebox.fuzz.generate import CODE_OFFSET, LEVEL
 from tmebox.fuzz.oracle import IMAGE_SIZE
 from tmebox.fuzz.weaken import WEAKENINGS, weakened
 from tmebox.trusted import verifier
@@ -75,6 +75,7 @@ def test_the_fuzzer_finds_the_reopened_hole(name: str) -> None:
     for escape in stats.escapes:
         c = escape.candidate
         verdict = verifier.verify_code(c.code, code_offset=CODE_OFFSET, image_size=IMAGE_SIZE,
-                                       isolation=c.mode, entries={"start": CODE_OFFSET + c.start})
+                                       isolation=c.mode, entries={"start": CODE_OFFSET + c.start},
+                                       level=LEVEL)  # the level the campaign verified at
         assert not verdict.ok and verdict.rule in ({rules} if isinstance(rules, str) else rules), \
             f"{name}: an escape the real verifier accepts:\n{escape.report()}"
