@@ -63,6 +63,8 @@ __thread struct tmebox_tls tmebox_tls
 uint32_t tmebox_vec_level __attribute__((visibility("hidden")));
 const uint32_t tmebox_default_mxcsr __attribute__((visibility("hidden"))) = 0x1f80;
 #define FXSAVE_SIZE 512
+#define YMM_HI_SIZE 256 /* after the FXSAVE area in the context: upper halves of %ymm0-15 */
+#define STATE_SIZE (FXSAVE_SIZE + YMM_HI_SIZE)
 
 extern int tmebox_enter_asm(void) __attribute__((visibility("hidden")));
 extern char tmebox_rt_syscall_entry[] __attribute__((visibility("hidden")));
@@ -160,9 +162,9 @@ __asm__(
     "    movq %rax, 0x98(%r11)\n"
     /* Vector state. Fresh entry: everything zero, default MXCSR and x87
        control word. Resume after a runtime call: zero the parts the sandbox
-       does not own (upper YMM/ZMM halves, ZMM16-31, opmasks), then restore
-       its saved x87/SSE state (FXSAVE area). XRSTOR would do both in one
-       instruction but costs ~110 ns here; this path costs ~35. */
+       does not own (upper ZMM halves, ZMM16-31, opmasks), then restore its
+       saved x87/SSE state (FXSAVE area) and upper YMM halves. XRSTOR would do
+       it in one instruction but costs ~110 ns here; this path costs ~35. */
     "    movl tmebox_vec_level(%rip), %eax\n"
     "    testl %eax, %eax\n"
     "    je 3f\n"
@@ -222,6 +224,24 @@ __asm__(
     "    je 5f\n"
     "    fninit\n"
     "    fxrstor64 0x100(%r11)\n"
+    "    cmpl $0, tmebox_vec_level(%rip)\n"
+    "    je 6f\n"
+    "    vinsertf128 $1, 0x300(%r11), %ymm0, %ymm0\n"
+    "    vinsertf128 $1, 0x310(%r11), %ymm1, %ymm1\n"
+    "    vinsertf128 $1, 0x320(%r11), %ymm2, %ymm2\n"
+    "    vinsertf128 $1, 0x330(%r11), %ymm3, %ymm3\n"
+    "    vinsertf128 $1, 0x340(%r11), %ymm4, %ymm4\n"
+    "    vinsertf128 $1, 0x350(%r11), %ymm5, %ymm5\n"
+    "    vinsertf128 $1, 0x360(%r11), %ymm6, %ymm6\n"
+    "    vinsertf128 $1, 0x370(%r11), %ymm7, %ymm7\n"
+    "    vinsertf128 $1, 0x380(%r11), %ymm8, %ymm8\n"
+    "    vinsertf128 $1, 0x390(%r11), %ymm9, %ymm9\n"
+    "    vinsertf128 $1, 0x3a0(%r11), %ymm10, %ymm10\n"
+    "    vinsertf128 $1, 0x3b0(%r11), %ymm11, %ymm11\n"
+    "    vinsertf128 $1, 0x3c0(%r11), %ymm12, %ymm12\n"
+    "    vinsertf128 $1, 0x3d0(%r11), %ymm13, %ymm13\n"
+    "    vinsertf128 $1, 0x3e0(%r11), %ymm14, %ymm14\n"
+    "    vinsertf128 $1, 0x3f0(%r11), %ymm15, %ymm15\n"
     "    jmp 6f\n"
     /* fninit empties the tags but keeps the data registers: overwrite them
        through their MMX aliases first */
@@ -312,7 +332,27 @@ __asm__(
     "    movl $3, 0xa8(%r11)\n"
     "    jmp 2f\n"
     "1:  fxsave64 0x100(%r11)\n"
-    "    movl $1, 0xa8(%r11)\n"
+    /* x86-64-v3 code owns the upper halves of %ymm0-15 too, and the syscall
+       convention keeps them; FXSAVE does not store them. */
+    "    cmpl $0, tmebox_vec_level(%rip)\n"
+    "    je 3f\n"
+    "    vextractf128 $1, %ymm0, 0x300(%r11)\n"
+    "    vextractf128 $1, %ymm1, 0x310(%r11)\n"
+    "    vextractf128 $1, %ymm2, 0x320(%r11)\n"
+    "    vextractf128 $1, %ymm3, 0x330(%r11)\n"
+    "    vextractf128 $1, %ymm4, 0x340(%r11)\n"
+    "    vextractf128 $1, %ymm5, 0x350(%r11)\n"
+    "    vextractf128 $1, %ymm6, 0x360(%r11)\n"
+    "    vextractf128 $1, %ymm7, 0x370(%r11)\n"
+    "    vextractf128 $1, %ymm8, 0x380(%r11)\n"
+    "    vextractf128 $1, %ymm9, 0x390(%r11)\n"
+    "    vextractf128 $1, %ymm10, 0x3a0(%r11)\n"
+    "    vextractf128 $1, %ymm11, 0x3b0(%r11)\n"
+    "    vextractf128 $1, %ymm12, 0x3c0(%r11)\n"
+    "    vextractf128 $1, %ymm13, 0x3d0(%r11)\n"
+    "    vextractf128 $1, %ymm14, 0x3e0(%r11)\n"
+    "    vextractf128 $1, %ymm15, 0x3f0(%r11)\n"
+    "3:  movl $1, 0xa8(%r11)\n"
     "2:  movl $2, 0xac(%r11)\n"
     "    tmebox_exit\n"
 
@@ -440,6 +480,27 @@ static void stop_sandbox(struct tmebox_ctx *c, greg_t *g, uint32_t reason, int s
     g[REG_EFL] &= ~(greg_t)(0x100 | 0x40000 | 0x400);
 }
 
+/* The x87/SSE state and the upper halves of %ymm0-15 from a signal frame. The
+ * kernel writes the frame in the standard XSAVE format: the FXSAVE area, its
+ * software-reserved bytes telling whether the extended header follows, the header
+ * at 512 and the AVX component at 576 (CPUID leaf 0xd, subleaf 2). A component the
+ * header marks as in its initial state was not written and is zero. */
+static void save_signal_frame_vectors(struct tmebox_ctx *c, const uint8_t *frame)
+{
+    uint32_t magic, size;
+    uint64_t features, present;
+    memcpy(c->fxsave, frame, FXSAVE_SIZE);
+    memset(c->fxsave + FXSAVE_SIZE, 0, YMM_HI_SIZE);
+    memcpy(&magic, frame + 464, 4);
+    memcpy(&size, frame + 464 + 16, 4);
+    memcpy(&features, frame + 464 + 8, 8);
+    if (magic != 0x46505853u || !(features & 4) || size < 576 + YMM_HI_SIZE)
+        return;
+    memcpy(&present, frame + 512, 8);
+    if (present & 4)
+        memcpy(c->fxsave + FXSAVE_SIZE, frame + 576, YMM_HI_SIZE);
+}
+
 /* The service tick stopped a run that holds the GIL: keep its whole state (the
  * handler's frame has it) so that tmebox_continue() can go on as if nothing happened. */
 static void preempt_sandbox(struct tmebox_ctx *c, ucontext_t *uc, const siginfo_t *si)
@@ -453,7 +514,7 @@ static void preempt_sandbox(struct tmebox_ctx *c, ucontext_t *uc, const siginfo_
     c->rip = (uint64_t)g[REG_RIP];
     c->rflags = (uint64_t)g[REG_EFL];
     if (uc->uc_mcontext.fpregs)
-        memcpy(c->fxsave, uc->uc_mcontext.fpregs, FXSAVE_SIZE);
+        save_signal_frame_vectors(c, (const uint8_t *)uc->uc_mcontext.fpregs);
     stop_sandbox(c, g, TMEBOX_REASON_PREEMPTED, timer_signal, si);
 }
 
@@ -730,7 +791,7 @@ int tmebox_init(void)
 
 struct tmebox_ctx *tmebox_ctx_new(uint64_t base)
 {
-    size_t size = sizeof(struct tmebox_ctx) + FXSAVE_SIZE;
+    size_t size = sizeof(struct tmebox_ctx) + STATE_SIZE;
     struct tmebox_ctx *c = aligned_alloc(64, (size + 63) & ~(size_t)63);
     if (!c)
         return NULL;
@@ -746,7 +807,7 @@ void tmebox_ctx_free(struct tmebox_ctx *c)
 
 size_t tmebox_ctx_size(void)
 {
-    return sizeof(struct tmebox_ctx) + FXSAVE_SIZE;
+    return sizeof(struct tmebox_ctx) + STATE_SIZE;
 }
 
 uint64_t tmebox_monotonic_ns(void)

@@ -68,7 +68,8 @@ struct tmebox_ctx {
     uint32_t tid;           /* 0xf4 the thread inside tmebox_run with this context, or 0 */
     struct tmebox_direct *direct; /* 0xf8 the calls tmebox_run services itself (tmebox_calls.c),
                                or NULL */
-    uint8_t fxsave[];       /* 0x100 sandbox x87/SSE state across a runtime call (FXSAVE) */
+    uint8_t fxsave[];       /* 0x100 sandbox x87/SSE state across a runtime call (FXSAVE),
+                               then at 0x300 the upper halves of %ymm0-15 */
 };
 
 int tmebox_init(void);
