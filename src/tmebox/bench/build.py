@@ -8,9 +8,11 @@ through the same per-file path (`gcc -S`, then `as`) with the rewriter off
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -122,7 +124,10 @@ def build(w: Workload, progress: Callable[[str], None] | None = None,
         paths = {v: out_dir / meta["files"][v] for v in VARIANTS}
         if all(p.is_file() for p in paths.values()):
             return Built(w, paths, meta["cc_seconds"], meta["code_bytes"])
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # Built in a directory of its own and renamed into place whole: another process may be
+    # building the same workload now, and neither may see the other's half-written files.
+    build_cache().mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{w.name}-", dir=build_cache()))
     files = {BASELINE: f"{w.name}.elf", **{v: f"{w.name}.{v.replace('+', '_')}.box"
                                            for v in VARIANTS if v != BASELINE}}
     for mode in (libc.NATIVE, *VARIANTS[1:]):
@@ -131,7 +136,7 @@ def build(w: Workload, progress: Callable[[str], None] | None = None,
     for v in VARIANTS:
         if progress:
             progress(f"building {w.name} ({v})")
-        out = out_dir / files[v]
+        out = work / files[v]
         t0 = time.perf_counter()
         try:
             if v == BASELINE:
@@ -140,10 +145,19 @@ def build(w: Workload, progress: Callable[[str], None] | None = None,
                 cc.build(src.files, out, isolation=v, opt=OPT, include_dirs=src.include_dirs,
                          defines=src.defines, libs=["m"])
         except TmeboxError as e:
+            shutil.rmtree(work, ignore_errors=True)
             raise BenchError(f"building workload {w.name} ({v}) failed: {e}") from None
         seconds[v] = time.perf_counter() - t0
-    code = {v: _code_bytes(out_dir / files[v]) for v in VARIANTS}
-    meta_file.write_text(json.dumps({"files": files, "cc_seconds": seconds, "code_bytes": code,
-                                     "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                               time.gmtime())}, indent=1))
+    code = {v: _code_bytes(work / files[v]) for v in VARIANTS}
+    (work / "meta.json").write_text(json.dumps(
+        {"files": files, "cc_seconds": seconds, "code_bytes": code,
+         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
+    old = out_dir.with_name(f".{out_dir.name}-old-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        out_dir.rename(old)  # a stale or rebuilt one: its files may be open, so moved first
+    try:
+        work.rename(out_dir)
+    except OSError:  # another process put its build there first: the same inputs, use it
+        shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
     return Built(w, {v: out_dir / files[v] for v in VARIANTS}, seconds, code)
