@@ -3,7 +3,10 @@ is refused and why, and gcc's output names, end to end through the CLI."""
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -128,6 +131,38 @@ def test_objects_archive_and_program_like_make_does(project: Path) -> None:
     res = subprocess.run(["./a.out", "--timeout"], capture_output=True, text=True)
     assert res.returncode == 2, res.stderr
     assert (project / "out.txt").read_text() == "42 ./a.out --timeout\n"
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("args", [["-c", "twice.c"], ["main.c", "twice.c", "-DVAL=1"]],
+                         ids=["object", "image"])
+def test_an_output_that_is_not_a_regular_file_is_written_into_not_replaced(
+        project: Path, args: list[str]) -> None:
+    # configure and Makefiles probe with `-o /dev/null`; a rename over it replaced the
+    # device with a file every later writer of /dev/null appended to (a FIFO stands in)
+    fifo = project / "sink"
+    os.mkfifo(fifo)
+    rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    wfd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # no end of file before tmebox cc's
+    os.set_blocking(rfd, True)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(_read_all(rfd)))
+    reader.start()
+    try:
+        assert cli.main(["cc", *args, "-o", str(fifo)]) == 0
+    finally:
+        os.close(wfd)
+        reader.join()
+        os.close(rfd)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert got[0].startswith(b"#!" if "main.c" in args else b"\x7fELF")
+    assert not [p.name for p in project.iterdir() if p.name.startswith(".")]
 
 
 def test_s_gives_assembly_that_c_then_instruments(project: Path) -> None:

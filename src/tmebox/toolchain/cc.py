@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tmebox.errors import ToolchainError
 from tmebox.toolchain import libc, link
+from tmebox.toolchain.output import publish, staging_dir
 from tmebox.toolchain.unit import (
     NATIVE,
     SOURCE_SUFFIXES,
@@ -207,10 +208,11 @@ def _dep_flags(b: Build, out: Path) -> list[str]:
 
 def _write(out: Path, make: Callable[[Path], object]) -> None:
     """make(tmp) writes a file that is then renamed to out: never a half-written out."""
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    where = staging_dir(out)
+    tmp = (where or Path(tempfile.gettempdir())) / f".{out.name}.tmp{os.getpid()}"
     try:
         make(tmp)
-        os.replace(tmp, out)
+        publish(tmp, out)
     except OSError as e:
         raise ToolchainError(f"cannot write {out}: {e.strerror or e}") from None
     finally:

@@ -10,7 +10,6 @@ renamed only after the layout checks and the verifier have accepted it.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from elftools.elf.sections import SymbolTableSection
 from tmebox.errors import ImageError, ToolchainError, VerificationError
 from tmebox.toolchain import libc
 from tmebox.toolchain.glue import glue_asm
+from tmebox.toolchain.output import publish, staging_dir
 from tmebox.toolchain.signatures import read_signatures
 from tmebox.toolchain.unit import LEVEL_SYMBOL, assemble, run
 from tmebox.trusted import abi, verifier
@@ -291,7 +291,7 @@ def link_image(objects: list[Path], output: Path, *, isolation: str, libs: list[
     scan = scan_objects(objects)
     level = max(level, scan.level, key=_rank)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".tmebox-ld-", dir=output.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".tmebox-ld-", dir=staging_dir(output)) as tmp:
         tmpdir = Path(tmp)
         script = tmpdir / "tmebox.ld"
         script.write_text(linker_script(stack_size, tls=scan.has_tls))
@@ -333,5 +333,5 @@ def link_image(objects: list[Path], output: Path, *, isolation: str, libs: list[
         if launcher is not None:
             final.write_bytes(launcher_line(launcher) + final.read_bytes())
         final.chmod(0o755)
-        os.replace(final, output)
+        publish(final, output)
     return info
