@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from tmebox.fuzz import Oracle, Outcome, Sample, campaign
-from tmebox.fuzz.oracle import BASES, IMAGE_SIZE
+from tmebox.fuzz.oracle import BASES, CODE_ADDRESS_OFFSET, IMAGE_SIZE
 from tmebox.trusted import verifier
 from tmebox.trusted.cpu import host_level
 from tmebox.trusted.image import CpuLevel
@@ -195,6 +195,15 @@ V3_MEMORY_FORMS = {
     "6567c4e1fe6f00": "vmovdqu ymm0, gs:[eax] with VEX.W1 (ignored)",
 }
 V3 = pytest.mark.skipif(host_level() is not CpuLevel.V3, reason="needs an x86-64-v3 CPU")
+
+
+@pytest.fixture(scope="module")
+def v3_cpu():
+    """A monitor with a 1 s budget: these sequences have no loop, and a 20 ms budget can run
+    out on a loaded machine, which would read as a timeout instead of the trap."""
+    with Oracle(timeout_us=1_000_000) as oracle:
+        yield oracle
+
 ALL_ONES_YMM1 = "c5f576c9"  # vpcmpeqd ymm1, ymm1, ymm1
 WINDOW_OFFSET = 0x110000  # in the child's R+W region
 
@@ -202,12 +211,12 @@ WINDOW_OFFSET = 0x110000  # in the child's R+W region
 @V3
 @pytest.mark.parametrize("high", [1, 2, 0xFFFFFFFF])
 @pytest.mark.parametrize("code", V3_MEMORY_FORMS, ids=V3_MEMORY_FORMS.get)
-def test_v3_memory_forms_honour_gs_and_addr32(cpu: Oracle, code: str, high: int) -> None:
+def test_v3_memory_forms_honour_gs_and_addr32(v3_cpu: Oracle, code: str, high: int) -> None:
     raw = bytes.fromhex(ALL_ONES_YMM1 + code + "cc")
     assert verifier.verify_code(raw, code_offset=0x1000, image_size=IMAGE_SIZE,
                                 level=CpuLevel.V3).ok
     regs = tuple(STACK if i == 4 else high << 32 | WINDOW_OFFSET for i in range(16))
-    result = cpu.run([Sample(raw, regs, base_index=1)])[0]
+    result = v3_cpu.run([Sample(raw, regs, base_index=1)])[0]
     assert result.outcome == Outcome.END, result.summary()
 
 
@@ -221,12 +230,12 @@ def test_v3_memory_forms_honour_gs_and_addr32(cpu: Oracle, code: str, high: int)
     "6567c4e2e3f614c8",  # mulx rdx, rbx, gs:[eax + ecx*8]
     "6567480f38f134c8",  # movbe gs:[eax + ecx*8], rsi
 ])
-def test_v3_memory_forms_wrap_32_bit_sums(cpu: Oracle, code: str) -> None:
+def test_v3_memory_forms_wrap_32_bit_sums(v3_cpu: Oracle, code: str) -> None:
     raw = bytes.fromhex(ALL_ONES_YMM1 + code + "cc")
     assert verifier.verify_code(raw, code_offset=0x1000, image_size=IMAGE_SIZE,
                                 level=CpuLevel.V3).ok
     regs = (1 << 32 | 0x80000000 | WINDOW_OFFSET, 1 << 32 | 0x10000000, *REGS[2:])
-    result = cpu.run([Sample(raw, regs, base_index=1)])[0]
+    result = v3_cpu.run([Sample(raw, regs, base_index=1)])[0]
     assert result.outcome == Outcome.END, result.summary()
 
 
@@ -236,9 +245,30 @@ def test_v3_memory_forms_wrap_32_bit_sums(cpu: Oracle, code: str) -> None:
     "6567c5fe7f0425f0ffffff",  # vmovdqu gs:[0xfffffff0], ymm0
     "6567c4e2752e0425f0ffffff",  # vmaskmovps gs:[0xfffffff0], ymm1, ymm0 (all elements)
 ])
-def test_v3_stores_past_4_gib_stop_in_the_guard(cpu: Oracle, code: str) -> None:
+def test_v3_stores_past_4_gib_stop_in_the_guard(v3_cpu: Oracle, code: str) -> None:
     raw = bytes.fromhex(ALL_ONES_YMM1 + code + "cc")
     assert verifier.verify_code(raw, code_offset=0x1000, image_size=IMAGE_SIZE,
                                 level=CpuLevel.V3).ok
-    result = cpu.run([Sample(raw, REGS, base_index=1)])[0]
+    result = v3_cpu.run([Sample(raw, REGS, base_index=1)])[0]
     assert result.outcome == Outcome.FAULT, result.summary()
+
+
+# xgetbv with any %ecx (0 and 1 read XCR0/XINUSE; others #GP, contained) and VEX.L=1 on
+# scalar forms (ignored: the CPU runs the scalar instruction, as iced-x86 decodes it).
+@V3
+@pytest.mark.parametrize(("code", "want"), [
+    ("b9000000000f01d0", Outcome.END), ("b9010000000f01d0", Outcome.END),
+    ("b9020000000f01d0", Outcome.FAULT), ("b9ffffffff0f01d0", Outcome.FAULT),
+    ("c5f658c1", Outcome.END),  # vaddss xmm0, xmm1, xmm1 with L=1
+    ("6567c5fe1000", Outcome.END),  # vmovss xmm0, gs:[eax] with L=1
+    ("c4e1ff2cc0", Outcome.END),  # vcvttsd2si rax, xmm0 with L=1
+])
+def test_v3_xgetbv_and_ignored_vex_l(v3_cpu: Oracle, code: str, want: Outcome) -> None:
+    raw = bytes.fromhex(code + "cc")
+    assert verifier.verify_code(raw, code_offset=0x1000, image_size=IMAGE_SIZE,
+                                level=CpuLevel.V3).ok
+    regs = tuple(STACK if i == 4 else 1 << 32 | WINDOW_OFFSET for i in range(16))
+    result = v3_cpu.run([Sample(raw, regs, base_index=1)])[0]
+    assert result.outcome == want, result.summary()
+    if want == Outcome.END:
+        assert result.rip == result.base + CODE_ADDRESS_OFFSET + len(raw), "CPU length"

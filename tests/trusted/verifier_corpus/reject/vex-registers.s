@@ -125,3 +125,10 @@
     vpextrd esp, xmm1, 0
     lea rsp, [rsp + r14]
     .bundle_unlock
+# case: vcvttsd2si into %rsp with VEX.L=1 (ignored: still a write of %rsp)
+    .byte 0xc4, 0xe1, 0xff, 0x2c, 0xe0
+# case: vcvttsd2si into %r14 with VEX.L=1
+# rule: base-register
+    .byte 0xc4, 0x61, 0xff, 0x2c, 0xf0
+# case: blsr into %rsp in the 3-byte form with VEX.W0 and R/X/B clear
+    .byte 0xc4, 0x02, 0x58, 0xf3, 0xc8
