@@ -19,7 +19,7 @@ from tmebox.trusted import verifier
 CASES = {
     "esp-by-shape": (4000, 1, "stack-pointer"),
     "prefix-after-rex": (6000, 2, {"prefixes", "decodes"}),
-    "rip-bit-string": (4000, 1, "memory-operand"),
+    "rip-bit-string": (4000, 4, "memory-operand"),
 }
 # One known escape per weakening (the and the fuzzer's findings): accepted inside the
 # with-block, rejected again after it.

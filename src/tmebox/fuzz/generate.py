@@ -191,6 +191,12 @@ def _allowlist() -> tuple[frozenset[int], frozenset[int], frozenset[int]]:
 
 
 @functools.cache
+def _vex_forms(mode: str) -> list[CodeT]:
+    """The VEX forms that pass on their own (AVX, AVX2, FMA, F16C, BMI1/2)."""
+    return [c for c in _forms(mode)[0] if ix.OpCodeInfo(c).encoding == ix.EncodingKind.VEX]
+
+
+@functools.cache
 def _esp_forms() -> list[CodeT]:
     """Forms whose first operand is a 32-bit register: candidates for a write to %esp."""
     r32 = {K.R32_REG, K.R32_OR_MEM, K.R32_OPCODE, K.R32_RM}
@@ -214,11 +220,11 @@ class Generator:
                           (6, self._masked_branch), (4, self._return_group),
                           (8, self._direct_branch), (2, self._runtime_call), (5, self._stack),
                           (2, self._raw), (2, self._fragment), (1, self._trap),
-                          (4, self._bit_string)],
+                          (4, self._bit_string), (4, self._vex_variant)],
             "data": [(55, self._form), (6, self._esp_group), (5, self._string_group),
                      (8, self._direct_branch), (2, self._runtime_call), (5, self._stack),
                      (2, self._raw), (2, self._fragment), (1, self._trap),
-                     (4, self._bit_string)],
+                     (4, self._bit_string), (4, self._vex_variant)],
         }
 
     # --- sequences ---------------------------------------------------------------------------
@@ -580,6 +586,52 @@ class Generator:
                 continue
             return _Item(self._prefix_noise(self.encoder.take_buffer()))
         return _Item(b"\x90")
+
+    def _vex_variant(self) -> _Item:
+        """A VEX form with its VEX fields changed as raw bits: L, W, vvvv (%rsp and %r14
+        too), R/X/B, pp, the opcode map, the 2-byte form turned into the 3-byte one and back,
+        a prefix before it. iced-x86's Encoder only writes valid fields; the CPU decides what
+        the others do, and whatever the verifier accepts of them runs."""
+        rng = self.rng
+        for _ in range(20):
+            raw = self._encode(rng.choice(_vex_forms(self.mode)))
+            if raw:
+                break
+        else:
+            return _Item(b"\x90")
+        out = bytearray(raw)
+        i = 0
+        while out[i] in _LEGACY:
+            i += 1
+        for _ in range(rng.randint(1, 2)):
+            two = out[i] == 0xC5
+            fields = out[i + 1] if two else out[i + 2]  # W/R, vvvv, L, pp
+            op = rng.randrange(8)
+            if op == 0:
+                fields ^= 0x04  # L
+            elif op == 1:
+                fields = fields & 0x87 | (rng.choice((4, 14, rng.randrange(16))) ^ 15) << 3
+            elif op == 2:
+                fields = fields & 0xFC | rng.randrange(4)  # pp
+            elif op == 3:
+                fields ^= 0x80  # R (2-byte) or W (3-byte)
+            elif op == 4 and not two:
+                out[i + 1] ^= 0x20 << rng.randrange(3)  # R/X/B
+            elif op == 5 and not two:
+                out[i + 1] = out[i + 1] & 0xE0 | rng.choice((1, 2, 3, rng.randrange(32)))
+            elif op == 6:  # the other form of the same fields, where one exists
+                if two:
+                    out[i:i + 2] = bytes((0xC4, fields & 0x80 | 0x61, fields & 0x7F))
+                    continue
+                if out[i + 1] & 0x7F == 0x61 and not fields & 0x80:
+                    out[i:i + 3] = bytes((0xC5, out[i + 1] & 0x80 | fields))
+                    continue
+            else:
+                out.insert(rng.randrange(i + 1), rng.choice(_LEGACY + bytes(range(0x40, 0x50))))
+                i += 1
+                continue
+            out[i + 1 if two else i + 2] = fields
+        return _Item(bytes(out))
 
     def _stack(self) -> _Item:
         rng = self.rng
