@@ -71,11 +71,11 @@ def test_functions_beyond_the_level_become_traps_with_a_note(images) -> None:
 def test_dispatch_answers_from_the_image_level(images, native_output) -> None:
     result = native_output.splitlines()[-1]
     want = {
-        CpuLevel.X86_64: ("sse3=0 sse4.2=0 popcnt=0 avx=0 fma=0 avx2=0 bmi2=0",
+        CpuLevel.X86_64: ("sse3=0 sse4.2=0 popcnt=0 avx=0 fma=0 avx2=0 bmi2=0 lahf=0",
                           "sse4.2=0 avx2=0 v2=0 v3=0"),
-        CpuLevel.V2: ("sse3=1 sse4.2=1 popcnt=1 avx=0 fma=0 avx2=0 bmi2=0",
+        CpuLevel.V2: ("sse3=1 sse4.2=1 popcnt=1 avx=0 fma=0 avx2=0 bmi2=0 lahf=1",
                       "sse4.2=1 avx2=0 v2=1 v3=0"),
-        CpuLevel.V3: ("sse3=1 sse4.2=1 popcnt=1 avx=1 fma=1 avx2=1 bmi2=1",
+        CpuLevel.V3: ("sse3=1 sse4.2=1 popcnt=1 avx=1 fma=1 avx2=1 bmi2=1 lahf=1",
                       "sse4.2=1 avx2=1 v2=1 v3=1"),
     }
     for level, (image, _) in images.items():

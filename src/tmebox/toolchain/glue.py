@@ -86,9 +86,9 @@ _CPUID_KEEP: dict[tuple[int, int | None], dict[CpuLevel, tuple[int, int, int, in
     (0xD, 0): {CpuLevel.X86_64: (_bits(0, 1), _ALL, _ALL, 0), CpuLevel.V3: (_bits(2), 0, 0, 0)},
     (0xD, 2): {CpuLevel.V3: (_ALL, _ALL, _ALL, _ALL)},  # the AVX state's size and place
     (0xD, None): {CpuLevel.X86_64: (0, 0, 0, 0)},
-    # ecx: lahf_lm 0, prefetchw 8 | v3: lzcnt 5; edx without 3DNow!.
-    (0x80000001, None): {CpuLevel.X86_64: (_ALL, _ALL, _bits(0, 8), 0x3FFFFFFF),
-                         CpuLevel.V3: (0, 0, _bits(5), 0)},
+    # ecx: prefetchw 8 | v2: lahf_lm 0 | v3: lzcnt 5; edx without 3DNow!.
+    (0x80000001, None): {CpuLevel.X86_64: (_ALL, _ALL, _bits(8), 0x3FFFFFFF),
+                         CpuLevel.V2: (0, 0, _bits(0), 0), CpuLevel.V3: (0, 0, _bits(5), 0)},
 }
 
 

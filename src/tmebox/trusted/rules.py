@@ -122,6 +122,8 @@ LEVEL_OF_FEATURE = {
     **{getattr(ix.CpuidFeature, n): CpuLevel.V3 for n in (
         "AVX", "AVX2", "BMI1", "BMI2", "F16C", "FMA", "LZCNT", "MOVBE", "XSAVE")},
 }
+# iced names no CPUID feature for these, which 64-bit mode has only from v2 on (LAHF_LM).
+LEVEL_OF_MNEMONIC = {M.LAHF: CpuLevel.V2, M.SAHF: CpuLevel.V2}
 # Every control transfer, by exact form: 64-bit operand size only (AMD honours 0x66 on near
 # branches: a 16-bit jmp lands at ip & 0xffff), no far, no 32-bit-address loop/jecxz.
 BRANCH_FORMS = _codes(
@@ -246,8 +248,9 @@ def rule_cpu_level(x: Insn) -> None:
     level would fault there, and cpuid as the sandbox sees it reports no more than the level."""
     if x.ins.mnemonic == M.TZCNT:
         return  # `rep bsf`, as gcc emits it at every level: a CPU without BMI1 runs bsf
-    need = max((LEVEL_OF_FEATURE.get(f, CpuLevel.X86_64) for f in x.ins.cpuid_features()),
-               key=lambda lv: lv.rank, default=CpuLevel.X86_64)
+    need = max((LEVEL_OF_MNEMONIC.get(x.ins.mnemonic, CpuLevel.X86_64),
+                *(LEVEL_OF_FEATURE.get(f, CpuLevel.X86_64) for f in x.ins.cpuid_features())),
+               key=lambda lv: lv.rank)
     if need.rank > x.level.rank:
         raise Reject("cpu-level", f"needs {need.value}; the image's level is {x.level.value}")
 

@@ -51,16 +51,17 @@ static void cpuid(unsigned leaf, unsigned sub, unsigned r[4])
 int main(void)
 {
 	static int a[64];
-	unsigned r1[4], r7[4];
+	unsigned r1[4], r7[4], r81[4];
 	for (int i = 0; i < 64; i++)
 		a[i] = i * 3 - 7;
 	cpuid(1, 0, r1);
 	cpuid(7, 0, r7);
+	cpuid(0x80000001, 0, r81);
 	int avx2 = __builtin_cpu_supports("avx2");
 	int sse42 = __builtin_cpu_supports("sse4.2");
-	printf("cpuid: sse3=%u sse4.2=%u popcnt=%u avx=%u fma=%u avx2=%u bmi2=%u avx512f=%u\n",
-	       r1[2] & 1, r1[2] >> 20 & 1, r1[2] >> 23 & 1, r1[2] >> 28 & 1, r1[2] >> 12 & 1,
-	       r7[1] >> 5 & 1, r7[1] >> 8 & 1, r7[1] >> 16 & 1);
+	printf("cpuid: sse3=%u sse4.2=%u popcnt=%u avx=%u fma=%u avx2=%u bmi2=%u lahf=%u "
+	       "avx512f=%u\n", r1[2] & 1, r1[2] >> 20 & 1, r1[2] >> 23 & 1, r1[2] >> 28 & 1,
+	       r1[2] >> 12 & 1, r7[1] >> 5 & 1, r7[1] >> 8 & 1, r81[2] & 1, r7[1] >> 16 & 1);
 	printf("builtin: sse4.2=%d avx2=%d v2=%d v3=%d\n", !!sse42, !!avx2,
 	       !!__builtin_cpu_supports("x86-64-v2"), !!__builtin_cpu_supports("x86-64-v3"));
 	printf("sum=%ld crc=%u\n", avx2 ? sum_avx2(a, 64) : sum_plain(a, 64),

@@ -9,6 +9,8 @@
     pcmpistri xmm0, xmm1, 12
     haddps xmm0, xmmword ptr gs:[eax]
     lock cmpxchg16b xmmword ptr gs:[eax]
+    lahf
+    sahf
 # case: x86-64-v3: AVX/AVX2 on registers and through %gs + 32-bit addressing
 # level: x86-64-v3
     vaddps ymm0, ymm1, ymm2

@@ -39,3 +39,7 @@
     haddps xmm0, xmm1
 # case: CMPXCHG16B at x86-64
     lock cmpxchg16b xmmword ptr gs:[eax]
+# case: lahf at x86-64 (64-bit mode has it from LAHF_LM, x86-64-v2, on; iced names no feature)
+    lahf
+# case: sahf at x86-64
+    sahf
