@@ -6,6 +6,8 @@ the file and what reached the host's fd 1 must be the same."""
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 import time
 from pathlib import Path
@@ -56,8 +58,19 @@ def image(tmp_path_factory, sandbox_libc) -> Path:
 
 
 def run_sequence(backend: str, image: Path, tmp: Path, calls: list, direct: bool,
-                 monkeypatch) -> tuple[list[object], bytes, bytes]:
-    """Results of the calls (clock values reduced to 'ok'), the file, and fd 1's bytes."""
+                 monkeypatch, host_stdin: bytes | None = None) -> tuple[list[object], bytes, bytes]:
+    """Results of the calls (clock values reduced to 'ok'), the file, and fd 1's bytes.
+    host_stdin: the guest's fd 0 is the host's, a regular file holding these bytes."""
+    if host_stdin is not None:
+        (tmp / "in").write_bytes(host_stdin)
+        with open(tmp / "in", "rb") as f:
+            saved = os.dup(0)
+            os.dup2(f.fileno(), 0)
+        try:
+            return run_sequence(backend, image, tmp, calls, direct, monkeypatch)
+        finally:
+            os.dup2(saved, 0)
+            os.close(saved)
     data = tmp / "data"
     data.mkdir(parents=True, exist_ok=True)
     (data / "f").write_bytes(bytes(range(256)) * 40)
@@ -67,10 +80,8 @@ def run_sequence(backend: str, image: Path, tmp: Path, calls: list, direct: bool
             m.setattr(files.FileTable, "watch_with", lambda self, watch: None)
         with tmebox.Runtime(backend=backend) as rt, open(out, "wb") as stdout:
             sb = rt.spawn(rt.load(image), dirs={"/d": (str(data), "rw")}, stdout=None,
-                          stdin=b"from stdin")
+                          stdin=None if _fd0_is_a_file() else b"from stdin")
             # fd 1 is the host's fd 1 (a Sink of the host fd): point that at `out`
-            import os
-
             saved = os.dup(1)
             os.dup2(stdout.fileno(), 1)
             try:
@@ -78,6 +89,10 @@ def run_sequence(backend: str, image: Path, tmp: Path, calls: list, direct: bool
             finally:
                 os.dup2(saved, 1)
                 os.close(saved)
+
+
+def _fd0_is_a_file() -> bool:
+    return stat.S_ISREG(os.fstat(0).st_mode)
 
 
 def _sc(sb, nr: int, *args: int) -> int:
@@ -169,3 +184,53 @@ def test_the_c_service_is_taken_and_cheap(image, tmp_path, monkeypatch):
         run_sequence("native", image, tmp_path / str(direct), calls, direct, monkeypatch)
         times[direct] = time.perf_counter() - t
     assert times[True] < times[False]
+
+
+STDIN_CALL = st.one_of(
+    st.tuples(st.just(READ), st.just(0), WHERE, SIZES),
+    st.tuples(st.just(READV), st.just(0), WHERE, st.lists(st.tuples(WHERE, SIZES), max_size=4)),
+    st.tuples(st.just(PREAD), st.just(0), WHERE, SIZES, st.sampled_from([0, 3])),
+    st.tuples(st.just(LSEEK), st.just(0), st.sampled_from([0, 5]), st.sampled_from([0, 1])),
+    st.tuples(st.just(FSTAT), st.just(0), WHERE),
+)
+
+
+@example(calls=[(READ, 0, "buf", 4096), (READ, 0, "top", 100), (FSTAT, 0, "buf"),
+                (LSEEK, 0, 0, 0), (READV, 0, "buf", [("buf", 7), ("mid", 1 << 20)])])
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(calls=st.lists(STDIN_CALL, min_size=1, max_size=8))
+def test_the_hosts_fd0_as_a_file_read_in_c_matches_python(image, tmp_path_factory,
+                                                            monkeypatch, calls):
+    """`prog < file`: reads of fd 0 go straight to the file in C (they cannot wait), its
+    fstat and lseek are still a stream's, on every path alike."""
+    text = bytes(range(251)) * 9000  # 2.2 MB: more than a read takes at once
+    got = []
+    for backend, direct in (("native", True), ("native", False), ("tme", False)):
+        tmp = tmp_path_factory.mktemp("stdin")
+        results, _, _ = run_sequence(backend, image, tmp, calls, direct, monkeypatch,
+                                     host_stdin=text)
+        got.append(results)
+    assert got[0] == got[1], "C service != Python"
+    assert got[1] == got[2], "native != tme"
+
+
+def test_the_hosts_fd0_is_read_in_c_only_while_it_is_a_regular_file(image, tmp_path):
+    (tmp_path / "in").write_bytes(b"x")
+    r, w = os.pipe()
+    marks = {}
+    for what, fd in (("file", os.open(tmp_path / "in", os.O_RDONLY)), ("pipe", r)):
+        saved = os.dup(0)
+        os.dup2(fd, 0)
+        try:
+            with tmebox.Runtime() as rt:
+                sb = rt.spawn(rt.load(image), stdin=None)
+                d = sb._engine.direct
+                marks[what] = (d.nfds > 0 and d.fds[0].host, d.nfds > 0 and d.fds[0].readable)
+        finally:
+            os.dup2(saved, 0)
+            os.close(saved)
+            os.close(fd)
+    os.close(w)
+    assert marks["file"] == (0, 1)
+    assert marks["pipe"] in ((-1, 0), (False, False))

@@ -242,12 +242,23 @@ def _host_path(fd: int) -> bytes:
 def direct_marks(entry: Entry | None) -> tuple[int, bool, bool, bool, bool]:
     """(host fd, readable, writable, seekable, whole writes) of an entry whose calls may
     go straight to the host descriptor, or host -1: an open file, or a stream that is the
-    host's own fd 1 or 2. The host's fd 0 is not: its reads wait through the Waker."""
+    host's own fd 1 or 2, or its fd 0 while that is a regular file (`prog < input`: reads
+    of it never wait). Other fd 0s wait through the Waker, in Python. A stream's fstat and
+    lseek stay Python's (not seekable here): the guest sees a pipe whatever the host has."""
     if isinstance(entry, OpenFile):
         return entry.fd, True, True, True, False
     if isinstance(entry, Sink) and entry.target is None:
         return entry.host_fd, False, True, False, True
+    if isinstance(entry, Source) and entry.source is None and _regular_file(0):
+        return 0, True, False, False, False
     return -1, False, False, False, False
+
+
+def _regular_file(fd: int) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 def _stays_beneath(parts: tuple[bytes, ...]) -> bool:
