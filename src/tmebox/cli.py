@@ -151,7 +151,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         quick=args.quick,
         workloads=args.workload or None,
         rounds=args.rounds,
-        sections=args.only or list(bench.SECTIONS),
+        sections=args.only or None,
+        programs=args.program or None,
         rebuild=args.rebuild,
     ))
     print(f"results: {out}")
@@ -196,9 +197,11 @@ def _bench_parser(s: argparse.ArgumentParser) -> None:
     s.add_argument("-o", "--out", metavar="DIR", help="results folder (default ./results/<time>)")
     s.add_argument("--rounds", type=int, metavar="N", help="interleaved rounds (default 11)")
     s.add_argument("--workload", action="append", metavar="NAME", help="only these workloads")
+    s.add_argument("--program", action="append", metavar="NAME",
+                   help="only these whole programs (section programs)")
     s.add_argument("--only", action="append", metavar="SECTION",
-                   choices=["overhead", "switch", "density", "tme", "toolchain"],
-                   help="only these sections")
+                   choices=["overhead", "programs", "switch", "density", "tme", "toolchain"],
+                   help="only these sections (--quick leaves out programs unless named)")
     s.add_argument("--rebuild", action="store_true", help="ignore cached workload builds")
     s.set_defaults(func=_cmd_bench)
 
@@ -211,8 +214,8 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str |
             "Options may come before or after the image; arguments after `--` all go to the "
             "program."),
     "demo": ("many tenants, one Heartbleed-style bug, no leak", _demo_parser, None),
-    "bench": ("evaluation: overhead, switch cost, density, tme, toolchain", _bench_parser,
-              None),
+    "bench": ("evaluation: overhead, whole programs, switch cost, density, tme, toolchain",
+              _bench_parser, None),
 }
 
 

@@ -37,6 +37,7 @@ def test_quick_run_writes_csv_json_png(quick_run: Path) -> None:
         assert (quick_run / name).stat().st_size > 0, name
     for name in ("overhead.png", "switch.png", "density.png"):
         assert (quick_run / name).read_bytes()[:8] == PNG, name
+    assert not (quick_run / "programs.csv").exists()  # --quick: only when named
 
 
 def test_quick_run_results_are_consistent(quick_run: Path) -> None:
@@ -77,6 +78,7 @@ def test_quick_run_results_are_consistent(quick_run: Path) -> None:
 @pytest.mark.parametrize("args, message", [
     (["--workload", "nope"], "unknown workload(s) nope"),
     (["--rounds", "0"], "--rounds must be at least 1"),
+    (["--only", "programs", "--program", "nope"], "unknown program(s) nope"),
 ])
 def test_bad_arguments_are_one_line_errors(tmp_path: Path, args: list[str],
                                            message: str) -> None:

@@ -1,6 +1,7 @@
 """`tmebox bench`: the evaluation harness (docs/evaluation.md).
 
-Sections: overhead (workloads built three ways, timed interleaved), switch
+Sections: overhead (workloads built three ways, timed interleaved), programs
+(real command-line programs timed whole, system calls included), switch
 (sandbox round trips beside process and thread switches), density (spawn time
 and memory per sandbox up to 32K), tme (the emulated TME-MK platform, and the
 tme backend if installed), toolchain (cc seconds, verifier MiB/s). Results go
@@ -16,14 +17,16 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tmebox.bench.errors import BenchError
 from tmebox.errors import TmeboxError
 
-SECTIONS = ("overhead", "switch", "density", "tme", "toolchain")
+SECTIONS = ("overhead", "programs", "switch", "density", "tme", "toolchain")
+# what --quick runs unless asked for by name: the programs' builds take minutes
+QUICK_SECTIONS = tuple(s for s in SECTIONS if s != "programs")
 FULL_ROUNDS = 11
 QUICK_ROUNDS = 3
 
@@ -34,7 +37,8 @@ class Options:
     quick: bool = False  # kernels only, tiny sizes: a smoke run
     workloads: list[str] | None = None  # default: all (kernels only with quick)
     rounds: int | None = None  # default: 11, or 3 with quick
-    sections: list[str] = field(default_factory=lambda: list(SECTIONS))
+    sections: list[str] | None = None  # default: SECTIONS, or QUICK_SECTIONS with quick
+    programs: list[str] | None = None  # default: all (two with quick)
     rebuild: bool = False
     progress: bool = True
 
@@ -101,8 +105,11 @@ class _Progress:
 
 def run(opts: Options) -> Path:
     """Run the selected sections; returns the results folder."""
-    from tmebox.bench import build, report, workloads
+    from tmebox.bench import build, programs, report, workloads
 
+    if opts.sections is None:
+        opts = replace(opts, sections=list(QUICK_SECTIONS if opts.quick else SECTIONS))
+    assert opts.sections is not None
     unknown = [s for s in opts.sections if s not in SECTIONS]
     if unknown:
         raise BenchError(f"unknown section(s) {', '.join(unknown)}; choose from "
@@ -119,11 +126,12 @@ def run(opts: Options) -> Path:
     except OSError as e:
         raise BenchError(f"cannot create the results folder {out}: {e.strerror}") from None
     chosen = workloads.selected(opts.workloads, opts.quick)
+    progs = programs.selected(opts.programs, opts.quick) if "programs" in opts.sections else []
     need_builds = any(s in opts.sections for s in ("overhead", "toolchain"))
     results: dict[str, Any] = {
         "started": started, "machine": _machine(),
         "config": {"quick": opts.quick, "rounds": rounds, "sections": opts.sections,
-                   "workloads": [w.name for w in chosen],
+                   "workloads": [w.name for w in chosen], "programs": [p.name for p in progs],
                    "scales": {w.name: (w.quick_scale if opts.quick else w.scale)
                               for w in chosen}},
     }
@@ -131,6 +139,7 @@ def run(opts: Options) -> Path:
     steps = (len(chosen) * (1 if need_builds else 0)
              + (len(chosen) * rounds * len(workloads.VARIANTS)
                 if "overhead" in opts.sections else 0)
+             + len(progs) * (1 + rounds * len(workloads.VARIANTS))
              + (2 if "switch" in opts.sections else 0) + len(counts)
              + (1 if "tme" in opts.sections else 0) + (1 if "toolchain" in opts.sections else 0))
     prog = _Progress(opts.progress)
@@ -151,6 +160,7 @@ def run(opts: Options) -> Path:
             files.append(report.write_csv(out / "toolchain.csv", results["toolchain"]))
             prog.tick("verifier throughput")
         sections = [("overhead", lambda: _overhead(builds, opts, rounds, results, out, prog)),
+                    ("programs", lambda: _programs(progs, opts, rounds, results, out, prog)),
                     ("switch", lambda: _switch(opts, results, out, prog)),
                     ("density", lambda: _density(opts, counts, results, out, prog)),
                     ("tme", lambda: _tme(opts, rounds, results, out, prog))]
@@ -196,24 +206,30 @@ def _measure_all(builds: list, opts: Options, rounds: int, rt: Any,
     return samples
 
 
+@contextmanager
+def _one_cpu(results: dict[str, Any], key: str) -> Iterator[None]:
+    """One CPU for the harness thread (which runs the sandboxes) and the baseline processes
+    (they inherit it): the vCPUs of a VM need not be equally fast, and a baseline that
+    lands on the other one would skew every ratio."""
+    allowed = os.sched_getaffinity(0)
+    cpu = max(allowed)
+    results["config"][key] = cpu
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
 def _overhead(builds: list, opts: Options, rounds: int, results: dict[str, Any], out: Path,
               prog: _Progress) -> list[Path]:
     from tmebox.bench import overhead, report
     from tmebox.runtime.api import Runtime
 
-    # One CPU for the harness thread (which runs the sandboxes) and the baseline processes
-    # (they inherit it): the vCPUs of a VM need not be equally fast, and a baseline that
-    # lands on the other one would skew every ratio.
-    allowed = os.sched_getaffinity(0)
-    cpu = max(allowed)
-    results["config"]["overhead_cpu"] = cpu
-    os.sched_setaffinity(0, {cpu})
-    try:
+    with _one_cpu(results, "overhead_cpu"), \
+            Runtime(backend="native", max_sandboxes=8, min_isolation="data") as rt:
         # The workloads are our own code, measured in both modes: data mode is opted into.
-        with Runtime(backend="native", max_sandboxes=8, min_isolation="data") as rt:
-            samples = _measure_all(builds, opts, rounds, rt, results, prog)
-    finally:
-        os.sched_setaffinity(0, allowed)
+        samples = _measure_all(builds, opts, rounds, rt, results, prog)
     if not samples:
         raise BenchError("no workload could be measured: "
                          + "; ".join(f"{f['workload']}: {f['error']}"
@@ -228,6 +244,43 @@ def _overhead(builds: list, opts: Options, rounds: int, results: dict[str, Any],
     return [report.write_csv(out / "overhead_samples.csv", samples),
             report.write_csv(out / "overhead.csv", rows + wall),
             report.plot_overhead(out / "overhead.png", rows, results["geomean"])]
+
+
+def _programs(progs: list, opts: Options, rounds: int, results: dict[str, Any], out: Path,
+              prog: _Progress) -> list[Path]:
+    import tempfile
+
+    from tmebox.bench import overhead, programs, report
+    from tmebox.runtime.api import Runtime
+
+    built = []
+    for p in progs:
+        try:
+            built.append((p, programs.build(p, progress=prog.note, rebuild=opts.rebuild)))
+        except BenchError as e:
+            _failed(results, prog, p.name, "build", e)
+        prog.tick(f"built {p.name}")
+    samples = []
+    with _one_cpu(results, "programs_cpu"), tempfile.TemporaryDirectory() as tmp, \
+            Runtime(backend="native", max_sandboxes=8, min_isolation="data") as rt:
+        # Programs built here, measured in both modes: data mode is opted into.
+        for p, paths in built:
+            try:
+                samples += programs.measure(p, paths, p.quick_scale if opts.quick else p.scale,
+                                            rounds, rt, Path(tmp), tick=prog.tick)
+            except BenchError as e:
+                _failed(results, prog, p.name, "programs", e)
+    if not samples:
+        raise BenchError("no program could be measured")
+    rows, wall = overhead.summarize(samples, "cpu"), overhead.summarize(samples, "wall")
+    results["programs"] = rows
+    results["programs_geomean"] = overhead.geomeans(rows)
+    results["programs_wall"] = wall
+    results["programs_geomean_wall"] = overhead.geomeans(wall)
+    results["programs_samples"] = [asdict(s) for s in samples]
+    return [report.write_csv(out / "programs_samples.csv", samples),
+            report.write_csv(out / "programs.csv", rows + wall),
+            report.plot_overhead(out / "programs.png", rows, results["programs_geomean"])]
 
 
 def _switch(opts: Options, results: dict[str, Any], out: Path, prog: _Progress) -> list[Path]:
@@ -281,4 +334,4 @@ def _tme(opts: Options, rounds: int, results: dict[str, Any], out: Path,
     return [report.write_csv(out / "tme.csv", rows)]
 
 
-__all__ = ["SECTIONS", "BenchError", "Options", "run"]
+__all__ = ["QUICK_SECTIONS", "SECTIONS", "BenchError", "Options", "run"]

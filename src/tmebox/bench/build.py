@@ -48,7 +48,7 @@ def build_cache() -> Path:
     return libc.cache_dir() / "bench" / "build"
 
 
-def _gcc_version() -> str:
+def gcc_version() -> str:
     compiler = unit.find_compiler("gcc")
     res = subprocess.run([compiler.path, "--version"], capture_output=True, text=True)
     return res.stdout.splitlines()[0] if res.stdout else "unknown"
@@ -60,14 +60,14 @@ def build_key(w: Workload, files: list[Path]) -> str:
     h.update(json.dumps(w.fingerprint(), sort_keys=True).encode())
     h.update(json.dumps(baseline_cflags()).encode())
     h.update(libc.build_key().encode())
-    h.update(_gcc_version().encode())
+    h.update(gcc_version().encode())
     h.update(Path(__file__).read_bytes())
     for f in [*files, *sorted(KERNEL_DIR.glob("*.h"))]:  # our sources include our headers
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 
-def _libgcc() -> str:
+def libgcc() -> str:
     compiler = unit.find_compiler("gcc")
     res = subprocess.run([compiler.path, "-print-libgcc-file-name"], capture_output=True,
                          text=True)
@@ -94,7 +94,7 @@ def build_baseline(files: list[Path], include_dirs: list[Path], defines: list[st
             objs.append(str(obj))
         linked = Path(tmp) / "a.out"
         cmd = ["ld", "-static", "-o", str(linked), str(lib / "crt1.o"), str(lib / "crti.o"),
-               *objs, "--start-group", str(lib / "libc.a"), _libgcc(), "--end-group",
+               *objs, "--start-group", str(lib / "libc.a"), libgcc(), "--end-group",
                str(lib / "crtn.o")]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
@@ -110,6 +110,18 @@ def _code_bytes(path: Path) -> int:
         elf = ELFFile(f)
         return sum(s["p_memsz"] for s in elf.iter_segments()
                    if s["p_type"] == "PT_LOAD" and s["p_flags"] & 1)
+
+
+def publish_dir(work: Path, out_dir: Path) -> None:
+    """Rename the finished build directory work to out_dir, whole (work is gone after)."""
+    old = out_dir.with_name(f".{out_dir.name}-old-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        out_dir.rename(old)  # a stale or rebuilt one: its files may be open, so moved first
+    try:
+        work.rename(out_dir)
+    except OSError:  # another process put its build there first: the same inputs, use it
+        shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def build(w: Workload, progress: Callable[[str], None] | None = None,
@@ -152,12 +164,5 @@ def build(w: Workload, progress: Callable[[str], None] | None = None,
     (work / "meta.json").write_text(json.dumps(
         {"files": files, "cc_seconds": seconds, "code_bytes": code,
          "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
-    old = out_dir.with_name(f".{out_dir.name}-old-{os.getpid()}")
-    with contextlib.suppress(FileNotFoundError):
-        out_dir.rename(old)  # a stale or rebuilt one: its files may be open, so moved first
-    try:
-        work.rename(out_dir)
-    except OSError:  # another process put its build there first: the same inputs, use it
-        shutil.rmtree(work, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
+    publish_dir(work, out_dir)
     return Built(w, {v: out_dir / files[v] for v in VARIANTS}, seconds, code)

@@ -168,11 +168,14 @@ def summary_markdown(results: dict[str, Any]) -> str:
                f"{m.get('load_before', '?')} before, {m.get('load_after', '?')} after; "
                f"{'quick' if results.get('config', {}).get('quick') else 'full'} mode, "
                f"{results.get('config', {}).get('rounds', '?')} rounds.\n")
-    for key, geo_key, label in (("overhead", "geomean", "thread CPU time"),
-                                ("overhead_wall", "geomean_wall", "wall time")):
+    for key, geo_key, label in (
+            ("overhead", "geomean", "Overhead by thread CPU time"),
+            ("overhead_wall", "geomean_wall", "Overhead by wall time"),
+            ("programs", "programs_geomean", "Whole programs by CPU time, system calls in"),
+            ("programs_wall", "programs_geomean_wall", "Whole programs by wall time")):
         rows = results.get(key, [])
         if rows:
-            out.append(f"### Overhead by {label} (median; [q1, q3] of per-round ratios)\n")
+            out.append(f"### {label} (median; [q1, q3] of per-round ratios)\n")
             out.append(_overhead_table(rows, results.get(geo_key, {})) + "\n")
     for name, err in results.get("failed_sections", {}).items():
         out.append(f"**section {name} failed**: {err}\n")
