@@ -229,7 +229,7 @@ def baseline_cc() -> Path:
 
 def _tmebox_cc(mode: str) -> str:
     script = Path(sys.executable).with_name("tmebox")
-    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "tmebox"]
+    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "tmebox.cli"]
     return shlex.join([*cmd, "cc", "--isolation", mode])
 
 
