@@ -10,12 +10,10 @@ See docs/runtime.md for the whole interface.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +71,7 @@ from tmebox.runtime.snapshot import Snapshot, capture_runs
 from tmebox.runtime.streams import Sink, Source
 from tmebox.trusted import abi
 from tmebox.trusted.image import Isolation
+from tmebox.trusted.record import Record, replace
 from tmebox.trusted.signature import FRAME_SIZE, FRAME_SSE, Signature
 
 HostFunction = Callable[..., Any] | CHostFunction  # fn(caller: Sandbox, *args) -> result
@@ -280,7 +279,7 @@ class Runtime:
 
             verdict = verify_stored(parsed)
         if not verdict.ok:
-            raise VerificationError(dataclasses.replace(verdict, name=str(image)).summary())
+            raise VerificationError(replace(verdict, name=str(image)).summary())
         plan = plan_from_image(parsed)
         return self._prepare(plan, _bind_imports(plan, functions, str(image)))
 
@@ -994,8 +993,7 @@ class Sandbox:
         return f"image+{off - self._layout.code_lo:#x}: {code[:8].hex(' ')}"
 
 
-@dataclass(frozen=True)
-class _Origin:
+class _Origin(Record, frozen=True):
     """How a sandbox was spawned, which reset() does again."""
 
     argv: list[str | bytes]

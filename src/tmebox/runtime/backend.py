@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
@@ -21,6 +20,7 @@ from tmebox.runtime.loader import ImagePlan
 from tmebox.runtime.memory import SandboxMemory
 from tmebox.runtime.snapshot import Run
 from tmebox.trusted.image import CpuLevel
+from tmebox.trusted.record import Record
 from tmebox.trusted.signature import Signature
 
 __all__ = ["MACHINE_CHECK", "STOPPED", "STOP_BADSTACK", "STOP_FAULT", "STOP_INTERRUPTED",
@@ -52,8 +52,7 @@ class FaultKind(StrEnum):
     MACHINE_CHECK = "machine-check"  # tme backend: an integrity (MAC) failure
 
 
-@dataclass(frozen=True)
-class FaultInfo:
+class FaultInfo(Record, frozen=True):
     """A fault inside sandbox code, in window offsets (low 32 bits of the addresses)."""
 
     signo: int
@@ -109,8 +108,7 @@ class SandboxLock(Protocol):
                  tb: TracebackType | None, /) -> None: ...
 
 
-@dataclass
-class FastCallSpec:
+class FastCallSpec(Record):
     """What a C Sandbox.call needs (Engine.fast_call): where calls start and return, the
     sandbox's lock and host-call list, and the Python code that takes over.
 

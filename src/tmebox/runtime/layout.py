@@ -6,11 +6,11 @@ Pure arithmetic plus reading /proc/self/maps; the backends do the mapping.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from tmebox.errors import ImageError
 from tmebox.trusted import abi
+from tmebox.trusted.record import Record
 
 __all__ = ["PAGE", "WindowLayout", "free_window_runs", "host_mapped_windows", "page_up",
            "read_host_maps", "window_base"]
@@ -63,8 +63,7 @@ def free_window_runs(used: set[int], margin: int = HOST_MARGIN) -> Iterator[tupl
         yield start, k
 
 
-@dataclass(frozen=True)
-class WindowLayout:
+class WindowLayout(Record, frozen=True):
     """Window offsets of everything a sandbox of one image uses (docs/design.md)."""
 
     code_lo: int  # image offset 0: the runtime page, then the code (R+X, shared)

@@ -10,7 +10,6 @@ and they could as well ptrace the host (docs/verifier.md, "Threat model").
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import hmac
@@ -18,16 +17,15 @@ import json
 import os
 import secrets
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from tmebox.trusted import cache
+from tmebox.trusted.record import Record, as_dict
 
 __all__ = ["Store", "Verdict", "remember", "stored"]
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(Record, frozen=True):
     name: str
     ok: bool
     isolation: str
@@ -50,7 +48,7 @@ class Verdict:
         return f"{self.name}: REJECTED{where}{text} — rule {self.rule}: {self.reason}"
 
     def to_json(self) -> str:
-        d = dataclasses.asdict(self)
+        d = as_dict(self)
         d["bytes"] = self.bytes.hex()
         return json.dumps(d, sort_keys=True)
 
