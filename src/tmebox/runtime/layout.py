@@ -50,17 +50,16 @@ def read_host_maps() -> list[str]:
 
 
 def free_window_runs(used: set[int], margin: int = HOST_MARGIN) -> Iterator[tuple[int, int]]:
-    """Runs [first, end) of windows that keep `margin` windows away from every used one."""
-    blocked = {w + d for w in used for d in range(-margin, margin + 1)}
+    """Runs [first, end) of windows that keep `margin` windows away from every used one
+    (found from the blocked windows, not by stepping through the ~32,000 windows)."""
+    blocked = sorted({w + d for w in used for d in range(-margin, margin + 1)})
     k = FIRST_WINDOW
-    while k <= LAST_WINDOW:
-        if k in blocked:
-            k += 1
-            continue
-        start = k
-        while k <= LAST_WINDOW and k not in blocked:
-            k += 1
-        yield start, k
+    for b in [*blocked, LAST_WINDOW + 1]:
+        if b > k:
+            yield k, min(b, LAST_WINDOW + 1)
+        k = max(k, b + 1)
+        if k > LAST_WINDOW:
+            return
 
 
 class WindowLayout(Record, frozen=True):
