@@ -9,7 +9,6 @@ its types (`Engine.pool` is None where host buffers come from the sandbox's own 
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from types import TracebackType
@@ -68,6 +67,8 @@ def classify(fault: FaultInfo, stack_bottom: int) -> FaultKind:
     fault below the stack's end while %rsp has reached it (a faulting push
     leaves %rsp at the end itself) is an overflow.
     """
+    import signal  # here: its enums would cost every start-up ~0.5 ms
+
     if fault.signo == signal.SIGSEGV:
         if fault.address < stack_bottom and fault.rsp <= stack_bottom + 4096:
             return FaultKind.STACK_OVERFLOW

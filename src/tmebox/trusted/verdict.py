@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import json
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -83,7 +82,7 @@ class Store:
                     pass
                 else:
                     with os.fdopen(fd, "wb") as f:
-                        f.write(secrets.token_bytes(32))
+                        f.write(os.urandom(32))  # what secrets.token_bytes is
             if not _private(os.stat(self.directory)):
                 return None
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
