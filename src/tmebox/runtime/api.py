@@ -15,7 +15,6 @@ import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from tmebox.errors import (
     CpuLevelError,
@@ -42,9 +41,6 @@ from tmebox.runtime.backend import (
     STOP_SYSCALL,
     STOP_TIMEOUT,
     STOPPED,
-    Backend,
-    Engine,
-    FastCall,
     FastCallSpec,
     FaultInfo,
     FaultKind,
@@ -74,7 +70,13 @@ from tmebox.trusted.image import Isolation
 from tmebox.trusted.record import Record, replace
 from tmebox.trusted.signature import FRAME_SIZE, FRAME_SSE, Signature
 
-HostFunction = Callable[..., Any] | CHostFunction  # fn(caller: Sandbox, *args) -> result
+TYPE_CHECKING = False  # (not typing's: `tmebox run` does without typing)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from tmebox.runtime.backend import Backend, Engine, FastCall
+
+HostFunction = Callable[..., object] | CHostFunction  # fn(caller: Sandbox, *args) -> result
 _INTERNAL = "__tmebox"  # the toolchain's own exports (the call thunk)
 
 __all__ = ["BACKENDS", "DEFAULT_MAX_SANDBOXES", "HostFunction", "Isolation", "LoadedImage",

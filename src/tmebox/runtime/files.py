@@ -24,12 +24,15 @@ import stat
 import struct
 from collections.abc import Callable, Mapping
 from functools import cache
-from typing import Any
 
 from tmebox.errors import TmeboxError
 from tmebox.runtime.memory import SandboxMemory
 from tmebox.runtime.streams import Sink, Source
 from tmebox.trusted.record import Record, field
+
+TYPE_CHECKING = False  # (not typing's: `tmebox run` does without typing)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["DEFAULT_FD_LIMIT", "HANDLERS", "DirSpec", "FileTable", "OpenFile", "direct_marks",
            "parse_dirs", "read_path"]

@@ -18,12 +18,12 @@ window starts with its initial contents in.
 from __future__ import annotations
 
 from array import array
-from typing import TYPE_CHECKING
 
 from tmebox.runtime.layout import PAGE, WindowLayout
 from tmebox.runtime.memory import SandboxMemory
 from tmebox.trusted.record import Record
 
+TYPE_CHECKING = False  # (not typing's: `tmebox run` does without typing)
 if TYPE_CHECKING:
     from tmebox.runtime.api import LoadedImage
 
