@@ -111,3 +111,21 @@ def test_a_field_without_default_cannot_follow_one_with():
             b: int  # type: ignore[misc]
     with pytest.raises(ValueError, match="not both"):
         field(default=1, default_factory=int)
+
+
+def test_init_is_made_when_the_class_is_first_instantiated(monkeypatch):
+    from tmebox.trusted import record
+
+    made = []
+    real = record._make_init
+    monkeypatch.setattr(record, "_make_init", lambda name, *a: made.append(name) or real(name, *a))
+
+    class Lazy(Record, frozen=True):
+        a: int
+        b: str = "b"
+
+    assert made == []
+    assert Lazy(1) == Lazy(a=1, b="b") and Lazy(2).b == "b"
+    assert made == ["Lazy"]  # once, by the first instance
+    with pytest.raises(TypeError):
+        Lazy()  # type: ignore[call-arg]

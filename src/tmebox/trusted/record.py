@@ -3,7 +3,8 @@
 `tmebox run` creates some twenty record classes at import (the image reader's, the
 verdict's, the runtime's). @dataclass costs ~7 ms to import (it pulls in inspect, ast and
 dis) and execs several generated functions per class; a Record class execs one, its
-__init__. The rest (__eq__, __hash__, __repr__, frozenness) is written once, here.
+__init__, and only once the class is first instantiated. The rest (__eq__, __hash__,
+__repr__, frozenness) is written once, here.
 
     class Point(Record, frozen=True):
         x: int
@@ -80,17 +81,33 @@ class _RecordType(type):
             ns.setdefault("__hash__", _fields_hash if frozen else None)
         if frozen:  # (a mutable record's fields are plain slots: no __setattr__ in Python)
             ns["__setattr__"], ns["__delattr__"] = _frozen_setattr, _frozen_delattr
+        seen_default = False
+        for k, f in fields.items():
+            has_default = f.factory is not None or f.default is not _MISSING
+            if seen_default and not has_default:
+                raise TypeError(f"{name}: field {k} without a default follows one with a "
+                                "default")
+            seen_default = seen_default or has_default
         post_init = "__post_init__" in ns or any(hasattr(b, "__post_init__") for b in bases)
-        ns["__init__"] = _make_init(name, fields, frozen, post_init)
-        return super().__new__(mcs, name, bases, ns)
+        cls = super().__new__(mcs, name, bases, ns)
+
+        def __init__(self: Record, *args: Any, **kwargs: Any) -> None:
+            # The first instance makes the real __init__: a class a run never instantiates
+            # (8 of the 23 in `tmebox run hello.box`) costs no compile.
+            init = _make_init(name, fields, frozen, post_init)
+            type.__setattr__(cls, "__init__", init)
+            init(self, *args, **kwargs)
+
+        type.__setattr__(cls, "__init__", __init__)
+        return cls
 
 
 def _make_init(name: str, fields: dict[str, _Field], frozen: bool,
                post_init: bool) -> Callable[..., None]:
-    """The class's __init__, generated: one exec per class, plain assignments per instance."""
+    """The class's __init__, generated: one exec per class (when it is first instantiated),
+    plain assignments per instance."""
     env: dict[str, Any] = {"_MISSING": _MISSING, "_set": object.__setattr__}
     params, body = [], []
-    seen_default = False
     for k, f in fields.items():
         if f.factory is not None:
             env[f"_factory_{k}"] = f.factory
@@ -100,12 +117,9 @@ def _make_init(name: str, fields: dict[str, _Field], frozen: bool,
             env[f"_default_{k}"] = f.default
             params.append(f"{k}=_default_{k}")
             value = k
-        elif seen_default:
-            raise TypeError(f"{name}: field {k} without a default follows one with a default")
         else:
             params.append(k)
             value = k
-        seen_default = seen_default or f.factory is not None or f.default is not _MISSING
         body.append(f"_set(self, {k!r}, {value})" if frozen else f"self.{k} = {value}")
     if post_init:
         body.append("self.__post_init__()")
