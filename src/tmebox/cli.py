@@ -271,7 +271,7 @@ _RAW_COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
 
 def _parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line's parser; with `only`, just that subcommand's (building all of
-    them costs ~10 ms, a tenth of `tmebox run`'s start-up)."""
+    them costs ~10 ms; a plain `tmebox run` builds none, see _plain_run)."""
     p = _new_parser(prog="tmebox", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, parser_class=type(p))
     for name, (text, build, description) in _COMMANDS.items():
