@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
-import math
 import os
 import sys
-from collections.abc import Callable
-from pathlib import Path
-from typing import NoReturn
 
 from tmebox.errors import CompileError, TmeboxError
 from tmebox.trusted import abi
+
+# argparse (with gettext, shutil, locale) is imported only when a command line needs it: a
+# plain `tmebox run IMAGE ARGS` or `tmebox exec` is parsed by hand (see main()).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+    from types import SimpleNamespace
+    from typing import Any, NoReturn
 
 
 def _cmd_setup(args: argparse.Namespace) -> int:
@@ -30,6 +34,8 @@ def _cmd_cc(argv: list[str]) -> int:
 
 
 def _cmd_exec(argv: list[str]) -> int:
+    from pathlib import Path
+
     from tmebox import programs
 
     if not argv:
@@ -38,6 +44,8 @@ def _cmd_exec(argv: list[str]) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from tmebox.trusted import verifier
 
     status = 0
@@ -50,6 +58,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _seconds(text: str) -> float:
+    import argparse
+    import math
+
     try:
         value = float(text)
     except ValueError:
@@ -60,30 +71,43 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _run_options(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
-    def default(value: object) -> object:
-        return value if defaults else argparse.SUPPRESS  # later: only what is given
+def _run_defaults() -> dict[str, Any]:
+    """`tmebox run`'s options when none is given, by dest (fresh lists each time)."""
+    return {"backend": "native", "timeout": None, "min_isolation": abi.DEFAULT_ISOLATION,
+            "env": [], "inherit_env": False, "dir": [], "memory_limit": None}
 
-    parser.add_argument("--backend", choices=["native", "tme"], default=default("native"))
-    parser.add_argument("--timeout", type=_seconds, default=default(None), metavar="S",
+
+def _run_options(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    import argparse
+
+    given = _run_defaults()
+
+    def default(dest: str) -> object:
+        return given[dest] if defaults else argparse.SUPPRESS  # later: only what is given
+
+    parser.add_argument("--backend", choices=["native", "tme"], default=default("backend"))
+    parser.add_argument("--timeout", type=_seconds, default=default("timeout"), metavar="S",
                         help="stop the program after S seconds (runtime calls included)")
     parser.add_argument("--min-isolation", choices=abi.ISOLATION_MODES,
-                        default=default(abi.DEFAULT_ISOLATION),
+                        default=default("min_isolation"),
                         help="weakest isolation mode accepted (data: only for trusted code)")
-    parser.add_argument("--env", action="append", type=_env_pair, default=default([]),
+    parser.add_argument("--env", action="append", type=_env_pair, default=default("env"),
                         metavar="K=V", help="set K in the program's environment (repeatable); "
                         "nothing of tmebox's own environment is passed unless asked")
-    parser.add_argument("--inherit-env", action="store_true", default=default(False),
+    parser.add_argument("--inherit-env", action="store_true", default=default("inherit_env"),
                         help="pass tmebox's whole environment to the program (--env wins)")
-    parser.add_argument("--dir", action="append", type=_dir_spec, default=default([]),
+    parser.add_argument("--dir", action="append", type=_dir_spec, default=default("dir"),
                         metavar="HOST:GUEST[:ro|rw]", help="give the program the host "
                         "directory HOST as GUEST (read-only unless :rw; repeatable); it can "
                         "open no other file")
-    parser.add_argument("--memory-limit", type=_size, default=default(None), metavar="BYTES",
+    parser.add_argument("--memory-limit", type=_size, default=default("memory_limit"),
+                        metavar="BYTES",
                         help="heap and mmap the program may map (K, M, G suffixes)")
 
 
 def _dir_spec(text: str) -> tuple[str, tuple[str, str]]:
+    import argparse
+
     host, _, rest = text.partition(":")
     guest, _, mode = rest.partition(":")
     if not host or not guest.startswith("/") or mode not in ("", "ro", "rw") or "\0" in text:
@@ -93,6 +117,8 @@ def _dir_spec(text: str) -> tuple[str, tuple[str, str]]:
 
 
 def _size(text: str) -> int:
+    import argparse
+
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     digits, unit = text.rstrip("KMGkmg"), text[len(text.rstrip("KMGkmg")):].upper()
     if not digits.isdigit() or unit not in units:
@@ -102,6 +128,8 @@ def _size(text: str) -> int:
 
 
 def _env_pair(text: str) -> tuple[str, str]:
+    import argparse
+
     key, eq, value = text.partition("=")
     if not key or not eq or "\0" in text:
         raise argparse.ArgumentTypeError(f"must be K=V with a non-empty K, not {text!r}")
@@ -111,7 +139,7 @@ def _env_pair(text: str) -> tuple[str, str]:
 def _split_run_args(args: argparse.Namespace) -> None:
     """tmebox's options may also follow the image (`tmebox run x.box --timeout 1`); what is
     not one of them, and everything after `--`, is the program's."""
-    later = _Parser(prog="tmebox run", allow_abbrev=False, add_help=False)
+    later = _new_parser(prog="tmebox run", allow_abbrev=False, add_help=False)
     _run_options(later, defaults=False)
     found, guest = later.parse_known_args(args.args)
     for name, value in vars(found).items():
@@ -121,9 +149,16 @@ def _split_run_args(args: argparse.Namespace) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    _split_run_args(args)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace | SimpleNamespace) -> int:
+    """`tmebox run` once its command line is parsed (by argparse or by _plain_run)."""
+    from pathlib import Path
+
     from tmebox import programs
 
-    _split_run_args(args)
     return programs.run_command(
         target=Path(args.image),
         argv=args.args,
@@ -144,6 +179,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from tmebox import bench
 
     out = bench.run(bench.Options(
@@ -159,11 +196,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad usage is one line naming the command and the problem, not the usage text."""
+def _new_parser(**options: Any) -> argparse.ArgumentParser:
+    """An argparse parser whose bad usage is one line naming the command and the problem,
+    not the usage text (a class made here, where argparse is first needed)."""
+    import argparse
 
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (--help lists the options)\n")
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            self.exit(2, f"{self.prog}: {message} (--help lists the options)\n")
+
+    return _Parser(**options)
 
 
 def _setup_parser(s: argparse.ArgumentParser) -> None:
@@ -176,6 +218,8 @@ def _verify_parser(s: argparse.ArgumentParser) -> None:
 
 
 def _run_parser(s: argparse.ArgumentParser) -> None:
+    import argparse
+
     _run_options(s)
     s.add_argument("image", metavar="IMAGE|FILE.c")
     s.add_argument("args", nargs=argparse.REMAINDER, metavar="ARG")
@@ -230,9 +274,9 @@ _RAW_COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
 
 def _parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line's parser; with `only`, just that subcommand's (building all of
-    them costs ~10 ms, a tenth of `tmebox run`'s start-up)."""
-    p = _Parser(prog="tmebox", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    them costs ~10 ms; a plain `tmebox run` builds none, see _plain_run)."""
+    p = _new_parser(prog="tmebox", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=type(p))
     for name, (text, build, description) in _COMMANDS.items():
         if only in (None, name):
             build(sub.add_parser(name, help=text, description=description))
@@ -242,11 +286,40 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _plain_run(argv: list[str]) -> SimpleNamespace | None:
+    """`run IMAGE ARG...` with no option before a `--` (the common form, and what a script
+    runs): its parse, exactly what argparse gives, without building a parser; None for any
+    other command line."""
+    if argv[:1] != ["run"] or len(argv) < 2 or argv[1].startswith("-"):
+        return None
+    rest = argv[2:]
+    at = rest.index("--") if "--" in rest else len(rest)
+    if any(a.startswith("-") for a in rest[:at]):
+        return None
+    from types import SimpleNamespace
+
+    return SimpleNamespace(command="run", image=argv[1], args=rest[:at] + rest[at + 1:],
+                           **_run_defaults())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] and argv[0] in _RAW_COMMANDS:
         command, rest = argv[0], argv[1:]
         return _reporting(command, lambda: _RAW_COMMANDS[command][1](rest))
+    plain = _plain_run(argv)
+    if plain is not None:
+        return _reporting("run", lambda: _run(plain))
+    args, extra = _parse(argv)
+    if extra and args.command != "run":  # (run's go to the program)
+        print(f"tmebox {args.command}: unrecognized option(s) {' '.join(extra)} (--help lists "
+              "the options)", file=sys.stderr)
+        return 2
+    return _reporting(args.command, lambda: args.func(args))
+
+
+def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """argparse's parse of a command line, and the arguments it did not take."""
     # `tmebox run ... -- ARGS`: ARGS are the program's, whatever they look like (split off
     # here: argparse would drop the `--` and then take them for tmebox's own options).
     program_args: list[str] = []
@@ -255,12 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         argv, program_args = argv[:at], argv[at + 1:]
     args, extra = _parser(argv[0] if argv and argv[0] in _COMMANDS else None
                           ).parse_known_args(argv)
-    if extra and args.command != "run":  # (run's go to the program)
-        print(f"tmebox {args.command}: unrecognized option(s) {' '.join(extra)} (--help lists "
-              "the options)", file=sys.stderr)
-        return 2
     args.program_args = program_args
-    return _reporting(args.command, lambda: args.func(args))
+    return args, extra
 
 
 def _reporting(command: str, work: Callable[[], int]) -> int:

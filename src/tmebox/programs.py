@@ -7,12 +7,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from tmebox.errors import ImageError
 from tmebox.runtime.api import Runtime
 from tmebox.trusted import abi, cache
 from tmebox.trusted.image import Isolation
+
+TYPE_CHECKING = False  # (not typing's: `tmebox run` does without typing)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["compile_cached", "exec_command", "run_command"]
 

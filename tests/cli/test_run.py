@@ -125,18 +125,23 @@ def test_run_rejects_a_timeout_that_is_not_a_positive_number(source, capfd, valu
     assert "--timeout" in err and "Traceback" not in err
 
 
+HEAVY = ("numpy", "unicorn", "capstone", "iced_x86", "matplotlib", "cryptography")
+# What start-up does without (issue 14): the compiler and the verifier's scan, and the
+# modules whose import alone cost milliseconds (argparse with gettext and shutil,
+# dataclasses with inspect, typing, signal's enums, secrets).
+UNUSED = (*HEAVY, "tmebox.toolchain.cc", "tmebox.trusted.scan", "argparse", "dataclasses",
+          "inspect", "typing", "signal", "secrets")
+
 LIGHT = r"""
 import sys
 from tmebox import cli
-status = cli.main(["run", sys.argv[1], "x"])
-heavy = sorted(m for m in ("numpy", "unicorn", "capstone", "iced_x86", "matplotlib",
-                           "cryptography", "tmebox.toolchain.cc", "tmebox.trusted.scan")
-               if m in sys.modules)
-print(status, heavy)
+status = cli.main([sys.argv[1], sys.argv[2], "x"])
+print(status, sorted(m for m in sys.argv[3:] if m in sys.modules))
 """
 
 
-def test_running_a_known_image_loads_nothing_heavy(source, tmp_path):
+@pytest.mark.parametrize("command", ["run", "exec"])
+def test_running_a_known_image_loads_nothing_heavy(source, tmp_path, command):
     """The first run verifies (and loads the decoders); later runs take the kept verdict."""
     import os
     import subprocess
@@ -147,9 +152,19 @@ def test_running_a_known_image_loads_nothing_heavy(source, tmp_path):
     box = tmp_path / "light.box"
     cc.build(sources=[source], output=box, isolation="code+data")
     env = {**os.environ, "TMEBOX_CACHE": str(tmp_path / "cache")}
-    outs = [subprocess.run([sys.executable, "-c", LIGHT, str(box)], env=env, text=True,
-                           capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
+    outs = [subprocess.run([sys.executable, "-c", LIGHT, command, str(box), *UNUSED], env=env,
+                           text=True, capture_output=True, input="", timeout=120)
             for _ in range(2)]
     first, second = (o.stdout.splitlines()[-1] for o in outs)
     assert first.startswith("12 [") and "tmebox.trusted.scan" in first, outs[0].stderr
     assert second == "12 []", outs[1].stderr
+
+
+def test_import_tmebox_loads_no_backend_decoder_or_plotting():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import sys, tmebox; print(sorted(m for m in "
+                          f"{HEAVY + ('tmebox.runtime',)!r} if m in sys.modules))"],
+                         text=True, capture_output=True, timeout=60)
+    assert out.stdout == "[]\n", out.stderr

@@ -80,6 +80,22 @@ def test_free_window_runs_keep_a_margin():
     assert lay.host_mapped_windows(["100000000-200000001 r-xp 0 0:0 0 x"]) == {1, 2}
 
 
+@pytest.mark.parametrize("used", [set(), {0}, {1}, {2, 3}, {lay.LAST_WINDOW},
+                                  {lay.LAST_WINDOW - 1, lay.LAST_WINDOW + 5}, {5, 7, 9},
+                                  {21845, 32767}, set(range(0, 40000, 3))])
+@pytest.mark.parametrize("margin", [0, 1, 2])
+def test_free_window_runs_are_the_maximal_runs_of_free_windows(used, margin):
+    near = {u + d for u in used for d in range(-margin, margin + 1)}
+    free = [k for k in range(lay.FIRST_WINDOW, lay.LAST_WINDOW + 1) if k not in near]
+    want, start = [], None
+    for i, k in enumerate(free):
+        start = k if start is None else start
+        if i + 1 == len(free) or free[i + 1] != k + 1:
+            want.append((start, k + 1))
+            start = None
+    assert list(lay.free_window_runs(used, margin)) == want
+
+
 def test_faults_stay_contained_after_faulthandler_is_enabled_again():
     import faulthandler
 

@@ -191,7 +191,7 @@ main:
     code = bytearray(plan.code)
     jmp = 0x20 - (plan.entry + 5)
     code[plan.entry:plan.entry + 5] = b"\xe9" + jmp.to_bytes(4, "little", signed=True)
-    from dataclasses import replace
+    from tmebox.trusted.record import replace
 
     img = rt.load_unverified(replace(plan, code=bytes(code)))
     with pytest.raises(SandboxError, match="instead of parking"):

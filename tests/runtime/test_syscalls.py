@@ -15,6 +15,7 @@ from tmebox.runtime.layout import WindowLayout
 from tmebox.runtime.memory import SandboxMemory
 from tmebox.runtime.streams import Sink, Source
 from tmebox.trusted import abi
+from tmebox.trusted.record import replace
 
 BASE = 7 << 32
 
@@ -42,8 +43,7 @@ class ByteMemory(SandboxMemory):
 def env():
     layout = WindowLayout.for_image(0x2000, 0x12000, 0x13000, 0x2000, 0x12000)
     # a small window: the mmap area ends 8 MiB above the RW start
-    layout = WindowLayout(**{**layout.__dict__, "mmap_top": layout.rw_lo + (8 << 20),
-                             "rw_hi": layout.rw_lo + (8 << 20)})
+    layout = replace(layout, mmap_top=layout.rw_lo + (8 << 20), rw_hi=layout.rw_lo + (8 << 20))
     mem = ByteMemory(layout)
     out, err = bytearray(), io.BytesIO()
     table = FileTable.open(Source(b"abcdef"), Sink(out, 1), Sink(err, 2))

@@ -10,14 +10,11 @@ See docs/runtime.md for the whole interface.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tmebox.errors import (
     CpuLevelError,
@@ -44,9 +41,6 @@ from tmebox.runtime.backend import (
     STOP_SYSCALL,
     STOP_TIMEOUT,
     STOPPED,
-    Backend,
-    Engine,
-    FastCall,
     FastCallSpec,
     FaultInfo,
     FaultKind,
@@ -73,9 +67,16 @@ from tmebox.runtime.snapshot import Snapshot, capture_runs
 from tmebox.runtime.streams import Sink, Source
 from tmebox.trusted import abi
 from tmebox.trusted.image import Isolation
+from tmebox.trusted.record import Record, replace
 from tmebox.trusted.signature import FRAME_SIZE, FRAME_SSE, Signature
 
-HostFunction = Callable[..., Any] | CHostFunction  # fn(caller: Sandbox, *args) -> result
+TYPE_CHECKING = False  # (not typing's: `tmebox run` does without typing)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from tmebox.runtime.backend import Backend, Engine, FastCall
+
+HostFunction = Callable[..., object] | CHostFunction  # fn(caller: Sandbox, *args) -> result
 _INTERNAL = "__tmebox"  # the toolchain's own exports (the call thunk)
 
 __all__ = ["BACKENDS", "DEFAULT_MAX_SANDBOXES", "HostFunction", "Isolation", "LoadedImage",
@@ -280,7 +281,7 @@ class Runtime:
 
             verdict = verify_stored(parsed)
         if not verdict.ok:
-            raise VerificationError(dataclasses.replace(verdict, name=str(image)).summary())
+            raise VerificationError(replace(verdict, name=str(image)).summary())
         plan = plan_from_image(parsed)
         return self._prepare(plan, _bind_imports(plan, functions, str(image)))
 
@@ -994,8 +995,7 @@ class Sandbox:
         return f"image+{off - self._layout.code_lo:#x}: {code[:8].hex(' ')}"
 
 
-@dataclass(frozen=True)
-class _Origin:
+class _Origin(Record, frozen=True):
     """How a sandbox was spawned, which reset() does again."""
 
     argv: list[str | bytes]

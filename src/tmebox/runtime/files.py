@@ -23,13 +23,16 @@ import os
 import stat
 import struct
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
 
 from tmebox.errors import TmeboxError
 from tmebox.runtime.memory import SandboxMemory
 from tmebox.runtime.streams import Sink, Source
+from tmebox.trusted.record import Record, field
+
+TYPE_CHECKING = False  # (not typing's: `tmebox run` does without typing)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["DEFAULT_FD_LIMIT", "HANDLERS", "DirSpec", "FileTable", "OpenFile", "direct_marks",
            "parse_dirs", "read_path"]
@@ -58,8 +61,7 @@ TIOCGWINSZ = 0x5413
 _STAT = struct.Struct("<QQQIIIiQqqqqqqqqq24x")
 
 
-@dataclass(frozen=True)
-class DirSpec:
+class DirSpec(Record, frozen=True):
     """One directory given to a sandbox: guest path, host path, writable."""
 
     guest: str
@@ -81,8 +83,7 @@ def parse_dirs(dirs: Mapping[str, Any]) -> list[DirSpec]:
     return out
 
 
-@dataclass
-class OpenFile:
+class OpenFile(Record):
     """A guest descriptor for a host file or directory opened beneath a preopen."""
 
     fd: int  # the host's descriptor
@@ -91,8 +92,7 @@ class OpenFile:
     cloexec: bool = False
 
 
-@dataclass(frozen=True)
-class _Preopen:
+class _Preopen(Record, frozen=True):
     parts: tuple[bytes, ...]  # the guest path's components
     fd: int  # O_PATH | O_DIRECTORY on the host directory
     writable: bool
@@ -102,8 +102,7 @@ class _Preopen:
 Entry = Source | Sink | OpenFile
 
 
-@dataclass
-class FileTable:
+class FileTable(Record):
     """One sandbox's descriptors and preopened directories."""
 
     entries: dict[int, Entry]

@@ -6,11 +6,11 @@ Pure arithmetic plus reading /proc/self/maps; the backends do the mapping.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from tmebox.errors import ImageError
 from tmebox.trusted import abi
+from tmebox.trusted.record import Record
 
 __all__ = ["PAGE", "WindowLayout", "free_window_runs", "host_mapped_windows", "page_up",
            "read_host_maps", "window_base"]
@@ -50,21 +50,19 @@ def read_host_maps() -> list[str]:
 
 
 def free_window_runs(used: set[int], margin: int = HOST_MARGIN) -> Iterator[tuple[int, int]]:
-    """Runs [first, end) of windows that keep `margin` windows away from every used one."""
-    blocked = {w + d for w in used for d in range(-margin, margin + 1)}
+    """Runs [first, end) of windows that keep `margin` windows away from every used one
+    (found from the blocked windows, not by stepping through the ~32,000 windows)."""
+    blocked = sorted({w + d for w in used for d in range(-margin, margin + 1)})
     k = FIRST_WINDOW
-    while k <= LAST_WINDOW:
-        if k in blocked:
-            k += 1
-            continue
-        start = k
-        while k <= LAST_WINDOW and k not in blocked:
-            k += 1
-        yield start, k
+    for b in [*blocked, LAST_WINDOW + 1]:
+        if b > k:
+            yield k, min(b, LAST_WINDOW + 1)
+        k = max(k, b + 1)
+        if k > LAST_WINDOW:
+            return
 
 
-@dataclass(frozen=True)
-class WindowLayout:
+class WindowLayout(Record, frozen=True):
     """Window offsets of everything a sandbox of one image uses (docs/design.md)."""
 
     code_lo: int  # image offset 0: the runtime page, then the code (R+X, shared)

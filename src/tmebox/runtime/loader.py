@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tmebox.errors import ImageError
 from tmebox.runtime.layout import WindowLayout
 from tmebox.trusted import abi
 from tmebox.trusted.image import Image
+from tmebox.trusted.record import Record, field
 from tmebox.trusted.signature import Signature
 
 __all__ = ["MAX_ARGS_BYTES", "ImagePlan", "initial_stack", "plan_from_image"]
@@ -27,8 +27,7 @@ AT_ENTRY, AT_HWCAP, AT_SECURE, AT_RANDOM = 9, 16, 23, 25
 MAX_ARGS_BYTES = 128 << 10  # argv + envp strings; Linux allows more, sandboxes need less
 
 
-@dataclass(frozen=True)
-class ImagePlan:
+class ImagePlan(Record, frozen=True):
     """A sandbox image as the runtime instantiates it (all offsets are image offsets)."""
 
     name: str

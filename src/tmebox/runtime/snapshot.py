@@ -18,12 +18,12 @@ window starts with its initial contents in.
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from tmebox.runtime.layout import PAGE, WindowLayout
 from tmebox.runtime.memory import SandboxMemory
+from tmebox.trusted.record import Record
 
+TYPE_CHECKING = False  # (not typing's: `tmebox run` does without typing)
 if TYPE_CHECKING:
     from tmebox.runtime.api import LoadedImage
 
@@ -32,8 +32,7 @@ __all__ = ["Run", "Snapshot", "capture_runs", "find_pointers"]
 _ZERO = bytes(PAGE)
 
 
-@dataclass(frozen=True)
-class Run:
+class Run(Record, frozen=True):
     """Consecutive pages of a snapshot: offset from code_lo, bytes with every pointer word
     made an offset from code_lo, and where those words are (byte offsets in data)."""
 
@@ -42,8 +41,7 @@ class Run:
     pointers: array
 
 
-@dataclass(frozen=True, eq=False)
-class Snapshot:
+class Snapshot(Record, frozen=True, eq=False):
     """What Sandbox.snapshot() gives and Runtime.spawn() takes (docs/runtime.md,
     "Snapshots"). Offsets are from the sandbox's code_lo, full addresses are made such."""
 

@@ -9,7 +9,10 @@ import os
 import select
 import threading
 import time
-from typing import Any
+
+TYPE_CHECKING = False  # (not typing's: `tmebox run` does without typing)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Sink", "Source", "Waker"]
 

@@ -16,7 +16,6 @@ import os
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from tmebox.runtime import files
 from tmebox.runtime.files import FileTable, OpenFile
@@ -24,6 +23,7 @@ from tmebox.runtime.layout import PAGE, WindowLayout, page_up
 from tmebox.runtime.memory import OFFSET_MASK, SandboxMemory
 from tmebox.runtime.streams import Sink, Source, Waker
 from tmebox.trusted import abi
+from tmebox.trusted.record import Record, field
 
 __all__ = ["SANDBOX_PID", "Exit", "Park", "ProcessState", "handle"]
 
@@ -56,21 +56,18 @@ _CLOCKS = {0: time.CLOCK_REALTIME, 1: time.CLOCK_MONOTONIC, 4: time.CLOCK_MONOTO
 _CPU_CLOCKS = (2, 3)
 
 
-@dataclass(frozen=True)
-class Exit:
+class Exit(Record, frozen=True):
     """The sandbox ended: exit_group(status), or it signalled itself (abort)."""
 
     status: int
     signal: int | None = None
 
 
-@dataclass(frozen=True)
-class Park:
+class Park(Record, frozen=True):
     """The crt finished initialising libc and waits for run() (abi.SYS_TMEBOX_PARK)."""
 
 
-@dataclass
-class ProcessState:
+class ProcessState(Record):
     """One sandbox's kernel-side state: program break, mmap area, thread pointer, files."""
 
     layout: WindowLayout

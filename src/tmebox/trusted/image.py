@@ -17,18 +17,17 @@ and mapped. The line is for the host's kernel, which the sandbox never sees.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import stat
 import struct
-from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 from tmebox.trusted import abi
 from tmebox.trusted.errors import ImageError, TmeboxError
+from tmebox.trusted.record import Record, field, replace
 from tmebox.trusted.signature import MAX_IMPORTS, Signature
 
 __all__ = ["CpuLevel", "Image", "ImageInfo", "Isolation", "Segment", "Tls"]
@@ -103,8 +102,7 @@ REQUIRED_SYMBOLS = (
 )
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(Record, frozen=True):
     """A PT_LOAD segment: `offset` is its image offset (= p_vaddr of the static PIE).
 
     The code segment's `data` is padded with int3 to a whole page: that is what gets mapped.
@@ -119,8 +117,7 @@ class Segment:
         return self.offset + self.memsz
 
 
-@dataclass(frozen=True)
-class Tls:
+class Tls(Record, frozen=True):
     """The PT_TLS template: `offset` is its image offset, `data` its initialised part."""
 
     offset: int
@@ -129,8 +126,7 @@ class Tls:
     align: int
 
 
-@dataclass(frozen=True)
-class ImageInfo:
+class ImageInfo(Record, frozen=True):
     """The `.tmebox_info` JSON object."""
 
     isolation: Isolation
@@ -146,8 +142,7 @@ class ImageInfo:
     level: CpuLevel = CpuLevel.X86_64  # "cpu_level"; absent in images of before levels
 
 
-@dataclass(frozen=True)
-class Image:
+class Image(Record, frozen=True):
     name: str
     sha256: str
     size: int  # end of the highest segment (image offsets [0, size) belong to the image)
@@ -208,8 +203,7 @@ def _without_launcher(data: bytes, name: str) -> bytes:
     return data[end + 1:]
 
 
-@dataclass(frozen=True)
-class _Header:
+class _Header(Record, frozen=True):
     phoff: int
     phnum: int
     shoff: int
@@ -217,8 +211,7 @@ class _Header:
     shstrndx: int
 
 
-@dataclass(frozen=True)
-class _Section:
+class _Section(Record, frozen=True):
     index: int
     name: str
     type: int
@@ -352,7 +345,7 @@ class _Reader:
         by_name: dict[str, _Section] = {}
         for section, row in zip(sections, rows, strict=True):
             name = self.string(names, row[0], f"name of section {section.index}")
-            section = dataclasses.replace(section, name=name)
+            section = replace(section, name=name)
             if section.type == SHT_REL:
                 raise self.fail(f"section {name!r}: REL relocations are not allowed")
             # Only by their type are relocations found: a retyped one would go unapplied.

@@ -8,10 +8,10 @@ register's worth of bits, range-checked on the host side).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 
 from tmebox.trusted.errors import ImageError
+from tmebox.trusted.record import Record
 
 __all__ = ["FRAME_SIZE", "FRAME_SSE", "INT_REGS", "MAX_IMPORTS", "SSE_REGS", "Signature",
            "ValType"]
@@ -60,8 +60,7 @@ _BITS = {ValType.I8: 8, ValType.I16: 16, ValType.I32: 32, ValType.I64: 64, ValTy
          ValType.F32: 32, ValType.F64: 64, ValType.VOID: 0}
 
 
-@dataclass(frozen=True)
-class Signature:
+class Signature(Record, frozen=True):
     params: tuple[ValType, ...]
     result: ValType
 

@@ -10,24 +10,21 @@ and they could as well ptrace the host (docs/verifier.md, "Threat model").
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import hmac
 import json
 import os
-import secrets
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from tmebox.trusted import cache
+from tmebox.trusted.record import Record, as_dict
 
 __all__ = ["Store", "Verdict", "remember", "stored"]
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(Record, frozen=True):
     name: str
     ok: bool
     isolation: str
@@ -50,7 +47,7 @@ class Verdict:
         return f"{self.name}: REJECTED{where}{text} — rule {self.rule}: {self.reason}"
 
     def to_json(self) -> str:
-        d = dataclasses.asdict(self)
+        d = as_dict(self)
         d["bytes"] = self.bytes.hex()
         return json.dumps(d, sort_keys=True)
 
@@ -85,7 +82,7 @@ class Store:
                     pass
                 else:
                     with os.fdopen(fd, "wb") as f:
-                        f.write(secrets.token_bytes(32))
+                        f.write(os.urandom(32))  # what secrets.token_bytes is
             if not _private(os.stat(self.directory)):
                 return None
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)

@@ -8,10 +8,10 @@ module is the entry point: `verify_code`, `verify_image`, `verify_file`.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from tmebox.trusted.image import Image
+from tmebox.trusted.record import replace
 from tmebox.trusted.rules import RULES, classify
 from tmebox.trusted.scan import verify_code, verify_image
 from tmebox.trusted.verdict import Verdict, remember, stored
@@ -33,4 +33,4 @@ def verify_stored(image: Image) -> Verdict:
 def verify_file(path: Path | str) -> Verdict:
     """Load and verify an image; verdicts are kept by content and verifier hash, in memory and
     (authenticated, see verdict.py) on disk."""
-    return dataclasses.replace(verify_stored(Image.load(path)), name=str(path))
+    return replace(verify_stored(Image.load(path)), name=str(path))

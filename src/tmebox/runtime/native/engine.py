@@ -8,12 +8,8 @@ from collections.abc import Sequence
 
 from tmebox.runtime import layout as lay
 from tmebox.runtime.backend import (
-    FastCall,
     FastCallSpec,
     FaultInfo,
-    Invoke,
-    SandboxLock,
-    SharedPool,
 )
 from tmebox.runtime.host import CHostFunction
 from tmebox.runtime.memory import OFFSET_MASK, SandboxMemory
@@ -45,6 +41,10 @@ from tmebox.runtime.native.windows import (
 from tmebox.runtime.snapshot import Run
 from tmebox.trusted.image import Isolation
 from tmebox.trusted.signature import FRAME_SSE, Signature, ValType
+
+TYPE_CHECKING = False  # (not typing's: `tmebox run` does without typing)
+if TYPE_CHECKING:
+    from tmebox.runtime.backend import FastCall, Invoke, SandboxLock, SharedPool
 
 __all__ = ["NativeEngine", "NativeMemory"]
 

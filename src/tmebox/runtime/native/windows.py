@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import heapq
 import threading
+from itertools import islice
 from pathlib import Path
 
 from tmebox.errors import OutOfSandboxes
@@ -68,10 +69,11 @@ class WindowPool:
             used = lay.host_mapped_windows(lay.read_host_maps()) - self._reserved
             got: list[int] = []
             for start, end in lay.free_window_runs(used):
-                run = [k for k in range(start, end) if k not in self._reserved]
+                # (only as many as wanted: a run can be ~20,000 windows long)
+                run = list(islice((k for k in range(start, end) if k not in self._reserved),
+                                  want - len(got)))
                 if not run:
                     continue
-                run = run[:want - len(got)]
                 got += self._reserve_run(run)
                 if len(got) >= want:
                     break

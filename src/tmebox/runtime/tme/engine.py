@@ -17,13 +17,8 @@ from tmebox.runtime.backend import (
     STOP_BADSTACK,
     STOP_RETURN,
     STOPPED,
-    Engine,
-    FastCall,
     FastCallSpec,
     FaultInfo,
-    Invoke,
-    SandboxLock,
-    SharedPool,
 )
 from tmebox.runtime.layout import WindowLayout, page_up
 from tmebox.runtime.loader import ImagePlan
@@ -36,6 +31,7 @@ from tmebox.trusted.image import Isolation
 from tmebox.trusted.signature import Signature
 
 if TYPE_CHECKING:
+    from tmebox.runtime.backend import Engine, FastCall, Invoke, SandboxLock, SharedPool
     from tmebox.runtime.tme.backend import TmeBackend
 
 _GPRS = tuple(getattr(x86, f"UC_X86_REG_{r}") for r in (
