@@ -14,6 +14,7 @@ import pytest
 from tmebox import cli
 from tmebox.toolchain import driver
 from tmebox.toolchain.cc import Build, Library, Linked, Source, Stage
+from tmebox.toolchain.rewriter import rewrite_assembly
 from tmebox.toolchain.unit import Lang
 from tmebox.trusted.image import Image
 
@@ -189,3 +190,27 @@ def test_mixed_isolation_objects_are_refused_at_the_latest_by_the_verifier(
     assert cli.main(["cc", "-DVAL=1", "main.c", "twice.o", "-o", "m.box"]) == 1
     assert not (project / "m.box").exists()
     assert "m.box" in capsys.readouterr().err
+
+
+def test_alignments_beyond_a_bundle_build_in_code_data(project: Path) -> None:
+    # zstd's build: gas fills `.p2align 6` with 11-byte nops from wherever it starts,
+    # across bundle ends, and the verifier refused the image
+    (project / "loops.c").write_text(
+        "long f(long *p, long n) { long s = 0; for (long i = 0; i < n; i++) s += p[i] * i;"
+        " return s; }\nint main(void) { long a[9] = {1}; return (int)f(a, 9); }\n")
+    assert cli.main(["cc", "-O2", "-falign-functions=64", "-falign-loops=64", "loops.c",
+                     "-o", "loops.box"]) == 0
+    assert Image.load(project / "loops.box").exports["f"]
+
+
+@pytest.mark.parametrize(("directive", "first"), [
+    (".p2align 6", ".p2align 5"), (".p2align 6,,15", ".p2align 5,,15"),
+    (".balign 64", ".p2align 5"), (".align 128,0x90", ".p2align 5,0x90"),
+    (".p2align 5", None), (".balign 16", None)])
+def test_alignments_beyond_a_bundle_align_to_a_bundle_first(directive: str,
+                                                            first: str | None) -> None:
+    asm = f".text\nf:\n\tret\n\t{directive}\n\tret\n"
+    out = rewrite_assembly(asm, isolation="code+data").split("\n")
+    i = out.index("\t" + directive)
+    assert (out[i - 1] == "\t" + first) if first else ".p2align" not in out[i - 1]
+    assert rewrite_assembly(asm, isolation="data").count("align") == 1
