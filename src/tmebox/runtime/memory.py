@@ -104,6 +104,12 @@ class SandboxMemory:
         self.check_open()
         self._release(self.check(addr, n, True), n)
 
+    def move(self, src: int, dst: int, n: int) -> None:
+        """Window offsets [src, src+n) to [dst, dst+n) (page aligned, apart, both the
+        sandbox's: mremap's work); the source reads as zero afterwards."""
+        self._write(dst, self._read(src, n))
+        self._release(src, n)
+
     def view(self, addr: int, n: int, writable: bool) -> memoryview:
         """A zero-copy view of [addr, addr+n) (backends that have plain memory only)."""
         self.check_open()

@@ -30,6 +30,7 @@ __all__ = ["SANDBOX_PID", "Exit", "Park", "ProcessState", "handle"]
 # x86-64 system call numbers
 SYS_READ, SYS_WRITE, SYS_CLOSE = 0, 1, 3
 SYS_LSEEK, SYS_MMAP, SYS_MPROTECT, SYS_MUNMAP, SYS_BRK = 8, 9, 10, 11, 12
+SYS_MREMAP, MREMAP_MAYMOVE = 25, 1
 SYS_RT_SIGACTION, SYS_RT_SIGPROCMASK, SYS_IOCTL = 13, 14, 16
 SYS_READV, SYS_WRITEV, SYS_SCHED_YIELD, SYS_MADVISE = 19, 20, 24, 28
 SYS_GETPID, SYS_EXIT, SYS_KILL, SYS_GETTIMEOFDAY = 39, 60, 62, 96
@@ -295,6 +296,38 @@ def _munmap(st: ProcessState, mem: SandboxMemory, addr: int, length: int) -> int
     return 0
 
 
+def _mremap(st: ProcessState, mem: SandboxMemory, addr: int, old_size: int, new_size: int,
+            flags: int) -> int:
+    """Linux's mremap for the sandbox's own mappings: shrink, grow in place where the pages
+    after it are free, or (MREMAP_MAYMOVE) move to a fresh range; no fixed target."""
+    lo = addr & OFFSET_MASK
+    if lo % PAGE or flags & ~MREMAP_MAYMOVE or old_size <= 0 or not 0 < new_size < \
+            abi.WINDOW_SIZE:
+        return -errno.EINVAL
+    old_len, new_len = page_up(old_size), page_up(new_size)
+    hi, want = lo + old_len, lo + new_len
+    if lo < st.map_floor() or not any(s <= lo and hi <= e for s, e in st.maps):
+        return -errno.EFAULT
+    if new_len <= old_len:
+        if new_len < old_len:
+            _munmap(st, mem, st.base + want, old_len - new_len)
+        return st.base + lo
+    if (want <= st.layout.mmap_top and not any(s < want and e > hi for s, e in st.maps)
+            and st.fits(hi, want)):
+        st._insert(hi, want)
+        st.protect(hi, want, True)
+        return st.base + lo
+    if not flags & MREMAP_MAYMOVE:
+        return -errno.ENOMEM
+    fresh = st.mmap_alloc(new_len)
+    if fresh is None:
+        return -errno.ENOMEM
+    mem.move(lo, fresh, old_len)
+    st._remove(lo, hi)
+    st.protect(lo, hi, False)
+    return st.base + fresh
+
+
 def _mprotect(st: ProcessState, mem: SandboxMemory, addr: int, length: int, prot: int) -> int:
     # Memory stays RW whatever the sandbox asks: isolation rests on the window,
     # and the host must be able to access every mapped sandbox page.
@@ -453,6 +486,7 @@ _HANDLERS: dict[int, Callable[[Args, SandboxMemory, ProcessState], Result]] = {
     SYS_BRK: lambda a, mem, st: _brk(st, mem, a[0]),
     SYS_MMAP: lambda a, mem, st: _mmap(st, mem, a[0], a[1], a[2], a[3]),
     SYS_MUNMAP: lambda a, mem, st: _munmap(st, mem, a[0], a[1]),
+    SYS_MREMAP: lambda a, mem, st: _mremap(st, mem, a[0], a[1], a[2], a[3]),
     SYS_MPROTECT: lambda a, mem, st: _mprotect(st, mem, a[0], a[1], a[2]),
     SYS_MADVISE: _sys_madvise, SYS_CLOCK_GETTIME: _sys_clock_gettime,
     SYS_CLOCK_GETRES: _sys_clock_getres, SYS_GETTIMEOFDAY: _sys_gettimeofday,

@@ -39,6 +39,7 @@ struct tmebox_ctx {
 };
 void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
 int munmap(void *addr, size_t length);
+void *mremap(void *old_address, size_t old_size, size_t new_size, int flags, ...);
 int madvise(void *addr, size_t length, int advice);
 int mprotect(void *addr, size_t length, int prot);
 int *__errno_location(void);

@@ -55,6 +55,10 @@ _RAW = 0
 _KIND = {ValType.VOID: 1, ValType.BOOL: 2, ValType.F32: 3, ValType.F64: 4}
 # restore() leaves the context's interrupt flag and tid (16 bytes from here) alone
 _LIVE = ffi.offsetof("struct tmebox_ctx", "interrupt")
+MREMAP_MAYMOVE, MREMAP_FIXED, MREMAP_DONTUNMAP = 1, 2, 4
+# Page moves per tenant before mremap copies instead: each move may split the window's
+# mapping in up to four, and 32K tenants share the process's vm.max_map_count.
+MAX_MOVES = 64
 
 
 def _kind(t: ValType) -> int:
@@ -91,6 +95,23 @@ class NativeMemory(SandboxMemory):
         # MADV_DONTNEED there would bring the snapshot's bytes back, not zeros.
         self.file_backed: list[tuple[int, int]] = []
         self.protected = False  # protect() made pages inaccessible (a memory_limit)
+        self.moves = 0  # page moves by mremap: each splits the window's mapping
+
+    def move(self, src: int, dst: int, n: int) -> None:
+        # The kernel moves the page tables and leaves the source mapped and empty (reading
+        # zeros, MREMAP_DONTUNMAP): no copy, no hole in the window. A copy where that does
+        # not hold (snapshot pages, inaccessible pages) or after MAX_MOVES, so that a
+        # tenant cannot split its window into more mappings than the process may have.
+        if (self.moves < MAX_MOVES and not self.protected
+                and not any(s < max(src, dst) + n and min(src, dst) < e
+                            for s, e in self.file_backed)):
+            got = lib.mremap(ffi.cast("void *", self.base + src), n, n,
+                             ffi.cast("int", MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP),
+                             ffi.cast("void *", self.base + dst))
+            if int(ffi.cast("uintptr_t", got)) == self.base + dst:
+                self.moves += 1
+                return
+        super().move(src, dst, n)
 
     def protect(self, lo: int, hi: int, accessible: bool) -> None:
         self.protected = True
@@ -380,6 +401,9 @@ class NativeEngine:
             self.memory.zero_pages(s, e)
         if self.memory.protected:  # and all of it usable
             self.memory.protect(L.rw_lo, L.rw_hi, True)
+        if self.memory.moves:  # one mapping again, as a fresh window is
+            mmap(self.base + L.rw_lo, L.rw_hi - L.rw_lo, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED)
         # Zap every page the tenant touched: the next tenant finds the same zero-filled
         # RW area a fresh mapping gives (mprotect never changed it).
         if (image.fd >= 0 and len(image.warm) < windows.WARM_WINDOWS
