@@ -354,7 +354,7 @@ class Runtime:
                 raise OutOfSandboxes(
                     f"this Runtime already has {len(self._sandboxes)} sandboxes "
                     f"(max_sandboxes={self.max_sandboxes})")
-            engine = self._backend.new_engine(loaded.prepared, fill=snap is None)
+            engine = self._backend.new_engine(loaded.prepared, snap)
             sb = Sandbox(self, loaded, engine, timeout, origin)
             self._sandboxes.add(sb)
         try:
@@ -581,8 +581,8 @@ class Sandbox:
             files = self._proc.files.reopen()
             try:
                 self._detach("reset")
-                self._attach(self.runtime._backend.new_engine(
-                    self.image.prepared, fill=self._origin.snapshot is None))
+                self._attach(self.runtime._backend.new_engine(self.image.prepared,
+                                                              self._origin.snapshot))
             except BaseException:
                 files.close_all()
                 self.state = "destroyed"

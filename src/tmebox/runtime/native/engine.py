@@ -91,6 +91,7 @@ class NativeMemory(SandboxMemory):
         # MADV_DONTNEED there would bring the snapshot's bytes back, not zeros.
         self.file_backed: list[tuple[int, int]] = []
         self.protected = False  # protect() made pages inaccessible (a memory_limit)
+        self.remapped = False  # zero_pages mapped anonymous pages over file_backed ones
 
     def protect(self, lo: int, hi: int, accessible: bool) -> None:
         self.protected = True
@@ -107,6 +108,7 @@ class NativeMemory(SandboxMemory):
     def zero_pages(self, lo: int, hi: int) -> None:
         """Pages [lo, hi) (window offsets, page aligned) as a fresh mapping has them."""
         if any(s < hi and lo < e for s, e in self.file_backed):
+            self.remapped = True  # not the snapshot's mappings any more
             mmap(self.base + lo, hi - lo, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED)
         else:
@@ -117,14 +119,6 @@ class NativeMemory(SandboxMemory):
 
     def _write(self, off: int, data: bytes | bytearray | memoryview) -> None:
         ffi.memmove(ffi.cast("char *", self.base + off), data, len(data))
-
-    def write_relocated(self, addr: int, data: bytes, offsets: Sequence[int],
-                        delta: int) -> None:
-        self.write(addr, data)  # checked here; then the words in place, in C
-        if offsets:
-            at = ffi.cast("uint8_t *", self.base + (addr & OFFSET_MASK))
-            lib.tmebox_relocate(at, ffi.from_buffer("uint32_t[]", offsets), len(offsets),
-                                delta & 0xFFFF_FFFF_FFFF_FFFF)
 
     def _view(self, off: int, n: int, writable: bool) -> memoryview:
         exporter = ffi.buffer(ffi.cast("char *", self.base + off), n)
@@ -162,14 +156,25 @@ class NativeMemory(SandboxMemory):
 
 class _KeptRuns:
     """A snapshot's pages in a sealed memfd, which every spawn maps copy-on-write: the
-    spawns share its page cache pages until they write, and nothing writable."""
+    spawns share its page cache pages until they write, and nothing writable.
 
-    def __init__(self, runs: Sequence[Run]) -> None:
+    `ready` holds windows of destroyed spawns that are a new spawn's already: the runs
+    mapped, every page dropped back to the memfd's or zero, the pointers moved (destroy);
+    a spawn into one maps and copies nothing."""
+
+    def __init__(self, image: NativeImage, runs: Sequence[Run]) -> None:
         import fcntl
 
         fd = os.memfd_create("tmebox-snapshot", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         self.fd, self.offsets = fd, []
-        weakref.finalize(self, os.close, fd)
+        self.ready: list[int] = []
+        lo = image.layout.code_lo
+        # window offset and length of each run, and the pointer words of those that have any
+        self.ranges = tuple((lo + r.at, lo + r.at + len(r.data)) for r in runs)
+        self.pointers = tuple((lo + r.at, ffi.from_buffer("uint32_t[]", r.pointers),
+                               len(r.pointers)) for r in runs if r.pointers)
+        image.kept.add(self)
+        weakref.finalize(self, _drop_kept, fd, self.ready)
         at = 0
         for run in runs:
             self.offsets.append(at)
@@ -178,6 +183,17 @@ class _KeptRuns:
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
                     | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
 
+    def move_pointers(self, base: int, origin: int) -> None:
+        """Add origin to every pointer word of the runs mapped in the window at base."""
+        for start, offsets, n in self.pointers:
+            lib.tmebox_relocate(ffi.cast("uint8_t *", base + start), offsets, n, origin)
+
+
+def _drop_kept(fd: int, ready: list[int]) -> None:
+    os.close(fd)
+    while ready:
+        POOL.release(ready.pop())
+
 
 class NativeEngine:
     """One sandbox on the CPU: window k, its mappings, its register context."""
@@ -185,8 +201,11 @@ class NativeEngine:
     pool: SharedPool | None = None  # host buffers come from the sandbox's own mmap area
 
     def __init__(self, image: NativeImage, window: int, warm: bool = False,
-                 fill: bool = True) -> None:
+                 fill: bool = True, ready: _KeptRuns | None = None) -> None:
         self.image = image
+        # The snapshot whose pages the window holds, mapped from its memfd (load_runs, or
+        # a ready window): destroy can make the window ready for its next spawn.
+        self.holds = ready
         self.window = window
         self.base = base = lay.window_base(window)
         L = image.layout
@@ -203,6 +222,8 @@ class NativeEngine:
             if image.n_relocs:
                 lib.tmebox_relocate(data_at, image.relocs, image.n_relocs, base + L.code_lo)
         self.memory = NativeMemory(base, L)
+        if ready is not None:
+            self.memory.file_backed = list(ready.ranges)
         # Calls tmebox_calls.c services on descriptors mark_fd names (none at first).
         self.direct = ffi.new("struct tmebox_direct *", {
             "read_lo": L.code_lo, "write_lo": L.rw_lo, "hi": L.rw_hi, "nfds": 0,
@@ -335,29 +356,29 @@ class NativeEngine:
                      "seekable": seekable, "whole": whole}
 
     def keep_runs(self, runs: Sequence[Run]) -> _KeptRuns:
-        return _KeptRuns(runs)
+        return _KeptRuns(self.image, runs)
 
     def load_runs(self, runs: Sequence[Run], kept: object, origin: int) -> None:
         assert isinstance(kept, _KeptRuns)
-        lo = self.layout.code_lo
-        for run, at in zip(runs, kept.offsets, strict=True):
-            start = lo + run.at
+        if self.holds is kept:
+            return  # a ready window: all there already
+        mapped = True
+        for run, at, (start, end) in zip(runs, kept.offsets, kept.ranges, strict=True):
             try:
-                mmap(self.base + start, len(run.data), PROT_READ | PROT_WRITE,
+                mmap(self.base + start, end - start, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_FIXED, kept.fd, at)
+                self.memory.file_backed.append((start, end))
             except OSError:
                 # No mapping left (vm.max_map_count): a copy does the same, into anonymous
                 # pages put back first in case the failed mmap took some of the range away
                 # (if that fails too, the spawn fails: the host never writes into a hole).
-                mmap(self.base + start, len(run.data), PROT_READ | PROT_WRITE,
+                mmap(self.base + start, end - start, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED)
-                self.memory.write_relocated(start, run.data, run.pointers, origin)
-                continue
-            self.memory.file_backed.append((start, start + len(run.data)))
-            if run.pointers:
-                lib.tmebox_relocate(ffi.cast("uint8_t *", self.base + start),
-                                    ffi.from_buffer("uint32_t[]", run.pointers),
-                                    len(run.pointers), origin)
+                self.memory.write(start, run.data)
+                mapped = False
+        kept.move_pointers(self.base, origin)
+        if mapped:
+            self.holds = kept
 
     def restore(self, snapshot: object) -> None:
         assert isinstance(snapshot, bytes)
@@ -376,6 +397,8 @@ class NativeEngine:
         if held:
             self._quarantine(held)
             return
+        if self._make_ready():
+            return
         for s, e in self.memory.file_backed:  # anonymous again, as a fresh window is
             self.memory.zero_pages(s, e)
         if self.memory.protected:  # and all of it usable
@@ -388,6 +411,21 @@ class NativeEngine:
             image.warm.append(self.window)
             return
         POOL.release(self.window)
+
+    def _make_ready(self) -> bool:
+        """The window as the next spawn of the snapshot it holds starts with it, if its
+        mappings are still those load_runs made: every page of the RW area dropped (the
+        memfd's again in the runs, zero elsewhere), then the pointers moved as load_runs
+        moves them. False: the window is not the snapshot's (or not wanted)."""
+        kept, mem, L = self.holds, self.memory, self.layout
+        if (kept is None or mem.protected or mem.remapped or self.image.fd < 0
+                or len(kept.ready) >= windows.WARM_WINDOWS
+                or lib.madvise(ffi.cast("void *", self.base + L.rw_lo), L.rw_hi - L.rw_lo,
+                               MADV_DONTNEED) != 0):
+            return False
+        kept.move_pointers(self.base, self.base + L.code_lo)
+        kept.ready.append(self.window)
+        return True
 
     def _quarantine(self, held: list[object]) -> None:
         """Views the host still uses: fresh zero pages under them, and the window goes back
