@@ -407,7 +407,7 @@ class Sandbox:
         self.runtime = runtime
         self.image = image
         self._origin = origin  # what reset() goes back to
-        self._fast: FastCall | None = None  # until start-up has parked
+        self._fast: FastCall | None = None  # until parked and an export is looked up
         self._limit: float | None = None  # a call(timeout=)'s, while it runs
         self.timeout = timeout
         self.state = "new"
@@ -523,24 +523,35 @@ class Sandbox:
 
     def _park(self, registers: object, call_rsp: int) -> None:
         """Parked with these registers; calls start their frames at call_rsp."""
-        L, plan = self._layout, self.image.plan
         self._parked = registers
         self._call_rsp = call_rsp
-        self._fast = self._engine.fast_call(FastCallSpec(
-            rsp=self._call_rsp, ret=self._ret, lock=self._lock, nested=self._nested,
-            thunk=(self.base + L.code_lo + plan.exports[abi.CALL_THUNK_SYMBOL]
-                   if abi.CALL_THUNK_SYMBOL in plan.exports else 0),
-            slow=self.call, finish=self._finish, exports=self._fast_exports,
-            imports=tuple(zip(self.image.host_functions, (s for _, s in plan.imports),
-                              strict=True)),
-            caller=self, host_result=self._host_result, host_error=self._host_error,
-            host_done=self._host_done))
-        if self._fast is not None:
-            self._fast.timeout = self._timeout
-            # sb.call is the C path from now on: the instance's own attribute (the sandbox
-            # has a __dict__ for it alone) comes before the method below.
-            self.__dict__["call"] = self._fast
         self.state = "parked"
+        if self._fast_exports:  # looked up during start-up (by a host function's call)
+            self._make_fast()
+
+    def _make_fast(self) -> None:
+        """sb.call in C from now on (Engine.fast_call), made when an export first has an
+        entry there (_lookup): a sandbox that is never called pays nothing for it."""
+        with self._lock:
+            if self._fast is not None or self.state != "parked":
+                return
+            L, plan = self._layout, self.image.plan
+            fast = self._engine.fast_call(FastCallSpec(
+                rsp=self._call_rsp, ret=self._ret, lock=self._lock, nested=self._nested,
+                thunk=(self.base + L.code_lo + plan.exports[abi.CALL_THUNK_SYMBOL]
+                       if abi.CALL_THUNK_SYMBOL in plan.exports else 0),
+                slow=self.call, finish=self._finish, exports=self._fast_exports,
+                imports=tuple(zip(self.image.host_functions, (s for _, s in plan.imports),
+                                  strict=True)),
+                caller=self, host_result=self._host_result, host_error=self._host_error,
+                host_done=self._host_done))
+            if fast is None:
+                return
+            fast.timeout, fast.ready = self._timeout, True
+            self._fast = fast
+            # The instance's own attribute (the sandbox has a __dict__ for it alone) comes
+            # before the method below.
+            self.__dict__["call"] = fast
 
     def snapshot(self) -> Snapshot:
         """Its memory and registers now, for rt.spawn(snapshot) to start sandboxes from
@@ -744,6 +755,8 @@ class Sandbox:
         entry = None if name.startswith(_INTERNAL) else self._engine.fast_export(rip, sig)
         if entry is not None:
             self._fast_exports[name] = entry  # later calls of it take the C path
+            if self._fast is None:
+                self._make_fast()
         return rip
 
     def alloc(self, n: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import weakref
 from collections.abc import Sequence
 
@@ -44,6 +45,8 @@ from tmebox.trusted.signature import FRAME_SSE, Signature, ValType
 
 TYPE_CHECKING = False  # (not typing's: `tmebox run` does without typing)
 if TYPE_CHECKING:
+    from typing import Any
+
     from tmebox.runtime.backend import FastCall, Invoke, SandboxLock, SharedPool
 
 __all__ = ["NativeEngine", "NativeMemory"]
@@ -55,6 +58,10 @@ _RAW = 0
 _KIND = {ValType.VOID: 1, ValType.BOOL: 2, ValType.F32: 3, ValType.F64: 4}
 # restore() leaves the context's interrupt flag and tid (16 bytes from here) alone
 _LIVE = ffi.offsetof("struct tmebox_ctx", "interrupt")
+# struct tmebox_fd, and one with host -1 (Python services that descriptor)
+_FD = struct.Struct("=iBBBB")
+assert _FD.size == ffi.sizeof("struct tmebox_fd")
+_FD_UNMARKED = _FD.pack(-1, 0, 0, 0, 0)
 
 
 def _kind(t: ValType) -> int:
@@ -228,7 +235,8 @@ class NativeEngine:
         self.direct = ffi.new("struct tmebox_direct *", {
             "read_lo": L.code_lo, "write_lo": L.rw_lo, "hi": L.rw_hi, "nfds": 0,
             "bundle": self.bundle, "stack_lo": L.rw_lo, "stack_hi": L.rw_hi})
-        self._fds: object = None
+        self._fds: Any = None  # the descriptor array once mark_fd made one
+        self._nfds = 0
         ctx = lib.tmebox_ctx_new(base)
         if ctx == ffi.NULL:
             raise MemoryError("cannot allocate a sandbox context")
@@ -326,12 +334,8 @@ class NativeEngine:
     def rebase(self, saved: object, lo: int, hi: int, delta: int) -> bytes:
         assert isinstance(saved, bytes)
         ctx = bytearray(saved)
-        regs = memoryview(ctx).cast("Q")  # gpr[16], rip, base, ...
-        for i in range(17):
-            if lo <= regs[i] < hi:
-                regs[i] = (regs[i] + delta) & 0xFFFF_FFFF_FFFF_FFFF
-        regs[17] = self.base
-        regs.release()
+        lib.tmebox_rebase(ffi.from_buffer(ctx), lo, hi, delta & 0xFFFF_FFFF_FFFF_FFFF,
+                          self.base)
         return bytes(ctx)
 
     def mark_fd(self, fd: int, host: int, readable: bool, writable: bool, seekable: bool,
@@ -341,19 +345,21 @@ class NativeEngine:
         # the pages such a sandbox may not touch.
         if self.ctx is None:
             return  # destroyed: its descriptors are being closed
-        self.ctx.direct = self.direct
         d = self.direct
-        if fd >= d.nfds:
+        if self._fds is None:
+            self.ctx.direct = d
+        if fd >= self._nfds:
             if host < 0:
                 return
-            grown = ffi.new("struct tmebox_fd[]", max(64, 2 * (fd + 1)))
-            for i in range(len(grown)):
-                grown[i].host = -1
-            if d.nfds:
-                ffi.memmove(grown, d.fds, d.nfds * ffi.sizeof("struct tmebox_fd"))
-            self._fds, d.fds, d.nfds = grown, grown, len(grown)  # _fds keeps it alive
-        d.fds[fd] = {"host": host, "readable": readable, "writable": writable,
-                     "seekable": seekable, "whole": whole}
+            n = max(64, 2 * (fd + 1))
+            grown = ffi.new("struct tmebox_fd[]", n)
+            ffi.memmove(grown, _FD_UNMARKED * n, n * _FD.size)
+            if self._nfds:
+                ffi.memmove(grown, d.fds, self._nfds * _FD.size)
+            self._fds, d.fds, d.nfds = grown, grown, n  # _fds keeps it alive
+            self._nfds = n
+        ffi.memmove(self._fds + fd, _FD.pack(host, readable, writable, seekable, whole),
+                    _FD.size)
 
     def keep_runs(self, runs: Sequence[Run]) -> _KeptRuns:
         return _KeptRuns(self.image, runs)
