@@ -225,7 +225,7 @@ def test_the_hosts_fd0_is_read_in_c_only_while_it_is_a_regular_file(image, tmp_p
         try:
             with tmebox.Runtime() as rt:
                 sb = rt.spawn(rt.load(image), stdin=None)
-                d = sb._engine.direct
+                d = sb._engine._direct
                 marks[what] = (d.nfds > 0 and d.fds[0].host, d.nfds > 0 and d.fds[0].readable)
         finally:
             os.dup2(saved, 0)

@@ -483,16 +483,25 @@ class Sandbox:
             self._proc.maps = [(L.code_lo + s, L.code_lo + e) for s, e in o.snapshot.maps]
         if o.memory_limit is not None:
             self._proc.confine(self._mem)
-        else:  # (with a limit every access is checked against what is mapped, in Python)
-            engine = self._engine
-            files.watch_with(lambda fd, entry: engine.mark_fd(fd, *direct_marks(entry)))
         if o.snapshot is None:
             self._start(o.argv, o.envp)
         else:
             self._from_snapshot(o.snapshot)
 
+    def _watch_files(self) -> None:
+        """Tell the backend of the guest's descriptors, and of every change to them from
+        now on (Engine.mark_fd: the calls it services itself), before sandbox code first
+        runs: until then nothing can use them, and a spawn that is never run pays nothing.
+        Not with a memory_limit: then every access is checked against what is mapped, in
+        Python."""
+        proc = self._proc
+        if proc is not None and proc.files.watch is None and proc.memory_limit is None:
+            engine = self._engine
+            proc.files.watch_with(lambda fd, entry: engine.mark_fd(fd, *direct_marks(entry)))
+
     def _start(self, argv: list[str | bytes], envp: list[str | bytes]) -> None:
         L, plan = self._layout, self.image.plan
+        self._watch_files()
         rsp, stack = initial_stack(plan, L, self.base, argv, envp, os.urandom(16))
         self._mem.write(rsp, stack)
         with self._lock:
@@ -622,6 +631,7 @@ class Sandbox:
                 raise SandboxError(f"{self.image.name}: run() from inside a host function "
                                    "(call() is allowed there)")
             self._ran = True
+            self._watch_files()
             self._engine.restore(self._parked)
             self._parked = None
             self._engine.set_deadline(self.timeout)
@@ -746,6 +756,7 @@ class Sandbox:
         off = plan.exports.get(name)
         if off is None:
             raise SandboxError(f"{self.image.name} exports no function {name!r}")
+        self._watch_files()  # (every call's first of a name comes here)
         if name in plan.unsupported:
             raise TypeError(f"{self.image.name}: {name} cannot be called from the host: "
                             f"{plan.unsupported[name]}")

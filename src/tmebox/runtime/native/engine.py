@@ -231,10 +231,8 @@ class NativeEngine:
         self.memory = NativeMemory(base, L)
         if ready is not None:
             self.memory.file_backed = list(ready.ranges)
-        # Calls tmebox_calls.c services on descriptors mark_fd names (none at first).
-        self.direct = ffi.new("struct tmebox_direct *", {
-            "read_lo": L.code_lo, "write_lo": L.rw_lo, "hi": L.rw_hi, "nfds": 0,
-            "bundle": self.bundle, "stack_lo": L.rw_lo, "stack_hi": L.rw_hi})
+        # Calls tmebox_calls.c services on descriptors mark_fd names: none until then.
+        self._direct: Any = None
         self._fds: Any = None  # the descriptor array once mark_fd made one
         self._nfds = 0
         ctx = lib.tmebox_ctx_new(base)
@@ -345,8 +343,12 @@ class NativeEngine:
         # the pages such a sandbox may not touch.
         if self.ctx is None:
             return  # destroyed: its descriptors are being closed
-        d = self.direct
-        if self._fds is None:
+        d = self._direct
+        if d is None:
+            L = self.layout
+            d = self._direct = ffi.new("struct tmebox_direct *", {
+                "read_lo": L.code_lo, "write_lo": L.rw_lo, "hi": L.rw_hi, "nfds": 0,
+                "bundle": self.bundle, "stack_lo": L.rw_lo, "stack_hi": L.rw_hi})
             self.ctx.direct = d
         if fd >= self._nfds:
             if host < 0:
