@@ -255,3 +255,20 @@ def test_descriptors_past_the_first_64_are_serviced_in_c_and_keep_the_others(ima
         assert (tmp_path / "f").read_bytes() == b"one,two"
         assert _sc(sb, 3, 200, 0, 0, 0) == 0  # close
         assert fds[200].host == -1 and _sc(sb, WRITE, 200, buf, 1, 0) == -1  # EBADF
+
+
+def test_a_snapshot_spawn_marks_its_descriptors_when_first_called(image, tmp_path):
+    """No C descriptor table until sandbox code first runs; then the streams' marks, and a
+    file the guest opens, are the C service's, as for a spawn that ran start-up."""
+    (tmp_path / "f").write_bytes(b"")
+    with tmebox.Runtime() as rt:
+        first = rt.spawn(rt.load(image), dirs={"/d": (str(tmp_path), "rw")})
+        sb = rt.spawn(first.snapshot(), stdout=None, dirs={"/d": (str(tmp_path), "rw")})
+        assert sb._engine._direct is None
+        buf = _sc(sb, 9, 0, 8192, 3, 0x22)
+        fds = sb._engine._fds
+        assert fds[1].host == 1 and fds[2].host == 2 and fds[3].host == -1
+        sb.memory.write(buf, b"/d/f\0x")
+        assert _sc(sb, OPENAT, -100, buf, 2, 0) == 3 and fds[3].host >= 0
+        assert _sc(sb, WRITE, 3, buf + 5, 1, 0) == 1
+        assert (tmp_path / "f").read_bytes() == b"x"
