@@ -290,3 +290,29 @@ def test_ready_windows_go_back_with_their_snapshot(image):
         assert len(snap.kept.ready) == 1
         free = POOL.free_count
     assert POOL.free_count == free + 1 + 2  # + the two initialised() sandboxes' windows
+
+
+@pytest.mark.parametrize("bad", ["pointer past the run", "unaligned pointer", "below the RW area",
+                                 "past the RW area", "not whole pages"])
+def test_runs_that_would_patch_or_map_outside_the_window_are_refused(image, bad):
+    """A spawn maps each run and adds to its pointer words in place, in C: the backend's
+    copy of a snapshot refuses runs that are not whole pages of the RW area and pointer
+    offsets that are not whole aligned words inside their run."""
+    from array import array
+
+    from tmebox.runtime.snapshot import Run
+
+    with tmebox.Runtime(max_sandboxes=4) as rt:
+        src = initialised(rt, image)
+        snap = src.snapshot()
+        run = snap.runs[0]
+        L = src._layout
+        forged = {
+            "pointer past the run": Run(run.at, run.data, array("I", [len(run.data) - 4])),
+            "unaligned pointer": Run(run.at, run.data, array("I", [12])),
+            "below the RW area": Run(L.rw_lo - L.code_lo - 4096, run.data[:4096], array("I")),
+            "past the RW area": Run(L.rw_hi - L.code_lo, run.data[:4096], array("I")),
+            "not whole pages": Run(run.at, run.data[:100], array("I")),
+        }[bad]
+        with pytest.raises(ValueError, match="snapshot run"):
+            src._engine.keep_runs((forged,))

@@ -172,14 +172,23 @@ class _KeptRuns:
     def __init__(self, image: NativeImage, runs: Sequence[Run]) -> None:
         import fcntl
 
+        L = image.layout
+        # window offsets of each run, and the pointer words of those that have any
+        self.ranges = tuple((L.code_lo + r.at, L.code_lo + r.at + len(r.data)) for r in runs)
+        # Mapped and patched in place by every spawn: refused unless whole pages of the RW
+        # area, and whole aligned words inside their run.
+        for (start, end), r in zip(self.ranges, runs, strict=True):
+            if not (L.rw_lo <= start < end <= L.rw_hi and start % lay.PAGE == 0
+                    and end % lay.PAGE == 0) or any(
+                        at % 8 or at + 8 > len(r.data) for at in r.pointers):
+                raise ValueError(f"snapshot run at window offset {start:#x} of {len(r.data)} "
+                                 "bytes: not whole pages of the RW area, or a pointer word "
+                                 "outside it")
+        self.pointers = tuple((L.code_lo + r.at, ffi.from_buffer("uint32_t[]", r.pointers),
+                               len(r.pointers)) for r in runs if r.pointers)
         fd = os.memfd_create("tmebox-snapshot", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         self.fd, self.offsets = fd, []
         self.ready: list[int] = []
-        lo = image.layout.code_lo
-        # window offset and length of each run, and the pointer words of those that have any
-        self.ranges = tuple((lo + r.at, lo + r.at + len(r.data)) for r in runs)
-        self.pointers = tuple((lo + r.at, ffi.from_buffer("uint32_t[]", r.pointers),
-                               len(r.pointers)) for r in runs if r.pointers)
         image.kept.add(self)
         weakref.finalize(self, _drop_kept, fd, self.ready)
         at = 0
