@@ -225,7 +225,7 @@ def test_the_hosts_fd0_is_read_in_c_only_while_it_is_a_regular_file(image, tmp_p
         try:
             with tmebox.Runtime() as rt:
                 sb = rt.spawn(rt.load(image), stdin=None)
-                d = sb._engine.direct
+                d = sb._engine._direct
                 marks[what] = (d.nfds > 0 and d.fds[0].host, d.nfds > 0 and d.fds[0].readable)
         finally:
             os.dup2(saved, 0)
@@ -234,3 +234,41 @@ def test_the_hosts_fd0_is_read_in_c_only_while_it_is_a_regular_file(image, tmp_p
     os.close(w)
     assert marks["file"] == (0, 1)
     assert marks["pipe"] in ((-1, 0), (False, False))
+
+
+def test_descriptors_past_the_first_64_are_serviced_in_c_and_keep_the_others(image, tmp_path):
+    """The C side's descriptor array grows (fd 200 here) with every earlier mark kept, new
+    slots unmarked (Python's), and closing an fd unmarks it."""
+    (tmp_path / "f").write_bytes(b"")
+    with tmebox.Runtime() as rt:
+        sb = rt.spawn(rt.load(image), dirs={"/d": (str(tmp_path), "rw")}, fd_limit=512)
+        buf = _sc(sb, 9, 0, 8192, 3, 0x22)
+        sb.memory.write(buf, b"/d/f\0")
+        assert _sc(sb, OPENAT, -100, buf, 2, 0) == 3
+        assert _sc(sb, DUP2, 3, 200, 0, 0) == 200
+        fds = sb._engine._fds
+        assert len(fds) > 200 and fds[200].host >= 0 and fds[3].host >= 0
+        assert fds[1].host == 1 and fds[1].whole  # fd 1 is the host's, as before growing
+        assert all(fds[i].host == -1 for i in (4, 63, 64, 199, 201, len(fds) - 1))
+        sb.memory.write(buf + 64, b"one,two")
+        assert _sc(sb, WRITE, 200, buf + 64, 4, 0) == 4 and _sc(sb, WRITE, 3, buf + 68, 3, 0) == 3
+        assert (tmp_path / "f").read_bytes() == b"one,two"
+        assert _sc(sb, 3, 200, 0, 0, 0) == 0  # close
+        assert fds[200].host == -1 and _sc(sb, WRITE, 200, buf, 1, 0) == -1  # EBADF
+
+
+def test_a_snapshot_spawn_marks_its_descriptors_when_first_called(image, tmp_path):
+    """No C descriptor table until sandbox code first runs; then the streams' marks, and a
+    file the guest opens, are the C service's, as for a spawn that ran start-up."""
+    (tmp_path / "f").write_bytes(b"")
+    with tmebox.Runtime() as rt:
+        first = rt.spawn(rt.load(image), dirs={"/d": (str(tmp_path), "rw")})
+        sb = rt.spawn(first.snapshot(), stdout=None, dirs={"/d": (str(tmp_path), "rw")})
+        assert sb._engine._direct is None
+        buf = _sc(sb, 9, 0, 8192, 3, 0x22)
+        fds = sb._engine._fds
+        assert fds[1].host == 1 and fds[2].host == 2 and fds[3].host == -1
+        sb.memory.write(buf, b"/d/f\0x")
+        assert _sc(sb, OPENAT, -100, buf, 2, 0) == 3 and fds[3].host >= 0
+        assert _sc(sb, WRITE, 3, buf + 5, 1, 0) == 1
+        assert (tmp_path / "f").read_bytes() == b"x"

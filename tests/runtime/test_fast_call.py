@@ -112,6 +112,22 @@ def test_the_c_path_is_taken_and_counts_no_preemption_for_short_calls(pair) -> N
     assert c._fast_exports["id_i32"].mean_ns < 1e6
 
 
+def test_the_c_path_is_made_at_the_first_look_up_and_dies_with_the_sandbox(image) -> None:
+    """A spawn (from a snapshot too) makes no C call object; an export's first call does,
+    and one held past destroy() raises instead of entering the freed context."""
+    with tmebox.Runtime() as rt:
+        _echo_all(rt)
+        first = rt.spawn(rt.load(image))
+        for sb in (first, rt.spawn(first.snapshot())):
+            assert "call" not in vars(sb) and sb._fast is None
+            assert sb.call("id_i32", 3) == 3  # the Python path, which makes the C one
+            held = sb.call
+            assert type(held).__name__ == "FastCall" and held("id_i32", 4) == 4
+            sb.destroy()
+            with pytest.raises(tmebox.SandboxDestroyed):
+                held("id_i32", 5)
+
+
 @pytest.mark.parametrize("bad", ["seven", 1 << 70, 2.5])
 def test_host_results_out_of_type_are_host_errors_on_the_c_path(image, bad) -> None:
     with tmebox.Runtime() as rt:

@@ -218,3 +218,104 @@ def test_without_mappings_left_a_spawn_copies(image, monkeypatch):
         kid = rt.spawn(snap)
         assert kid._mem.file_backed == []
         assert kid.call("check", 9) == 9 + 100 + 2 + 7 and kid.call("pointers_agree") == 1
+
+
+def _as_spawned(snap, sb, off: int) -> bytes:
+    """The page at window offset off as a spawn of snap starts with it: the snapshot's
+    (its pointers moved to sb's window) or zeros."""
+    L = sb._layout
+    for run in snap.runs:
+        start = L.code_lo + run.at
+        if start <= off < start + len(run.data):
+            page = bytearray(run.data[off - start:off - start + 4096])
+            words = memoryview(page).cast("Q")
+            for at in run.pointers:
+                if off - start <= at < off - start + 4096:
+                    words[(at - (off - start)) // 8] += sb.base + L.code_lo
+            return bytes(page)
+    return bytes(4096)
+
+
+@pytest.mark.parametrize("how", ["plain", "remapped", "limited", "moved"])
+def test_a_spawn_into_a_window_left_by_a_tenant_sees_none_of_its_writes(rt, image, how):
+    """The window a destroyed spawn of the snapshot leaves may go to the next spawn of the
+    same snapshot as it is (native: a ready window): every page the tenant wrote, in the
+    snapshot's runs (pointer pages too) and outside, is the snapshot's or zero again."""
+    snap = initialised(rt, image).snapshot()
+    kid = rt.spawn(snap, memory_limit=4 << 20 if how == "limited" else None)
+    if how == "remapped":
+        assert kid.call("refresh") == 1  # part of a run is anonymous memory now
+    if how == "moved":  # mremap moved pages: the window's mapping is split
+        a, b = kid.alloc(8192), kid.alloc(8192)
+        kid._mem.move(a - kid.base, b - kid.base, 8192)
+    L = kid._layout
+    pages = [p for s, e in kid._proc.owned() for p in range(s, e, 4096)]
+    native = rt.backend_name == "native"
+    # pages outside everything the sandbox owns (natively its code can write them all)
+    far = [L.heap + (64 << 20), L.rw_hi - 4096] if native and how != "limited" else []
+    for p in pages + far:
+        kid._mem.write(p, b"\xa5" * 4096)
+    assert kid.call("bump") != 101  # the tenant's own view of its secrets
+    base, window = kid.base, kid.base >> 32
+    kid.destroy()
+    if native:
+        assert snap.kept.ready == ([window] if how == "plain" else [])
+    nxt = rt.spawn(snap)
+    if native:
+        assert nxt.base == base  # the same window again
+    for p in pages + far:
+        assert nxt._mem.read(p, 4096) == _as_spawned(snap, nxt, p), hex(p)
+    assert nxt.call("check", 5) == 5 + 100 + 2 + 7 and nxt.call("pointers_agree") == 1
+    plain = rt.spawn(snap.image)  # a plain spawn never takes a ready window
+    assert not native or plain.base != base
+
+
+def test_ready_windows_go_back_with_their_snapshot(image):
+    """Ready windows are the snapshot's: dropping it, or closing the Runtime, releases
+    them to the pool (PROT_NONE), and no later spawn finds its pages."""
+    import gc
+
+    from tmebox.runtime.native.windows import POOL
+
+    with tmebox.Runtime(max_sandboxes=8) as rt:
+        snap = initialised(rt, image).snapshot()
+        kids = [rt.spawn(snap) for _ in range(3)]
+        for k in kids:
+            k.destroy()
+        ready = list(snap.kept.ready)
+        assert len(ready) == 3
+        free = POOL.free_count
+        del snap, k, kids
+        gc.collect()
+        assert POOL.free_count == free + 3
+        snap = initialised(rt, image).snapshot()
+        rt.spawn(snap).destroy()
+        assert len(snap.kept.ready) == 1
+        free = POOL.free_count
+    assert POOL.free_count == free + 1 + 2  # + the two initialised() sandboxes' windows
+
+
+@pytest.mark.parametrize("bad", ["pointer past the run", "unaligned pointer", "below the RW area",
+                                 "past the RW area", "not whole pages"])
+def test_runs_that_would_patch_or_map_outside_the_window_are_refused(image, bad):
+    """A spawn maps each run and adds to its pointer words in place, in C: the backend's
+    copy of a snapshot refuses runs that are not whole pages of the RW area and pointer
+    offsets that are not whole aligned words inside their run."""
+    from array import array
+
+    from tmebox.runtime.snapshot import Run
+
+    with tmebox.Runtime(max_sandboxes=4) as rt:
+        src = initialised(rt, image)
+        snap = src.snapshot()
+        run = snap.runs[0]
+        L = src._layout
+        forged = {
+            "pointer past the run": Run(run.at, run.data, array("I", [len(run.data) - 4])),
+            "unaligned pointer": Run(run.at, run.data, array("I", [12])),
+            "below the RW area": Run(L.rw_lo - L.code_lo - 4096, run.data[:4096], array("I")),
+            "past the RW area": Run(L.rw_hi - L.code_lo, run.data[:4096], array("I")),
+            "not whole pages": Run(run.at, run.data[:100], array("I")),
+        }[bad]
+        with pytest.raises(ValueError, match="snapshot run"):
+            src._engine.keep_runs((forged,))

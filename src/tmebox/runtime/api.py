@@ -354,7 +354,7 @@ class Runtime:
                 raise OutOfSandboxes(
                     f"this Runtime already has {len(self._sandboxes)} sandboxes "
                     f"(max_sandboxes={self.max_sandboxes})")
-            engine = self._backend.new_engine(loaded.prepared, fill=snap is None)
+            engine = self._backend.new_engine(loaded.prepared, snap)
             sb = Sandbox(self, loaded, engine, timeout, origin)
             self._sandboxes.add(sb)
         try:
@@ -407,7 +407,7 @@ class Sandbox:
         self.runtime = runtime
         self.image = image
         self._origin = origin  # what reset() goes back to
-        self._fast: FastCall | None = None  # until start-up has parked
+        self._fast: FastCall | None = None  # until parked and an export is looked up
         self._limit: float | None = None  # a call(timeout=)'s, while it runs
         self.timeout = timeout
         self.state = "new"
@@ -483,16 +483,25 @@ class Sandbox:
             self._proc.maps = [(L.code_lo + s, L.code_lo + e) for s, e in o.snapshot.maps]
         if o.memory_limit is not None:
             self._proc.confine(self._mem)
-        else:  # (with a limit every access is checked against what is mapped, in Python)
-            engine = self._engine
-            files.watch_with(lambda fd, entry: engine.mark_fd(fd, *direct_marks(entry)))
         if o.snapshot is None:
             self._start(o.argv, o.envp)
         else:
             self._from_snapshot(o.snapshot)
 
+    def _watch_files(self) -> None:
+        """Tell the backend of the guest's descriptors, and of every change to them from
+        now on (Engine.mark_fd: the calls it services itself), before sandbox code first
+        runs: until then nothing can use them, and a spawn that is never run pays nothing.
+        Not with a memory_limit: then every access is checked against what is mapped, in
+        Python."""
+        proc = self._proc
+        if proc is not None and proc.files.watch is None and proc.memory_limit is None:
+            engine = self._engine
+            proc.files.watch_with(lambda fd, entry: engine.mark_fd(fd, *direct_marks(entry)))
+
     def _start(self, argv: list[str | bytes], envp: list[str | bytes]) -> None:
         L, plan = self._layout, self.image.plan
+        self._watch_files()
         rsp, stack = initial_stack(plan, L, self.base, argv, envp, os.urandom(16))
         self._mem.write(rsp, stack)
         with self._lock:
@@ -523,24 +532,35 @@ class Sandbox:
 
     def _park(self, registers: object, call_rsp: int) -> None:
         """Parked with these registers; calls start their frames at call_rsp."""
-        L, plan = self._layout, self.image.plan
         self._parked = registers
         self._call_rsp = call_rsp
-        self._fast = self._engine.fast_call(FastCallSpec(
-            rsp=self._call_rsp, ret=self._ret, lock=self._lock, nested=self._nested,
-            thunk=(self.base + L.code_lo + plan.exports[abi.CALL_THUNK_SYMBOL]
-                   if abi.CALL_THUNK_SYMBOL in plan.exports else 0),
-            slow=self.call, finish=self._finish, exports=self._fast_exports,
-            imports=tuple(zip(self.image.host_functions, (s for _, s in plan.imports),
-                              strict=True)),
-            caller=self, host_result=self._host_result, host_error=self._host_error,
-            host_done=self._host_done))
-        if self._fast is not None:
-            self._fast.timeout = self._timeout
-            # sb.call is the C path from now on: the instance's own attribute (the sandbox
-            # has a __dict__ for it alone) comes before the method below.
-            self.__dict__["call"] = self._fast
         self.state = "parked"
+        if self._fast_exports:  # looked up during start-up (by a host function's call)
+            self._make_fast()
+
+    def _make_fast(self) -> None:
+        """sb.call in C from now on (Engine.fast_call), made when an export first has an
+        entry there (_lookup): a sandbox that is never called pays nothing for it."""
+        with self._lock:
+            if self._fast is not None or self.state != "parked":
+                return
+            L, plan = self._layout, self.image.plan
+            fast = self._engine.fast_call(FastCallSpec(
+                rsp=self._call_rsp, ret=self._ret, lock=self._lock, nested=self._nested,
+                thunk=(self.base + L.code_lo + plan.exports[abi.CALL_THUNK_SYMBOL]
+                       if abi.CALL_THUNK_SYMBOL in plan.exports else 0),
+                slow=self.call, finish=self._finish, exports=self._fast_exports,
+                imports=tuple(zip(self.image.host_functions, (s for _, s in plan.imports),
+                                  strict=True)),
+                caller=self, host_result=self._host_result, host_error=self._host_error,
+                host_done=self._host_done))
+            if fast is None:
+                return
+            fast.timeout, fast.ready = self._timeout, True
+            self._fast = fast
+            # The instance's own attribute (the sandbox has a __dict__ for it alone) comes
+            # before the method below.
+            self.__dict__["call"] = fast
 
     def snapshot(self) -> Snapshot:
         """Its memory and registers now, for rt.spawn(snapshot) to start sandboxes from
@@ -581,8 +601,8 @@ class Sandbox:
             files = self._proc.files.reopen()
             try:
                 self._detach("reset")
-                self._attach(self.runtime._backend.new_engine(
-                    self.image.prepared, fill=self._origin.snapshot is None))
+                self._attach(self.runtime._backend.new_engine(self.image.prepared,
+                                                              self._origin.snapshot))
             except BaseException:
                 files.close_all()
                 self.state = "destroyed"
@@ -611,6 +631,7 @@ class Sandbox:
                 raise SandboxError(f"{self.image.name}: run() from inside a host function "
                                    "(call() is allowed there)")
             self._ran = True
+            self._watch_files()
             self._engine.restore(self._parked)
             self._parked = None
             self._engine.set_deadline(self.timeout)
@@ -735,6 +756,7 @@ class Sandbox:
         off = plan.exports.get(name)
         if off is None:
             raise SandboxError(f"{self.image.name} exports no function {name!r}")
+        self._watch_files()  # (every call's first of a name comes here)
         if name in plan.unsupported:
             raise TypeError(f"{self.image.name}: {name} cannot be called from the host: "
                             f"{plan.unsupported[name]}")
@@ -744,6 +766,8 @@ class Sandbox:
         entry = None if name.startswith(_INTERNAL) else self._engine.fast_export(rip, sig)
         if entry is not None:
             self._fast_exports[name] = entry  # later calls of it take the C path
+            if self._fast is None:
+                self._make_fast()
         return rip
 
     def alloc(self, n: int) -> int:

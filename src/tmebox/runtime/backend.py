@@ -14,7 +14,7 @@ from enum import StrEnum
 from tmebox.runtime.layout import WindowLayout
 from tmebox.runtime.loader import ImagePlan
 from tmebox.runtime.memory import SandboxMemory
-from tmebox.runtime.snapshot import Run
+from tmebox.runtime.snapshot import Run, Snapshot
 from tmebox.trusted.image import CpuLevel
 from tmebox.trusted.record import Record
 from tmebox.trusted.signature import Signature
@@ -281,9 +281,10 @@ if TYPE_CHECKING:
         def release_image(self, image: ImageT) -> None:
             """Free what prepare() made, once no sandbox of it is alive."""
 
-        def new_engine(self, image: ImageT, fill: bool = True) -> Engine:
-            """A fresh sandbox of image (raises OutOfSandboxes when no window is free); with
-            fill=False the image's data need not be copied in (a snapshot's pages will be)."""
+        def new_engine(self, image: ImageT, snapshot: Snapshot | None = None) -> Engine:
+            """A fresh sandbox of image (raises OutOfSandboxes when no window is free); for a
+            snapshot the image's data need not be copied in (load_runs puts its pages in),
+            and a backend may hand out a window that holds them already."""
 
         def close(self) -> None:
             """Release process-wide resources; no engine of this backend is alive any more."""

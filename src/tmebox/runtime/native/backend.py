@@ -11,10 +11,11 @@ import os
 
 from tmebox.errors import TmeboxError
 from tmebox.runtime.loader import ImagePlan
-from tmebox.runtime.native.engine import NativeEngine
+from tmebox.runtime.native.engine import NativeEngine, _KeptRuns
 from tmebox.runtime.native.helper import lib
 from tmebox.runtime.native.image import NativeImage
 from tmebox.runtime.native.windows import POOL, RESERVE_CHUNK, check_map_count
+from tmebox.runtime.snapshot import Snapshot
 from tmebox.trusted.cpu import host_level
 from tmebox.trusted.image import CpuLevel
 
@@ -42,14 +43,18 @@ class NativeBackend:
     def prepare(self, plan: ImagePlan) -> NativeImage:
         return NativeImage(plan)
 
-    def new_engine(self, image: NativeImage, fill: bool = True) -> NativeEngine:
-        if image.warm:
-            window, warm = image.warm.pop(), True
+    def new_engine(self, image: NativeImage, snapshot: Snapshot | None = None) -> NativeEngine:
+        ready = snapshot.kept if snapshot is not None else None
+        assert ready is None or isinstance(ready, _KeptRuns)
+        if ready is not None and ready.ready:
+            window, warm = ready.ready.pop(), True
+        elif image.warm:
+            window, warm, ready = image.warm.pop(), True, None
         else:
             POOL.ensure(1, self.max_sandboxes)
-            window, warm = POOL.acquire(), False
+            window, warm, ready = POOL.acquire(), False, None
         try:
-            return NativeEngine(image, window, warm, fill)
+            return NativeEngine(image, window, warm, snapshot is None, ready)
         except BaseException:
             POOL.release(window)
             raise

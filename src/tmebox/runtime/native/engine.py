@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import weakref
 from collections.abc import Sequence
 
@@ -44,6 +45,8 @@ from tmebox.trusted.signature import FRAME_SSE, Signature, ValType
 
 TYPE_CHECKING = False  # (not typing's: `tmebox run` does without typing)
 if TYPE_CHECKING:
+    from typing import Any
+
     from tmebox.runtime.backend import FastCall, Invoke, SandboxLock, SharedPool
 
 __all__ = ["NativeEngine", "NativeMemory"]
@@ -59,6 +62,10 @@ MREMAP_MAYMOVE, MREMAP_FIXED, MREMAP_DONTUNMAP = 1, 2, 4
 # Page moves per tenant before mremap copies instead: each move may split the window's
 # mapping in up to four, and 32K tenants share the process's vm.max_map_count.
 MAX_MOVES = 64
+# struct tmebox_fd, and one with host -1 (Python services that descriptor)
+_FD = struct.Struct("=iBBBB")
+assert _FD.size == ffi.sizeof("struct tmebox_fd")
+_FD_UNMARKED = _FD.pack(-1, 0, 0, 0, 0)
 
 
 def _kind(t: ValType) -> int:
@@ -96,6 +103,7 @@ class NativeMemory(SandboxMemory):
         self.file_backed: list[tuple[int, int]] = []
         self.protected = False  # protect() made pages inaccessible (a memory_limit)
         self.moves = 0  # page moves by mremap: each splits the window's mapping
+        self.remapped = False  # zero_pages mapped anonymous pages over file_backed ones
 
     def move(self, src: int, dst: int, n: int) -> None:
         # The kernel moves the page tables and leaves the source mapped and empty (reading
@@ -128,6 +136,7 @@ class NativeMemory(SandboxMemory):
     def zero_pages(self, lo: int, hi: int) -> None:
         """Pages [lo, hi) (window offsets, page aligned) as a fresh mapping has them."""
         if any(s < hi and lo < e for s, e in self.file_backed):
+            self.remapped = True  # not the snapshot's mappings any more
             mmap(self.base + lo, hi - lo, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED)
         else:
@@ -138,14 +147,6 @@ class NativeMemory(SandboxMemory):
 
     def _write(self, off: int, data: bytes | bytearray | memoryview) -> None:
         ffi.memmove(ffi.cast("char *", self.base + off), data, len(data))
-
-    def write_relocated(self, addr: int, data: bytes, offsets: Sequence[int],
-                        delta: int) -> None:
-        self.write(addr, data)  # checked here; then the words in place, in C
-        if offsets:
-            at = ffi.cast("uint8_t *", self.base + (addr & OFFSET_MASK))
-            lib.tmebox_relocate(at, ffi.from_buffer("uint32_t[]", offsets), len(offsets),
-                                delta & 0xFFFF_FFFF_FFFF_FFFF)
 
     def _view(self, off: int, n: int, writable: bool) -> memoryview:
         exporter = ffi.buffer(ffi.cast("char *", self.base + off), n)
@@ -183,14 +184,34 @@ class NativeMemory(SandboxMemory):
 
 class _KeptRuns:
     """A snapshot's pages in a sealed memfd, which every spawn maps copy-on-write: the
-    spawns share its page cache pages until they write, and nothing writable."""
+    spawns share its page cache pages until they write, and nothing writable.
 
-    def __init__(self, runs: Sequence[Run]) -> None:
+    `ready` holds windows of destroyed spawns that are a new spawn's already: the runs
+    mapped, every page dropped back to the memfd's or zero, the pointers moved (destroy);
+    a spawn into one maps and copies nothing."""
+
+    def __init__(self, image: NativeImage, runs: Sequence[Run]) -> None:
         import fcntl
 
+        L = image.layout
+        # window offsets of each run, and the pointer words of those that have any
+        self.ranges = tuple((L.code_lo + r.at, L.code_lo + r.at + len(r.data)) for r in runs)
+        # Mapped and patched in place by every spawn: refused unless whole pages of the RW
+        # area, and whole aligned words inside their run.
+        for (start, end), r in zip(self.ranges, runs, strict=True):
+            if not (L.rw_lo <= start < end <= L.rw_hi and start % lay.PAGE == 0
+                    and end % lay.PAGE == 0) or any(
+                        at % 8 or at + 8 > len(r.data) for at in r.pointers):
+                raise ValueError(f"snapshot run at window offset {start:#x} of {len(r.data)} "
+                                 "bytes: not whole pages of the RW area, or a pointer word "
+                                 "outside it")
+        self.pointers = tuple((L.code_lo + r.at, ffi.from_buffer("uint32_t[]", r.pointers),
+                               len(r.pointers)) for r in runs if r.pointers)
         fd = os.memfd_create("tmebox-snapshot", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         self.fd, self.offsets = fd, []
-        weakref.finalize(self, os.close, fd)
+        self.ready: list[int] = []
+        image.kept.add(self)
+        weakref.finalize(self, _drop_kept, fd, self.ready)
         at = 0
         for run in runs:
             self.offsets.append(at)
@@ -199,6 +220,17 @@ class _KeptRuns:
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
                     | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
 
+    def move_pointers(self, base: int, origin: int) -> None:
+        """Add origin to every pointer word of the runs mapped in the window at base."""
+        for start, offsets, n in self.pointers:
+            lib.tmebox_relocate(ffi.cast("uint8_t *", base + start), offsets, n, origin)
+
+
+def _drop_kept(fd: int, ready: list[int]) -> None:
+    os.close(fd)
+    while ready:
+        POOL.release(ready.pop())
+
 
 class NativeEngine:
     """One sandbox on the CPU: window k, its mappings, its register context."""
@@ -206,8 +238,11 @@ class NativeEngine:
     pool: SharedPool | None = None  # host buffers come from the sandbox's own mmap area
 
     def __init__(self, image: NativeImage, window: int, warm: bool = False,
-                 fill: bool = True) -> None:
+                 fill: bool = True, ready: _KeptRuns | None = None) -> None:
         self.image = image
+        # The snapshot whose pages the window holds, mapped from its memfd (load_runs, or
+        # a ready window): destroy can make the window ready for its next spawn.
+        self.holds = ready
         self.window = window
         self.base = base = lay.window_base(window)
         L = image.layout
@@ -224,11 +259,12 @@ class NativeEngine:
             if image.n_relocs:
                 lib.tmebox_relocate(data_at, image.relocs, image.n_relocs, base + L.code_lo)
         self.memory = NativeMemory(base, L)
-        # Calls tmebox_calls.c services on descriptors mark_fd names (none at first).
-        self.direct = ffi.new("struct tmebox_direct *", {
-            "read_lo": L.code_lo, "write_lo": L.rw_lo, "hi": L.rw_hi, "nfds": 0,
-            "bundle": self.bundle, "stack_lo": L.rw_lo, "stack_hi": L.rw_hi})
-        self._fds: object = None
+        if ready is not None:
+            self.memory.file_backed = list(ready.ranges)
+        # Calls tmebox_calls.c services on descriptors mark_fd names: none until then.
+        self._direct: Any = None
+        self._fds: Any = None  # the descriptor array once mark_fd made one
+        self._nfds = 0
         ctx = lib.tmebox_ctx_new(base)
         if ctx == ffi.NULL:
             raise MemoryError("cannot allocate a sandbox context")
@@ -326,12 +362,8 @@ class NativeEngine:
     def rebase(self, saved: object, lo: int, hi: int, delta: int) -> bytes:
         assert isinstance(saved, bytes)
         ctx = bytearray(saved)
-        regs = memoryview(ctx).cast("Q")  # gpr[16], rip, base, ...
-        for i in range(17):
-            if lo <= regs[i] < hi:
-                regs[i] = (regs[i] + delta) & 0xFFFF_FFFF_FFFF_FFFF
-        regs[17] = self.base
-        regs.release()
+        lib.tmebox_rebase(ffi.from_buffer(ctx), lo, hi, delta & 0xFFFF_FFFF_FFFF_FFFF,
+                          self.base)
         return bytes(ctx)
 
     def mark_fd(self, fd: int, host: int, readable: bool, writable: bool, seekable: bool,
@@ -341,44 +373,50 @@ class NativeEngine:
         # the pages such a sandbox may not touch.
         if self.ctx is None:
             return  # destroyed: its descriptors are being closed
-        self.ctx.direct = self.direct
-        d = self.direct
-        if fd >= d.nfds:
+        d = self._direct
+        if d is None:
+            L = self.layout
+            d = self._direct = ffi.new("struct tmebox_direct *", {
+                "read_lo": L.code_lo, "write_lo": L.rw_lo, "hi": L.rw_hi, "nfds": 0,
+                "bundle": self.bundle, "stack_lo": L.rw_lo, "stack_hi": L.rw_hi})
+            self.ctx.direct = d
+        if fd >= self._nfds:
             if host < 0:
                 return
-            grown = ffi.new("struct tmebox_fd[]", max(64, 2 * (fd + 1)))
-            for i in range(len(grown)):
-                grown[i].host = -1
-            if d.nfds:
-                ffi.memmove(grown, d.fds, d.nfds * ffi.sizeof("struct tmebox_fd"))
-            self._fds, d.fds, d.nfds = grown, grown, len(grown)  # _fds keeps it alive
-        d.fds[fd] = {"host": host, "readable": readable, "writable": writable,
-                     "seekable": seekable, "whole": whole}
+            n = max(64, 2 * (fd + 1))
+            grown = ffi.new("struct tmebox_fd[]", n)
+            ffi.memmove(grown, _FD_UNMARKED * n, n * _FD.size)
+            if self._nfds:
+                ffi.memmove(grown, d.fds, self._nfds * _FD.size)
+            self._fds, d.fds, d.nfds = grown, grown, n  # _fds keeps it alive
+            self._nfds = n
+        ffi.memmove(self._fds + fd, _FD.pack(host, readable, writable, seekable, whole),
+                    _FD.size)
 
     def keep_runs(self, runs: Sequence[Run]) -> _KeptRuns:
-        return _KeptRuns(runs)
+        return _KeptRuns(self.image, runs)
 
     def load_runs(self, runs: Sequence[Run], kept: object, origin: int) -> None:
         assert isinstance(kept, _KeptRuns)
-        lo = self.layout.code_lo
-        for run, at in zip(runs, kept.offsets, strict=True):
-            start = lo + run.at
+        if self.holds is kept:
+            return  # a ready window: all there already
+        mapped = True
+        for run, at, (start, end) in zip(runs, kept.offsets, kept.ranges, strict=True):
             try:
-                mmap(self.base + start, len(run.data), PROT_READ | PROT_WRITE,
+                mmap(self.base + start, end - start, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_FIXED, kept.fd, at)
+                self.memory.file_backed.append((start, end))
             except OSError:
                 # No mapping left (vm.max_map_count): a copy does the same, into anonymous
                 # pages put back first in case the failed mmap took some of the range away
                 # (if that fails too, the spawn fails: the host never writes into a hole).
-                mmap(self.base + start, len(run.data), PROT_READ | PROT_WRITE,
+                mmap(self.base + start, end - start, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED)
-                self.memory.write_relocated(start, run.data, run.pointers, origin)
-                continue
-            self.memory.file_backed.append((start, start + len(run.data)))
-            if run.pointers:
-                lib.tmebox_relocate(ffi.cast("uint8_t *", self.base + start),
-                                    ffi.from_buffer("uint32_t[]", run.pointers),
-                                    len(run.pointers), origin)
+                self.memory.write(start, run.data)
+                mapped = False
+        kept.move_pointers(self.base, origin)
+        if mapped:
+            self.holds = kept
 
     def restore(self, snapshot: object) -> None:
         assert isinstance(snapshot, bytes)
@@ -397,6 +435,8 @@ class NativeEngine:
         if held:
             self._quarantine(held)
             return
+        if self._make_ready():
+            return
         for s, e in self.memory.file_backed:  # anonymous again, as a fresh window is
             self.memory.zero_pages(s, e)
         if self.memory.protected:  # and all of it usable
@@ -412,6 +452,22 @@ class NativeEngine:
             image.warm.append(self.window)
             return
         POOL.release(self.window)
+
+    def _make_ready(self) -> bool:
+        """The window as the next spawn of the snapshot it holds starts with it, if its
+        mappings are still those load_runs made: every page of the RW area dropped (the
+        memfd's again in the runs, zero elsewhere), then the pointers moved as load_runs
+        moves them. False: the window is not the snapshot's (or not wanted; after mremap
+        moved pages, so that its mappings are merged into one again)."""
+        kept, mem, L = self.holds, self.memory, self.layout
+        if (kept is None or mem.protected or mem.remapped or mem.moves or self.image.fd < 0
+                or len(kept.ready) >= windows.WARM_WINDOWS
+                or lib.madvise(ffi.cast("void *", self.base + L.rw_lo), L.rw_hi - L.rw_lo,
+                               MADV_DONTNEED) != 0):
+            return False
+        kept.move_pointers(self.base, self.base + L.code_lo)
+        kept.ready.append(self.window)
+        return True
 
     def _quarantine(self, held: list[object]) -> None:
         """Views the host still uses: fresh zero pages under them, and the window goes back

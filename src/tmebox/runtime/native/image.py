@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import fcntl
 import os
+import weakref
 
 from tmebox.runtime import layout as lay
 from tmebox.runtime.loader import ImagePlan
 from tmebox.runtime.native.helper import ffi, lib
 from tmebox.runtime.native.windows import POOL
+
+TYPE_CHECKING = False  # (not typing's: `tmebox run` does without typing)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["NativeImage"]
 
@@ -44,11 +49,16 @@ class NativeImage:
         # Windows of destroyed sandboxes that still map this image's code and an
         # emptied RW area: spawning into one skips both mmaps and the code page faults.
         self.warm: list[int] = []
+        # Its snapshots' memfds (engine._KeptRuns), whose ready windows close() releases.
+        self.kept: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def close(self) -> None:
         for window in self.warm:
             POOL.release(window)
         self.warm.clear()
+        for kept in list(self.kept):
+            while kept.ready:
+                POOL.release(kept.ready.pop())
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -1061,6 +1061,19 @@ void tmebox_relocate(uint8_t *data, const uint32_t *offsets, size_t n, uint64_t 
     }
 }
 
+void tmebox_rebase(uint8_t *saved, uint64_t lo, uint64_t hi, uint64_t delta, uint64_t base)
+{
+    for (size_t at = 0; at <= offsetof(struct tmebox_ctx, rip); at += 8) {
+        uint64_t v;
+        memcpy(&v, saved + at, 8);
+        if (v >= lo && v < hi) {
+            v += delta;
+            memcpy(saved + at, &v, 8);
+        }
+    }
+    memcpy(saved + offsetof(struct tmebox_ctx, base), &base, 8);
+}
+
 uint64_t tmebox_bench_roundtrip(struct tmebox_ctx *c, uint64_t rip, uint64_t rsp,
                                 uint64_t ret_addr, uint64_t iterations)
 {

@@ -103,6 +103,9 @@ void tmebox_release_signals(void);
 void tmebox_interrupt(struct tmebox_ctx *c);
 void tmebox_write_rt_page(uint8_t *page);
 void tmebox_relocate(uint8_t *data, const uint32_t *offsets, size_t n, uint64_t delta);
+/* a saved context (CTX_SIZE bytes at saved, any alignment) made another sandbox's: each
+   general register and rip in [lo, hi) moved by delta, the window base set to base */
+void tmebox_rebase(uint8_t *saved, uint64_t lo, uint64_t hi, uint64_t delta, uint64_t base);
 uint64_t tmebox_monotonic_ns(void);
 uint64_t tmebox_bench_roundtrip(struct tmebox_ctx *c, uint64_t rip, uint64_t rsp,
                                 uint64_t ret_addr, uint64_t iterations);

@@ -59,6 +59,7 @@ from tmebox.runtime.backend import (
 from tmebox.runtime.layout import PAGE, page_up
 from tmebox.runtime.loader import ImagePlan
 from tmebox.runtime.memory import OFFSET_MASK
+from tmebox.runtime.snapshot import Snapshot
 from tmebox.runtime.tme.engine import TmeEngine, TmeImage
 from tmebox.runtime.tme.machine import (
     ARG_REGS,
@@ -486,8 +487,8 @@ class TmeBackend:
     def release_image(self, image: TmeImage) -> None:
         """Images hold no emulator state: every sandbox has its own encrypted copy."""
 
-    def new_engine(self, image: TmeImage, fill: bool = True) -> TmeEngine:
-        # fill=False is a hint the emulator does not need: its data copy is cheap enough
+    def new_engine(self, image: TmeImage, snapshot: Snapshot | None = None) -> TmeEngine:
+        # (for a snapshot the emulator copies the image's data all the same: cheap enough)
         with self.lock:
             if len(self.engines) >= self.max_sandboxes:
                 raise OutOfSandboxes(f"{len(self.engines)} sandboxes are alive "
