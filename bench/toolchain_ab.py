@@ -3,12 +3,13 @@
 Features: `nopmerge` (one-byte nop runs merged into multi-byte nops), `callpad` (call
 groups padded by the assembler to end their bundle, instead of whole 32-byte groups) and
 `loopalign` (loops aligned to a 64-byte line, unit.LOOP_CFLAGS; docs/evaluation.md).
-Builds each workload the way `tmebox bench` does, twice (the second time with the feature
-switched off for the workload's own code; the cached sandbox libc is the same in both),
+Builds each workload the way `tmebox bench` does (or takes its cached builds) and once more
+with the feature switched off for the workload's own code (the sandbox libc is the same),
 counts the nop bytes of each image's .text and its short innermost loops across a 64-byte
 line, then runs baseline, on and off of each mode (`--mode`, code+data unless given)
 interleaved in one process on one CPU and prints median CPU-time overheads with the
-quartiles of the per-round ratios, and the geomean over the workloads of on / off.
+quartiles of the per-round ratios, the per-round ratio of the two modes if two are given,
+and the geomean over the workloads of on / off.
 
     .venv/bin/python bench/toolchain_ab.py --feature callpad --workload lua --rounds 31
     .venv/bin/python bench/toolchain_ab.py --feature loopalign --mode data --mode code+data
@@ -48,10 +49,10 @@ FEATURES: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
 def builds(name: str, feature: str, modes: list[str], keep: Path) -> dict[str, Path]:
     """baseline, then "MODE on" and "MODE off" of each mode."""
     w = workloads.WORKLOADS[name]
-    on = build.build(w, rebuild=True)
-    with FEATURES[feature]():
-        off = build.build(w, rebuild=True)
-    build.build(w, rebuild=True)  # leave the cache as the current toolchain makes it
+    on = build.build(w)
+    # (built under keep: the cache keeps what the current toolchain makes)
+    with FEATURES[feature](), mock.patch.object(build, "build_cache", lambda: keep / "off"):
+        off = build.build(w)
     paths = {build.BASELINE: keep / build.BASELINE}
     shutil.copy(on.paths[build.BASELINE], paths[build.BASELINE])
     for mode in modes:
@@ -105,7 +106,14 @@ def main() -> None:
             ratios = sorted(a / b for a, b in zip(cpu[f"{mode} on"], cpu[f"{mode} off"],
                                                   strict=True))
             gains[mode].append(statistics.median(ratios))
-            print(f"  {mode:9s} on / off per round: median {gains[mode][-1]:.3f}", flush=True)
+            print(f"  {mode:9s} on / off per round: median {gains[mode][-1]:.3f}")
+        if len(modes) == 2:
+            for state in ("off", "on"):
+                a, b = (cpu[f"{mode} {state}"] for mode in modes)
+                ratios = sorted(x / y for x, y in zip(a, b, strict=True))
+                print(f"  {state:3s}: {modes[0]} / {modes[1]} per round: median "
+                      f"{statistics.median(ratios):.3f}")
+        print(flush=True)
     for mode, g in gains.items():
         geo = math.exp(sum(map(math.log, g)) / len(g))
         print(f"geomean {mode} on / off: {geo:.3f} over {len(g)} workloads")

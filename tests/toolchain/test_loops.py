@@ -8,9 +8,12 @@ import subprocess
 from pathlib import Path
 from unittest import mock
 
+import capstone
 import pytest
+from elftools.elf.elffile import ELFFile
 
 from tmebox.toolchain import loops, unit
+from tmebox.toolchain.rewriter import rewrite_assembly
 from tmebox.trusted import abi
 
 # The same short loop after 0..7 stores, so that without the alignment the loops start at
@@ -35,6 +38,31 @@ def test_short_loops_lie_inside_one_line(tmp_path: Path, mode: str) -> None:
     obj = compiled(tmp_path, mode)
     assert len(loops.short_loops(obj)) == 8
     assert loops.straddling(obj) == []
+
+
+def test_code_data_loop_alignment_pads_whole_bundles(tmp_path: Path) -> None:
+    # gas pads `.p2align 6` with 11-byte nops from where it starts, across bundle ends
+    obj = compiled(tmp_path, "code+data")
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    with obj.open("rb") as f:
+        code = ELFFile(f).get_section_by_name(".text").data()
+    insns = list(md.disasm_lite(code, 0))
+    assert sum(size for _, size, _, _ in insns) == len(code)
+    assert [a for a, size, _, _ in insns if a // abi.BUNDLE_SIZE != (a + size - 1)
+            // abi.BUNDLE_SIZE] == []
+
+
+@pytest.mark.parametrize(("directive", "first"), [
+    (".p2align 6", ".p2align 5"), (".p2align 6,,15", ".p2align 5,,15"),
+    (".balign 64", ".p2align 5"), (".align 128,0x90", ".p2align 5,0x90"),
+    (".p2align 5", None), (".balign 16", None)])
+def test_alignments_beyond_a_bundle_align_to_a_bundle_first(directive: str,
+                                                            first: str | None) -> None:
+    asm = f".text\nf:\n\tret\n\t{directive}\n\tret\n"
+    out = rewrite_assembly(asm, isolation="code+data").split("\n")
+    i = out.index("\t" + directive)
+    assert (out[i - 1] == "\t" + first) if first else ".p2align" not in out[i - 1]
+    assert rewrite_assembly(asm, isolation="data").count("align") == 1
 
 
 @pytest.mark.parametrize("mode", abi.ISOLATION_MODES)

@@ -178,6 +178,8 @@ _JCC = frozenset(["j" + c for c in _CONDITIONS]
                  + ["jcxz", "jecxz", "jrcxz", "loop", "loope", "loopz", "loopne", "loopnz"])
 _DATA_DIRECTIVES = frozenset((".quad", ".long", ".int", ".8byte", ".4byte", ".dc.a", ".word",
                               ".short", ".2byte", ".value"))
+# Alignments in bytes (.align: bytes on x86 ELF) and as a power of two.
+_ALIGN_DIRECTIVES = {".balign": False, ".align": False, ".p2align": True}
 
 
 def _is_fs_zero(op: str) -> bool:
@@ -386,7 +388,18 @@ class _Rewriter:
             raise self.error(lineno, s, f"{name} in code is not supported (expand it first)")
         elif name == ".insn" and self.exec_section:
             raise self.error(lineno, s, ".insn hides an instruction from the rewriter")
+        elif name in _ALIGN_DIRECTIVES and self.cfi and self.exec_section:
+            self.bundle_align_first(arg, _ALIGN_DIRECTIVES[name])
         return True
+
+    def bundle_align_first(self, arg: str, power: bool) -> None:
+        """Before an alignment beyond a bundle (gcc's loops: `.p2align 6`), the same to a
+        bundle: gas fills an alignment with nops of up to 11 bytes from where it starts,
+        across bundle boundaries, but from a bundle start the rest is whole bundles."""
+        first, comma, rest = arg.partition(",")
+        n = int_value(first)
+        if n is not None and (1 << n if power else n) > BUNDLE_SIZE:
+            self.out.append(f"\t.p2align {_BUNDLE_SHIFT}{comma}{rest}")
 
     def switch(self, section: str, execable: bool) -> None:
         self.previous, self.prev_exec = self.section, self.exec_section
