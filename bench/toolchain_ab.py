@@ -2,7 +2,8 @@
 
 Features: `nopmerge` (one-byte nop runs merged into multi-byte nops), `callpad` (call
 groups padded by the assembler to end their bundle, instead of whole 32-byte groups) and
-`loopalign` (loops aligned to a 64-byte line, unit.LOOP_CFLAGS; docs/evaluation.md).
+`loopalign` (short loops padded to lie inside a 64-byte line, unit.FIT_LOOPS;
+docs/evaluation.md).
 Builds each workload the way `tmebox bench` does (or takes its cached builds) and once more
 with the feature switched off for the workload's own code (the sandbox libc is the same),
 counts the nop bytes of each image's .text and its short innermost loops across a 64-byte
@@ -41,8 +42,8 @@ FEATURES: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "nopmerge": lambda: mock.patch.object(nopmerge, "merge_object",
                                           lambda path: nopmerge.MergeStats()),
     "callpad": lambda: mock.patch.object(unit, "_assemble_aligned_calls",
-                                         lambda *args: False),
-    "loopalign": lambda: mock.patch.object(unit, "LOOP_CFLAGS", ()),
+                                         lambda *args: None),
+    "loopalign": lambda: mock.patch.object(unit, "FIT_LOOPS", False),
 }
 
 

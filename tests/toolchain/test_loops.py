@@ -1,6 +1,6 @@
-"""Short innermost loops lie inside one 64-byte line in both modes (unit.LOOP_CFLAGS;
-docs/evaluation.md, "Loops across a 64-byte line"), and the check of it finds loops that
-do not."""
+"""Short innermost loops lie inside one 64-byte line in both modes (unit.FIT_LOOPS,
+toolchain.loops; docs/evaluation.md, "Loops across a 64-byte line"), padded only where they
+would cross one, and the check of it finds loops that do not."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tmebox.toolchain import loops, unit
 from tmebox.toolchain.rewriter import rewrite_assembly
 from tmebox.trusted import abi
 
-# The same short loop after 0..7 stores, so that without the alignment the loops start at
+# The same short loop after 0..7 stores, so that without the pads the loops start at
 # different offsets in their lines and some of them cross one (in both modes).
 MANY_LOOPS = "extern int g[];\n" + "".join(
     f"void f{i}(int n, double *c, const double *a, const double *b) {{\n"
@@ -33,15 +33,26 @@ def compiled(tmp_path: Path, mode: str) -> Path:
     return obj
 
 
+def symbols(obj: Path) -> list[str]:
+    with obj.open("rb") as f:
+        return [sym.name for sym in ELFFile(f).get_section_by_name(".symtab").iter_symbols()]
+
+
 @pytest.mark.parametrize("mode", abi.ISOLATION_MODES)
 def test_short_loops_lie_inside_one_line(tmp_path: Path, mode: str) -> None:
     obj = compiled(tmp_path, mode)
     assert len(loops.short_loops(obj)) == 8
     assert loops.straddling(obj) == []
+    with obj.open("rb") as f:
+        assert ELFFile(f).get_section_by_name(".text")["sh_addralign"] == loops.LINE
+    (tmp_path / "unfit").mkdir()
+    with mock.patch.object(unit, "FIT_LOOPS", False):
+        unfit = compiled(tmp_path / "unfit", mode)
+    assert symbols(obj) == symbols(unfit)  # the local labels of the first assembly are gone
 
 
-def test_code_data_loop_alignment_pads_whole_bundles(tmp_path: Path) -> None:
-    # gas pads `.p2align 6` with 11-byte nops from where it starts, across bundle ends
+def test_code_data_loop_pads_cross_no_bundle_end(tmp_path: Path) -> None:
+    # gas pads an alignment with up to 11-byte nops from where it starts
     obj = compiled(tmp_path, "code+data")
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
     with obj.open("rb") as f:
@@ -66,11 +77,46 @@ def test_alignments_beyond_a_bundle_align_to_a_bundle_first(directive: str,
 
 
 @pytest.mark.parametrize("mode", abi.ISOLATION_MODES)
-def test_without_the_alignment_some_loops_cross_a_line(tmp_path: Path, mode: str) -> None:
-    with mock.patch.object(unit, "LOOP_CFLAGS", ()):
+def test_without_the_pads_some_loops_cross_a_line(tmp_path: Path, mode: str) -> None:
+    with mock.patch.object(unit, "FIT_LOOPS", False):
         obj = compiled(tmp_path, mode)
     assert len(loops.short_loops(obj)) == 8
     assert loops.straddling(obj) != []
+
+
+def test_alignment_moves_a_loop_only_if_it_would_cross_a_line(tmp_path: Path) -> None:
+    # every size and offset in a line, each in a section of its own
+    cases = [(size, offset) for size in range(2, loops.LINE + 1) for offset in range(64)]
+    asm = "".join(f'.section .text.c{n},"ax",@progbits\n.p2align 6\n.skip {offset}, 0xcc\n'
+                  + "\n".join(loops.alignment(size)) + f"\n.skip {size}, 0xcc\n"
+                  for n, (size, offset) in enumerate(cases))
+    obj = tmp_path / "alignment.o"
+    subprocess.run(["as", "--64", "-o", str(obj), "-"], input=asm, text=True, check=True,
+                   capture_output=True)
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    with obj.open("rb") as f:
+        elf = ELFFile(f)
+        for n, (size, offset) in enumerate(cases):
+            sec = elf.get_section_by_name(f".text.c{n}")
+            code = sec.data()
+            start = len(code) - size
+            assert start == (offset if offset + size <= loops.LINE else loops.LINE), (size, offset)
+            assert sec["sh_addralign"] == loops.LINE
+            nops = list(md.disasm_lite(code[offset:start], offset))
+            assert sum(length for _, length, _, _ in nops) == start - offset
+            assert all(a // abi.BUNDLE_SIZE == (a + length - 1) // abi.BUNDLE_SIZE
+                       for a, length, _, _ in nops), (size, offset)
+
+
+@pytest.mark.parametrize(("offset", "start"), [(0, 0), (57, 57), (58, 64), (63, 64)])
+def test_a_loop_is_padded_only_if_it_would_cross_a_line(tmp_path: Path, offset: int,
+                                                         start: int) -> None:
+    obj = tmp_path / "t.o"
+    # a 7-byte loop (add, dec, jne)
+    asm = (f".text\n.p2align 6\nf:\n\t.nops {offset}\n.L1:\n\taddq %rax, %rbx\n"
+           "\tdecl %ecx\n\tjne .L1\n\tret\n")
+    unit.assemble(asm, obj, isolation="data", source="t.s")
+    assert loops.short_loops(obj) == [(start, start + 7)]
 
 
 def test_straddling_sees_where_a_loop_lies(tmp_path: Path) -> None:
