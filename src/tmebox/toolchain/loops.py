@@ -17,6 +17,7 @@ offsets hold in the image. Nothing is computed by an assembler expression.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -49,8 +50,11 @@ def _section_loops(sec: Any) -> list[tuple[int, int]]:
         if mnemonic.startswith("j") and _TARGET.fullmatch(ops) and int(ops, 0) <= addr:
             back.append((int(ops, 0), addr + size))
     short = [(s, e) for s, e in back if e - s <= LINE]
+    inside = sorted(short)  # a loop inside (s, e) starts in [s, e)
+    starts = [s for s, _ in inside]
     return [(s, e) for s, e in short
-            if not any(s <= s2 and e2 <= e and (s2, e2) != (s, e) for s2, e2 in short)]
+            if not any(e2 <= e and (s2, e2) != (s, e) for s2, e2
+                       in inside[bisect.bisect_left(starts, s):bisect.bisect_left(starts, e)])]
 
 
 def short_loops(path: Path) -> list[tuple[int, int]]:
