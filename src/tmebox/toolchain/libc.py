@@ -166,8 +166,8 @@ def fetch_musl(progress: bool = False) -> Path:
 
 
 def _key_files() -> list[Path]:
-    names = ("unit.py", "asm_syntax.py", "rewriter.py", "nopmerge.py", "../trusted/abi.py",
-             "libc.py")
+    names = ("unit.py", "asm_syntax.py", "rewriter.py", "nopmerge.py", "loops.py",
+             "../trusted/abi.py", "libc.py")
     files = [_TOOLCHAIN_DIR / name for name in names]
     return files + [_TOOLCHAIN_DIR / "data" / name for name in LIBC_DATA_FILES]
 
@@ -175,7 +175,8 @@ def _key_files() -> list[Path]:
 def build_key(mode: str = "data") -> str:
     """Hash of the files a built libc depends on; a change means a rebuild.
 
-    The one-unit step (unit.py, the rewriter, the nop merge), the ABI, this file and the crt.
+    The one-unit step (unit.py, the rewriter, the nop merge, the loop pads), the ABI, this
+    file and the crt.
     Plain musl (native) depends on neither the rewriter nor the crt.
     """
     if mode == NATIVE:

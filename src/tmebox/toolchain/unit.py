@@ -1,9 +1,9 @@
 """One translation unit: C or assembly -> rewritten assembly -> an instrumented object.
 
 The step both `tmebox cc` (tmebox.toolchain.cc) and the sandbox libc build
-(tmebox.toolchain.libc) run: `gcc -S` -> `rewrite_assembly` -> `as` -> nop merge. It depends
-on nothing of the toolchain but the rewriter and the nop merge, and the libc build key hashes
-this file whole.
+(tmebox.toolchain.libc) run: `gcc -S` -> `rewrite_assembly` -> `as` -> loop pads (`as`
+again) -> nop merge. It depends on nothing of the toolchain but the rewriter, the loop pads
+(toolchain.loops) and the nop merge, and the libc build key hashes this file whole.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from enum import StrEnum
 from pathlib import Path
 
 from tmebox.errors import CompileError, RewriteError, ToolchainError
-from tmebox.toolchain import levels, nopmerge
+from tmebox.toolchain import levels, loops, nopmerge
 from tmebox.toolchain.rewriter import rewrite_assembly
 from tmebox.trusted import abi
 from tmebox.trusted.image import CpuLevel, Isolation
 
-__all__ = ["LEVEL_SYMBOL", "NATIVE", "Compiler", "Lang", "assemble", "calls_end_bundles",
-           "compile_unit", "compiler_command", "find_compiler", "language_of", "run",
-           "sandbox_cflags"]
+__all__ = ["FIT_LOOPS", "LEVEL_SYMBOL", "NATIVE", "Compiler", "Lang", "assemble",
+           "calls_end_bundles", "compile_unit", "compiler_command", "find_compiler",
+           "language_of", "run", "sandbox_cflags"]
 
 
 class Lang(StrEnum):
@@ -48,6 +48,14 @@ def language_of(path: Path) -> Lang | None:
     """A source's language by its suffix, as gcc decides it; None: not a source."""
     return _SUFFIX_LANG.get(path.suffix)
 
+# Short innermost loops padded to lie inside a 64-byte line (toolchain.loops), for speed,
+# not safety: a short loop across two lines runs up to 1.7x slower on Zen 3, and the
+# instrumentation lengthens loops, so that they straddle one more often
+# (docs/evaluation.md, "Loops across a 64-byte line"). Both modes; the baseline is gcc's.
+FIT_LOOPS = True
+# Assemblies with loop pads after the first: the pads move code, which can change the
+# size of a later loop (jump relaxation; bundle padding in code+data mode).
+_FIT_ROUNDS = 3
 # Native mode: plain musl, no rewriter; used for baselines only.
 NATIVE = "native"
 # A local absolute symbol in every object compiled for a level above x86-64: the level's
@@ -223,18 +231,49 @@ def assemble(asm: str, obj: Path, *, isolation: str, source: str,
     code+data: the assembler pads each call group only as far as its call needs to
     end a bundle (_assemble_aligned_calls); if that does not work out, every call
     group is a whole bundle, which is always correct but costs up to 58 nop bytes a call.
+    Then short loops are padded to lie inside a line (_fit_loops).
     """
-    if isolation != NATIVE and level is not CpuLevel.X86_64:
-        asm += f"\n\t.set {LEVEL_SYMBOL}, {level.rank}\n"
-    if isolation == Isolation.CODE_DATA and _assemble_aligned_calls(asm, obj, source,
-                                                                     as_flags, level):
-        pass
-    else:
-        if isolation != NATIVE:
-            asm = rewrite(asm, isolation=isolation, source=source, level=level)
+    if isolation == NATIVE:
         assemble_text(asm, obj, source, as_flags)
-    if isolation != NATIVE:
-        nopmerge.merge_object(obj)  # bundle padding: one-byte nops -> multi-byte nops
+        return
+    if level is not CpuLevel.X86_64:
+        asm += f"\n\t.set {LEVEL_SYMBOL}, {level.rank}\n"
+    first = [*as_flags, "-L"] if FIT_LOOPS else as_flags  # (local labels: loop heads)
+    text = (_assemble_aligned_calls(asm, obj, source, first, level)
+            if isolation == Isolation.CODE_DATA else None)
+    if text is None:
+        text = rewrite(asm, isolation=isolation, source=source, level=level)
+        assemble_text(text, obj, source, first)
+    if FIT_LOOPS:
+        _fit_loops(text, obj, isolation, source, as_flags)
+    nopmerge.merge_object(obj)  # bundle padding: one-byte nops -> multi-byte nops
+
+
+def _fit_loops(text: str, obj: Path, isolation: str, source: str,
+               as_flags: Sequence[str]) -> None:
+    """Reassemble text, as the rewriter made it and `as -L` assembled it into obj, with
+    its short innermost loops padded to lie inside a line (toolchain.loops); obj ends up
+    without local symbols. Each loop's pad is for the largest size it had in any layout.
+    If an assembly with pads fails, or (code+data) leaves a call not ending a bundle,
+    text is assembled as it is."""
+    sizes: dict[str, int] = {}
+    found = loops.heads(obj)
+    padded = text
+    for _ in range(_FIT_ROUNDS):
+        grown = {label: n for label, n in found.items() if n > sizes.get(label, 0)}
+        if not grown:
+            break
+        sizes |= grown
+        padded = loops.pad(text, sizes)
+        try:
+            run(_as(obj, [*as_flags, "-L"]), f"assembling {source}", stdin=padded)
+        except ToolchainError:
+            padded = text
+            break
+        found = loops.heads(obj)
+    if padded is not text and isolation == Isolation.CODE_DATA and calls_end_bundles(obj) < 0:
+        padded = text
+    assemble_text(padded, obj, source, as_flags)  # (without the local labels)
 
 
 def _as(obj: Path, as_flags: Sequence[str]) -> list[str]:
@@ -259,21 +298,22 @@ def assemble_text(asm: str, obj: Path, source: str, as_flags: Sequence[str] = ()
 
 
 def _assemble_aligned_calls(asm: str, obj: Path, source: str, as_flags: Sequence[str] = (),
-                            level: CpuLevel = CpuLevel.X86_64) -> bool:
-    """Assemble code+data asm into obj with call groups padded by the assembler;
-    False: not done, obj is to be rebuilt with whole-bundle call groups.
+                            level: CpuLevel = CpuLevel.X86_64) -> str | None:
+    """Assemble code+data asm into obj with call groups padded by the assembler and
+    return the rewritten text; None: not done, obj is to be rebuilt with whole-bundle
+    call groups.
 
     Rewrite errors propagate (the fixed scheme would raise the same). An assembler
     error, or any call in the object that does not end a bundle (say, a code section
     re-entered under another group, so that the padding counted from the wrong
-    label), returns False: the object is never trusted without the decoding check.
+    label), returns None: the object is never trusted without the decoding check.
     """
     text = rewrite(asm, isolation="code+data", source=source, align_calls=True, level=level)
     try:
         run(_as(obj, as_flags), f"assembling {source}", stdin=text)
     except ToolchainError:
-        return False
-    return calls_end_bundles(obj) >= 0
+        return None
+    return text if calls_end_bundles(obj) >= 0 else None
 
 
 def calls_end_bundles(obj: Path) -> int:
