@@ -14,7 +14,6 @@ import pytest
 from tmebox import cli
 from tmebox.toolchain import driver
 from tmebox.toolchain.cc import Build, Library, Linked, Source, Stage
-from tmebox.toolchain.rewriter import rewrite_assembly
 from tmebox.toolchain.unit import Lang
 from tmebox.trusted.image import Image
 
@@ -201,16 +200,3 @@ def test_alignments_beyond_a_bundle_build_in_code_data(project: Path) -> None:
     assert cli.main(["cc", "-O2", "-falign-functions=64", "-falign-loops=64", "loops.c",
                      "-o", "loops.box"]) == 0
     assert Image.load(project / "loops.box").exports["f"]
-
-
-@pytest.mark.parametrize(("directive", "first"), [
-    (".p2align 6", ".p2align 5"), (".p2align 6,,15", ".p2align 5,,15"),
-    (".balign 64", ".p2align 5"), (".align 128,0x90", ".p2align 5,0x90"),
-    (".p2align 5", None), (".balign 16", None)])
-def test_alignments_beyond_a_bundle_align_to_a_bundle_first(directive: str,
-                                                            first: str | None) -> None:
-    asm = f".text\nf:\n\tret\n\t{directive}\n\tret\n"
-    out = rewrite_assembly(asm, isolation="code+data").split("\n")
-    i = out.index("\t" + directive)
-    assert (out[i - 1] == "\t" + first) if first else ".p2align" not in out[i - 1]
-    assert rewrite_assembly(asm, isolation="data").count("align") == 1

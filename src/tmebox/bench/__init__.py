@@ -223,7 +223,6 @@ def _one_cpu(results: dict[str, Any], key: str) -> Iterator[None]:
 
 def _overhead(builds: list, opts: Options, rounds: int, results: dict[str, Any], out: Path,
               prog: _Progress) -> list[Path]:
-    from tmebox.bench import overhead, report
     from tmebox.runtime.api import Runtime
 
     with _one_cpu(results, "overhead_cpu"), \
@@ -234,23 +233,29 @@ def _overhead(builds: list, opts: Options, rounds: int, results: dict[str, Any],
         raise BenchError("no workload could be measured: "
                          + "; ".join(f"{f['workload']}: {f['error']}"
                                      for f in results.get("failures", [])))
-    rows = overhead.summarize(samples, "cpu")
-    wall = overhead.summarize(samples, "wall")
-    results["overhead"] = rows
-    results["geomean"] = overhead.geomeans(rows)
-    results["overhead_wall"] = wall
-    results["geomean_wall"] = overhead.geomeans(wall)
-    results["overhead_samples"] = [asdict(s) for s in samples]
-    return [report.write_csv(out / "overhead_samples.csv", samples),
-            report.write_csv(out / "overhead.csv", rows + wall),
-            report.plot_overhead(out / "overhead.png", rows, results["geomean"])]
+    return _overhead_results(samples, results, out, "overhead", "geomean")
+
+
+def _overhead_results(samples: list, results: dict[str, Any], out: Path, name: str,
+                      geo_key: str) -> list[Path]:
+    """Ratios to the baseline by CPU and wall time into results (name, geo_key, their
+    _wall twins, name_samples) and NAME.csv, NAME_samples.csv, NAME.png."""
+    from tmebox.bench import overhead, report
+
+    rows, wall = overhead.summarize(samples, "cpu"), overhead.summarize(samples, "wall")
+    results[name], results[geo_key] = rows, overhead.geomeans(rows)
+    results[f"{name}_wall"], results[f"{geo_key}_wall"] = wall, overhead.geomeans(wall)
+    results[f"{name}_samples"] = [asdict(s) for s in samples]
+    return [report.write_csv(out / f"{name}_samples.csv", samples),
+            report.write_csv(out / f"{name}.csv", rows + wall),
+            report.plot_overhead(out / f"{name}.png", rows, results[geo_key])]
 
 
 def _programs(progs: list, opts: Options, rounds: int, results: dict[str, Any], out: Path,
               prog: _Progress) -> list[Path]:
     import tempfile
 
-    from tmebox.bench import overhead, programs, report
+    from tmebox.bench import programs
     from tmebox.runtime.api import Runtime
 
     built = []
@@ -272,15 +277,7 @@ def _programs(progs: list, opts: Options, rounds: int, results: dict[str, Any], 
                 _failed(results, prog, p.name, "programs", e)
     if not samples:
         raise BenchError("no program could be measured")
-    rows, wall = overhead.summarize(samples, "cpu"), overhead.summarize(samples, "wall")
-    results["programs"] = rows
-    results["programs_geomean"] = overhead.geomeans(rows)
-    results["programs_wall"] = wall
-    results["programs_geomean_wall"] = overhead.geomeans(wall)
-    results["programs_samples"] = [asdict(s) for s in samples]
-    return [report.write_csv(out / "programs_samples.csv", samples),
-            report.write_csv(out / "programs.csv", rows + wall),
-            report.plot_overhead(out / "programs.png", rows, results["programs_geomean"])]
+    return _overhead_results(samples, results, out, "programs", "programs_geomean")
 
 
 def _switch(opts: Options, results: dict[str, Any], out: Path, prog: _Progress) -> list[Path]:
